@@ -1,0 +1,5 @@
+"""Allow ``python -m shardcast``."""
+
+from shardcast import cli
+
+cli.main()

@@ -1,0 +1,109 @@
+"""A channel as its owning shard sees it: settings, history and the member view."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from .envelopes import TIME_FORMAT, new_uuid
+from .schemas import ChannelConfig
+
+DEFAULT_SETTINGS: dict[str, Any] = msgspec.structs.asdict(ChannelConfig())
+
+
+class Channel:
+    """Members are tracked per connection so joins and leaves are idempotent."""
+
+    __slots__ = ("name", "uuid", "settings", "history", "last_active", "conns",
+                 "user_conns", "shard_conns", "public_states")
+
+    def __init__(self, name: str, settings: dict[str, Any] | None, shards: int) -> None:
+        self.name = name
+        self.uuid = new_uuid()
+        self.settings = dict(DEFAULT_SETTINGS)
+        self.history: deque[dict] = deque()
+        self.configure(settings or DEFAULT_SETTINGS)
+        self.last_active = time.time()
+        self.conns: dict[str, str] = {}            # conn_id -> username
+        self.user_conns: dict[str, int] = {}       # username -> connections here
+        self.shard_conns = [0] * shards            # connections per shard (fan-out targets)
+        self.public_states: dict[str, dict] = {}   # username -> public state, for user lists
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        self.settings = {**DEFAULT_SETTINGS, **settings}
+        self.history = deque(self.history, maxlen=self.settings["history_size"])
+
+    def join(self, conn_id: str, user: str, shard: int, public_state: dict) -> bool:
+        """Add a connection; True when it is the user's first one here."""
+        self.public_states[user] = public_state
+        if conn_id in self.conns:
+            return False
+        self.conns[conn_id] = user
+        self.shard_conns[shard] += 1
+        count = self.user_conns.get(user, 0)
+        self.user_conns[user] = count + 1
+        self.touch()
+        return count == 0
+
+    def leave(self, conn_id: str, shard: int) -> str | None:
+        """Remove a connection; the username when that was its last one here."""
+        user = self.conns.pop(conn_id, None)
+        if user is None:
+            return None
+        self.shard_conns[shard] -= 1
+        count = self.user_conns[user] - 1
+        self.touch()
+        if count:
+            self.user_conns[user] = count
+            return None
+        del self.user_conns[user]
+        del self.public_states[user]
+        return user
+
+    def touch(self) -> None:
+        self.last_active = time.time()
+
+    def member_list(self) -> list[dict]:
+        return [{"user": user, "state": self.public_states[user]}
+                for user in sorted(self.user_conns)]
+
+    def targets(self) -> list[int]:
+        """Shards holding at least one connection of this channel."""
+        return [shard for shard, count in enumerate(self.shard_conns) if count]
+
+    def record(self, item: dict) -> None:
+        if self.settings["store_history"] and not item["no_history"]:
+            self.history.append(item)
+        self.touch()
+
+    def edit(self, item: dict) -> None:
+        for entry in self.history:
+            if entry["uuid"] == item["uuid"]:
+                for key in ("message", "user", "timestamp", "edited"):
+                    if key in item:
+                        entry[key] = item[key]
+                return
+
+    def delete(self, uuid: str) -> None:
+        for entry in self.history:
+            if entry["uuid"] == uuid:
+                self.history.remove(entry)
+                return
+
+    def info(self, include_history: bool, include_users: bool) -> dict[str, Any]:
+        users = sorted(self.user_conns) if include_users else []
+        stamp = datetime.fromtimestamp(self.last_active, timezone.utc)
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "long_name": None,
+            "settings": dict(self.settings),
+            "history": list(self.history) if include_history else [],
+            "last_active": stamp.strftime(TIME_FORMAT),
+            "total_connections": len(self.conns),
+            "total_users": len(users),
+            "users": users,
+        }

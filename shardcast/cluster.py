@@ -1,0 +1,60 @@
+"""The supervisor's view of the shards: owner routing and request/cast over IPC links."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable
+
+from .ipc import Link
+from .routing import owner
+
+REQUEST_TIMEOUT = 10.0
+
+
+class ShardUnavailable(Exception):
+    """A shard did not answer (it is restarting, or overloaded)."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(shard)
+        self.shard = shard
+
+
+class Cluster:
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.links: list[Link | None] = [None] * shards
+
+    def owner(self, key: str) -> int:
+        return owner(key, self.shards)
+
+    def group(self, keys: Iterable[str]) -> dict[int, list[str]]:
+        """Keys by owning shard, order kept."""
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(self.owner(key), []).append(key)
+        return groups
+
+    def link(self, shard: int) -> Link:
+        link = self.links[shard]
+        if link is None or link.closed:
+            raise ShardUnavailable(shard)
+        return link
+
+    async def call(self, shard: int, command: str, args: Any, raw: bool = False,
+                   timeout: float = REQUEST_TIMEOUT) -> Any:
+        try:
+            return await asyncio.wait_for(self.link(shard).request(command, args, raw), timeout)
+        except (ConnectionError, asyncio.TimeoutError):
+            raise ShardUnavailable(shard) from None
+
+    async def call_many(self, calls: dict[int, Any], command: str) -> list[Any]:
+        """The same command to several shards at once, one argument each."""
+        return await asyncio.gather(*(self.call(shard, command, args)
+                                      for shard, args in calls.items()))
+
+    def cast(self, shard: int, command: str, args: Any) -> None:
+        self.link(shard).cast(command, args)
+
+    def cast_all(self, command: str, args: Any) -> None:
+        for link in self.links:
+            if link is not None and not link.closed:
+                link.cast(command, args)

@@ -1,0 +1,235 @@
+"""What each API call does across the shards: the supervisor's side of every command."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from . import __version__, envelopes
+from .cluster import Cluster
+from .config import Config
+from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, MessageItem,
+                      SubscribeBody, UserStateBody)
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, dict) and "error" in reply:
+        raise Invalid(reply["error"])
+    return reply
+
+
+def _settings(configs: dict, name: str) -> dict | None:
+    config = configs.get(name)
+    return msgspec.structs.asdict(config) if config is not None else None
+
+
+class Commands:
+    def __init__(self, cluster: Cluster, config: Config) -> None:
+        self.cluster = cluster
+        self.config = config
+        self.started = time.time()
+
+    # -- connections ----------------------------------------------------------------
+
+    async def connect(self, body: ConnectBody, host: str) -> dict:
+        conn_id = str(body.conn_id or uuid.uuid4())
+        shard = self.cluster.owner(conn_id)
+        opened = _checked(await self.cluster.call(shard, "conn_open", {
+            "conn_id": conn_id, "user": body.username, "channels": body.channels}))
+        user = await self.cluster.call(self.cluster.owner(body.username), "user_connect", {
+            "user": body.username, "fresh_state": body.fresh_user_state,
+            "state": body.user_state, "public_keys": body.state_public_keys,
+            "conn_id": conn_id})
+        self._join(opened["new"], conn_id, body.username, user["public_state"],
+                         body.channel_configs)
+        channels = sorted(set(body.channels))
+        return {
+            "conn_id": conn_id,
+            "username": body.username,
+            "state": user["state"],
+            "public_state": user["public_state"],
+            "channels": channels,
+            "channels_info": await self.info(body.info, channels),
+            "ws_url": self.ws_url(host, shard, conn_id),
+        }
+
+    def ws_url(self, host: str, shard: int, conn_id: str) -> str:
+        base = self.config.ws_url_template.format(
+            host=host, port=self.config.ws_port_base + shard, shard=shard)
+        return f"{base}?conn_id={conn_id}"
+
+    async def subscribe(self, body: SubscribeBody) -> dict:
+        conn_id = str(body.conn_id)
+        joined = _checked(await self.cluster.call(
+            self.cluster.owner(conn_id), "conn_subscribe",
+            {"conn_id": conn_id, "channels": body.channels}))
+        public = await self.cluster.call(self.cluster.owner(joined["user"]), "user_public",
+                                         {"user": joined["user"]})
+        self._join(joined["new"], conn_id, joined["user"], public, body.channel_configs)
+        return {"channels": joined["all"], "channels_info": await self.info(body.info, joined["all"]),
+                "subscribed_to": joined["new"]}
+
+    async def unsubscribe(self, body: SubscribeBody) -> dict:
+        conn_id = str(body.conn_id)
+        left = _checked(await self.cluster.call(
+            self.cluster.owner(conn_id), "conn_unsubscribe",
+            {"conn_id": conn_id, "channels": body.channels}))
+        for shard, names in self.cluster.group(left["left"]).items():
+            for name in names:
+                self.cluster.cast(shard, "leave", {"channel": name, "conn_id": conn_id})
+        return {"channels": left["all"], "channels_info": await self.info(body.info, left["all"]),
+                "unsubscribed_from": left["left"]}
+
+    def _join(self, names: list[str], conn_id: str, user: str, public_state: dict,
+              configs: dict) -> None:
+        """Casts: later requests on the same link (info, messages) see the joins applied."""
+        for shard, group in self.cluster.group(names).items():
+            self.cluster.cast(shard, "join", {"joins": [
+                [name, _settings(configs, name), conn_id, user, public_state] for name in group]})
+
+    async def disconnect(self, conn_id: str) -> bool:
+        return await self.cluster.call(self.cluster.owner(conn_id), "conn_close",
+                                       {"conn_id": conn_id})
+
+    async def listen(self, conn_id: str) -> bytes | None:
+        """The next batch of envelopes as a JSON array; None for an unknown connection."""
+        frames = await self.cluster.call(self.cluster.owner(conn_id), "listen",
+                                         {"conn_id": conn_id}, raw=True,
+                                         timeout=self.config.wake_connections_after + 10)
+        return frames or None
+
+    # -- messages -------------------------------------------------------------------
+
+    def publish(self, items: list[MessageItem]) -> list[dict]:
+        accepted = [_message(item) for item in items if item.channel or item.pm_users]
+        self._route(accepted, "publish", envelopes.message)
+        return accepted
+
+    def edit(self, items: list[EditItem]) -> list[dict]:
+        accepted = [_edit(item) for item in items if item.channel or item.pm_users]
+        self._route(accepted, "edit", envelopes.edit)
+        return accepted
+
+    def delete(self, items: list[DeleteItem]) -> list[dict]:
+        accepted = [_routing(item) for item in items if item.channel or item.pm_users]
+        self._route(accepted, "delete", envelopes.delete)
+        return accepted
+
+    def _route(self, items: list[dict], command: str, envelope) -> None:
+        """Channel items to their channel's owner (in order); direct ones to the users' owners."""
+        by_owner: dict[int, list[dict]] = {}
+        for item in items:
+            if item["channel"] is not None:
+                by_owner.setdefault(self.cluster.owner(item["channel"]), []).append(item)
+            else:
+                for shard, users in self.cluster.group(item["pm_users"]).items():
+                    self.cluster.cast(shard, "direct", {"users": users, "envelope": envelope(item)})
+        for shard, group in by_owner.items():
+            self.cluster.cast(shard, command, group)
+
+    # -- users and channels ---------------------------------------------------------
+
+    async def user_state(self, body: UserStateBody) -> dict:
+        args: dict[str, Any] = {"user": body.user, "state": body.user_state}
+        if body.state_public_keys is not UNSET:
+            args["public_keys"] = body.state_public_keys
+        result = _checked(await self.cluster.call(self.cluster.owner(body.user), "user_state",
+                                                  args))
+        if result["refresh"] and result["conns"]:
+            await self._spread_state(body.user, result)
+        return {key: result[key] for key in ("user_state", "changed_state", "public_keys")}
+
+    async def _spread_state(self, user: str, result: dict) -> None:
+        """Refresh the user's public state in its channels; notify where configured."""
+        calls = {shard: {"conn_ids": ids} for shard, ids in self.cluster.group(result["conns"]).items()}
+        names = sorted({name for found in await self.cluster.call_many(calls, "conn_channels")
+                        for name in found})
+        for shard, group in self.cluster.group(names).items():
+            self.cluster.cast(shard, "state_change", {
+                "channels": group, "user": user, "public_state": result["public_state"],
+                "changed": result["changed_public"], "notify": bool(result["changed_state"])})
+
+    async def channel_config(self, configs: dict) -> dict:
+        calls = {shard: {"configs": {name: msgspec.structs.asdict(configs[name]) for name in names}}
+                 for shard, names in self.cluster.group(configs).items()}
+        channels: dict = {}
+        for found in await self.cluster.call_many(calls, "configure"):
+            channels.update(found)
+        return {"channels": channels, "users": []}
+
+    async def info(self, flags: InfoFlags, names: list[str] | None = None) -> dict:
+        """The Info object; ``names`` None means every channel."""
+        args = {"exclude": flags.exclude_channels, "history": flags.include_history,
+                "users": flags.include_users}
+        if names is None:
+            calls = {shard: {**args, "channels": None} for shard in range(self.cluster.shards)}
+        else:
+            calls = {shard: {**args, "channels": group}
+                     for shard, group in self.cluster.group(names).items()}
+        channels: dict = {}
+        for found in await self.cluster.call_many(calls, "info"):
+            channels.update(found)
+        users: list = []
+        if flags.include_users:
+            members = sorted({user for channel in channels.values() for user in channel["users"]})
+            calls = {shard: {"users": group, "public": flags.return_public_state,
+                             "connections": flags.include_connections}
+                     for shard, group in self.cluster.group(members).items()}
+            for found in await self.cluster.call_many(calls, "user_states"):
+                users.extend(found)
+            users.sort(key=lambda entry: entry["user"])
+        return {"channels": dict(sorted(channels.items())), "users": users}
+
+    async def admin(self) -> dict:
+        shards = await self.cluster.call_many(dict.fromkeys(range(self.cluster.shards)), "stats")
+        info = await self.info(InfoFlags(include_history=False, include_connections=True))
+        return {
+            "remembered_user_count": sum(s["users"] for s in shards),
+            "unique_user_count": sum(s["users_connected"] for s in shards),
+            "total_connections": sum(s["connections"] for s in shards),
+            "total_channels": sum(s["channels"] for s in shards),
+            "total_messages": sum(s["messages_delivered"] for s in shards),
+            "total_unique_messages": sum(s["messages_published"] for s in shards),
+            "channels": list(info["channels"].values()),
+            "users": info["users"],
+            "uptime": str(timedelta(seconds=int(time.time() - self.started))),
+            "version": __version__,
+            "shards": shards,
+        }
+
+
+def _routing(item: EditItem | DeleteItem) -> dict:
+    return {"uuid": str(item.uuid), "channel": item.channel, "pm_users": item.pm_users,
+            "exclude_users": item.exclude_users}
+
+
+def _message(item: MessageItem) -> dict:
+    normal = {
+        "pm_users": item.pm_users,
+        "exclude_users": item.exclude_users,
+        "channel": item.channel,
+        "no_history": item.no_history,
+        "uuid": str(item.uuid or uuid.uuid4()),
+        "timestamp": envelopes.format_time(item.timestamp) if item.timestamp else envelopes.now_iso(),
+        "user": item.user,
+        "edited": None,
+    }
+    if item.message is not UNSET:
+        normal["message"] = item.message
+    return normal
+
+
+def _edit(item: EditItem) -> dict:
+    normal = _routing(item)
+    if item.message is not UNSET:
+        normal["message"] = item.message
+    if item.user is not UNSET:
+        normal["user"] = item.user
+    if item.timestamp is not UNSET:
+        normal["timestamp"] = envelopes.format_time(item.timestamp)
+    normal["edited"] = envelopes.format_time(item.edited) if item.edited else envelopes.now_iso()
+    return normal

@@ -1,0 +1,318 @@
+"""Server configuration: one frozen Config, loaded from defaults < ini file < environment < flags.
+
+Every key is declared once, as a Config field carrying its one-line description; the ini
+template (`shardcast make-config`) and the README table are rendered from those fields.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+SECTION = "shardcast"
+ENV_PREFIX = "SHARDCAST_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PORT = 65535
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, or its value is malformed or out of range."""
+
+
+def _key(default: Any, doc: str, *, default_text: str | None = None) -> Any:
+    """A Config field with its description; a callable default is computed per instance."""
+    meta = {"doc": doc, "default_text": default_text}
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = _key("0.0.0.0", "bind address of the HTTP API port and the shard websocket ports")
+    port: int = _key(8000, "HTTP API port, served by the supervisor")
+    ws_port_base: int = _key(8100, "shard i serves websockets on port ws_port_base + i")
+    workers: int = _key(_cpu_count, "number of shard processes", default_text="one per CPU")
+    secret: str = _key("", "shared secret that signs API calls; empty: a random one per run")
+    admin_user: str = _key("admin", "user name for the admin pages")
+    admin_secret: str = _key("", "password for the admin pages; empty: admin login disabled")
+    allow_posting_from: tuple[str, ...] = _key(
+        ("127.0.0.1",), "IP addresses allowed to call the server API; 0.0.0.0 allows all"
+    )
+    allow_cors: tuple[str, ...] = _key(
+        (), "origins allowed by CORS; empty: Access-Control-Allow-Origin: *"
+    )
+    validate_requests: bool = _key(
+        True, "refuse Channelstream-style signatures older than signature_max_age"
+    )
+    signature_max_age: float = _key(
+        60.0, "seconds a signature stays valid when validate_requests is on"
+    )
+    ws_url_template: str = _key(
+        "ws://{host}:{port}/ws",
+        "websocket URL returned by /connect, before ?conn_id=...; {host} = host name the "
+        "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index",
+    )
+    wake_connections_after: float = _key(5.0, "seconds a /listen long poll waits for messages")
+    gc_conns_after: float = _key(15.0, "seconds of inactivity after which a connection is removed")
+    gc_users_after: float = _key(
+        86400.0, "seconds of inactivity after which a user without connections is forgotten"
+    )
+    heartbeat_interval: float = _key(5.0, "seconds between [] heartbeat frames to clients")
+    ws_ping_interval: float = _key(20.0, "seconds between websocket pings to detect dead peers")
+    max_body_size: int = _key(1048576, "largest HTTP request body accepted, in bytes")
+    max_client_frame_size: int = _key(
+        65536, "largest websocket frame accepted from a client, in bytes"
+    )
+    send_buffer_size: int = _key(
+        1048576, "bytes queued for one connection before it is dropped as too slow"
+    )
+    catchup_size: int = _key(100, "envelopes kept per channel for catch-up on (re)connect")
+    log_level: str = _key("info", "one of debug, info, warning, error")
+
+
+_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES: dict[str, type] = {
+    name: typing.get_origin(hint) or hint for name, hint in typing.get_type_hints(Config).items()
+}
+_PORTS = ("port", "ws_port_base")
+_TIMINGS = (
+    "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
+    "heartbeat_interval", "ws_ping_interval",
+)
+_SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size")
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
+_EXPECTED = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false (or 1/0, yes/no, on/off)",
+    tuple: "a list separated by commas or spaces",
+}
+
+
+def env_var(key: str) -> str:
+    """The environment variable that sets `key`, e.g. SHARDCAST_WS_PORT_BASE."""
+    return ENV_PREFIX + key.upper()
+
+
+def _normalize_key(key: str) -> str:
+    return key.strip().lower().replace("-", "_")
+
+
+def _parse(kind: type, text: str) -> Any:
+    """Convert a string from an ini file or the environment; ValueError if it does not fit."""
+    text = text.strip()
+    if kind is bool:
+        if text.lower() not in _BOOLS:
+            raise ValueError(text)
+        return _BOOLS[text.lower()]
+    if kind is tuple:
+        return tuple(part for part in re.split(r"[\s,]+", text) if part)
+    return kind(text)
+
+
+def _convert(key: str, value: Any, source: str) -> Any:
+    kind = _TYPES[key]
+    try:
+        if isinstance(value, str):
+            return _parse(kind, value)
+        if kind is tuple and isinstance(value, (list, tuple)):
+            if all(isinstance(item, str) for item in value):
+                return tuple(value)
+        elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return value
+    except ValueError:
+        pass
+    raise ConfigError(f"{key} (from {source}): expected {_EXPECTED[kind]}, got {value!r}")
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(
+        f"unknown key {key!r} in {source}{hint}; `shardcast make-config` lists every key"
+    )
+
+
+def _read_ini(path: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as file:
+            parser.read_file(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not a valid ini file: {exc}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(
+            f"config file {path} has no [{SECTION}] section; "
+            "write a complete one with `shardcast make-config -o FILE`"
+        )
+    values = {}
+    for raw_key, value in parser.items(SECTION):
+        key = _normalize_key(raw_key)
+        if key not in _FIELDS:
+            raise _unknown_key(raw_key, f"[{SECTION}] of config file {path}")
+        values[key] = value
+    return values
+
+
+def load_config(
+    path: str | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config: overrides (None values skipped) > SHARDCAST_<KEY> > ini file > defaults."""
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, Any, str]] = []
+    if path:
+        layers += [(key, value, f"config file {path}") for key, value in _read_ini(path).items()]
+    layers += [
+        (key, environ[env_var(key)], f"environment variable {env_var(key)}")
+        for key in _FIELDS
+        if env_var(key) in environ
+    ]
+    for raw_key, value in (overrides or {}).items():
+        key = _normalize_key(raw_key)
+        if key not in _FIELDS:
+            raise _unknown_key(raw_key, "command-line overrides")
+        if value is not None:
+            layers.append((key, value, "command line"))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, value, source in layers:
+        values[key] = _convert(key, value, source)
+        sources[key] = source
+    if "log_level" in values:
+        values["log_level"] = values["log_level"].lower()
+    config = Config(**values)
+    _validate(config, sources)
+    return config
+
+
+def _range_problems(config: Config) -> dict[str, str]:
+    """key -> what was expected, for every value out of range."""
+    problems = {}
+    for key in _PORTS:
+        if not 1 <= getattr(config, key) <= MAX_PORT:
+            problems[key] = f"a port number 1..{MAX_PORT}"
+    last_ws_port = config.ws_port_base + config.workers - 1
+    if config.workers < 1:
+        problems["workers"] = "at least 1"
+    elif "ws_port_base" not in problems and last_ws_port > MAX_PORT:
+        problems["workers"] = (
+            f"at most {MAX_PORT - config.ws_port_base + 1}, so that the last websocket port "
+            f"(ws_port_base + workers - 1) stays within {MAX_PORT}"
+        )
+    elif config.ws_port_base <= config.port <= last_ws_port:
+        problems["port"] = (
+            f"a port outside the websocket ports {config.ws_port_base}..{last_ws_port}"
+        )
+    for key in _TIMINGS:
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value > 0):
+            problems[key] = "a positive number of seconds"
+    for key in _SIZES:
+        if getattr(config, key) <= 0:
+            problems[key] = "a positive integer"
+    if config.log_level not in LOG_LEVELS:
+        problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
+    if not _valid_ws_url_template(config.ws_url_template):
+        problems["ws_url_template"] = (
+            "a ws:// or wss:// URL using no placeholders but {host}, {port} and {shard}"
+        )
+    for address in config.allow_posting_from:
+        if not _is_ip(address):
+            problems["allow_posting_from"] = "IP addresses (0.0.0.0 allows all)"
+    return problems
+
+
+def _validate(config: Config, sources: Mapping[str, str]) -> None:
+    problems = _range_problems(config)
+    if problems:
+        raise ConfigError("\n".join(
+            f"{key} = {getattr(config, key)!r} (from {sources.get(key, 'default')}): "
+            f"expected {expected}"
+            for key, expected in problems.items()
+        ))
+
+
+def _valid_ws_url_template(template: str) -> bool:
+    try:
+        url = template.format(host="example.com", port=8100, shard=0)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return False
+    return url.startswith(("ws://", "wss://"))
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _format(value: Any) -> str:
+    """A value as written in the ini file (the inverse of _parse)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    return str(value)
+
+
+def _rows(config: Config | None) -> list[tuple[str, str, str, bool]]:
+    """(key, value, doc, is_computed_default) per field, in declaration order."""
+    shown = config or Config()
+    rows = []
+    for field in _FIELDS.values():
+        default_text = field.metadata["default_text"]
+        computed = config is None and default_text is not None
+        value = f"({default_text})" if computed else _format(getattr(shown, field.name))
+        rows.append((field.name, value, field.metadata["doc"], computed))
+    return rows
+
+
+_INI_HEADER = f"""\
+# shardcast configuration, written by `shardcast make-config`.
+# Use it with: shardcast serve -c FILE
+# Precedence: command-line flags > {ENV_PREFIX}<KEY> environment variables > this file > defaults.
+# Every key is optional: delete a line to get its default back.
+"""
+
+
+def render_ini(config: Config | None = None) -> str:
+    """An ini file with every key and a one-line comment each; None renders the defaults."""
+    lines = [_INI_HEADER, f"[{SECTION}]"]
+    for key, value, doc, computed in _rows(config):
+        assignment = f"{key} = {value}".rstrip()
+        lines += [f"# {doc}", f"# {assignment}" if computed else assignment, ""]
+    return "\n".join(lines)
+
+
+def render_markdown_table() -> str:
+    """The README's configuration table, rendered from the same field descriptions."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, value, doc, computed in _rows(None):
+        default = value.strip("()") if computed else f"`{value}`" if value else "(empty)"
+        lines.append(f"| `{key}` | {default} | {doc.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,97 @@
+"""One client connection on the shard that owns it."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Protocol
+
+import orjson
+
+DIRECT_CATCHUP = 50   # direct messages kept per connection for catch-up
+
+
+class Transport(Protocol):
+    """What a connection writes to: a websocket or a held long-poll request."""
+
+    def send(self, frame: bytes) -> None: ...
+    def close(self, code: int = 1000) -> None: ...
+
+
+def merge_frames(frames: list[bytes]) -> bytes:
+    """Join JSON-array frames into one array without re-encoding their items."""
+    if len(frames) == 1:
+        return frames[0]
+    return b"[" + b",".join(frame[1:-1] for frame in frames) + b"]"
+
+
+class Connection:
+    __slots__ = ("id", "user", "channels", "last_active", "transport", "pending",
+                 "catchup_size", "out")
+
+    def __init__(self, conn_id: str, user: str, catchup_size: int) -> None:
+        self.id = conn_id
+        self.user = user
+        self.channels: set[str] = set()
+        self.last_active = time.monotonic()
+        self.transport: Transport | None = None
+        # Frames that arrived while no transport was attached, replayed as catch-up:
+        # per channel name ("" for direct messages), the newest ones.
+        self.pending: dict[str, deque[bytes]] = {}
+        self.catchup_size = catchup_size
+        # Frames queued in this loop tick; flushed together as one frame.
+        self.out: list[bytes] = []
+
+    def push(self, frame: bytes) -> bool:
+        """Queue ``frame`` for the attached transport; True when a flush is needed."""
+        self.out.append(frame)
+        return len(self.out) == 1
+
+    def hold(self, frame: bytes, channel: str | None, replay: bool, amend: list | None) -> None:
+        """No transport attached: keep the frame for catch-up, or apply an edit/delete
+        to the held original so the client later sees the message as it now stands."""
+        if amend is not None and self._amend(amend, frame):
+            return
+        if replay:
+            key = channel or ""
+            held = self.pending.get(key)
+            if held is None:
+                size = self.catchup_size if channel else DIRECT_CATCHUP
+                held = self.pending[key] = deque(maxlen=size)
+            held.append(frame)
+
+    def _amend(self, amend: list, frame: bytes) -> bool:
+        operation, uuid = amend
+        for held in self.pending.values():
+            for index, kept in enumerate(held):
+                envelope = orjson.loads(kept)[0]
+                if envelope["type"] != "message" or envelope["uuid"] != uuid:
+                    continue
+                if operation == "delete":
+                    del held[index]
+                else:
+                    change = orjson.loads(frame)[0]
+                    for key in ("message", "user", "timestamp", "edited"):
+                        if key in change:
+                            envelope[key] = change[key]
+                    held[index] = orjson.dumps([envelope])
+                return True
+        return False
+
+    def flush(self) -> None:
+        frames, self.out = self.out, []
+        if frames and self.transport is not None:
+            self.transport.send(merge_frames(frames))
+
+    def take_catchup(self) -> bytes | None:
+        """Held frames as one array marked ``catchup``: direct ones, then channels by name."""
+        if not self.pending:
+            return None
+        envelopes = []
+        for key in sorted(self.pending):
+            for frame in self.pending[key]:
+                for envelope in orjson.loads(frame):
+                    if "catchup" in envelope:
+                        envelope["catchup"] = True
+                    envelopes.append(envelope)
+        self.pending.clear()
+        return orjson.dumps(envelopes)

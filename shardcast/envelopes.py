@@ -1,0 +1,85 @@
+"""The JSON envelopes clients receive, and the clock/uuid stamps they carry."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+def now_iso() -> str:
+    """Naive UTC ISO-8601 with microseconds, the Channelstream wire format."""
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+def format_time(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.strftime(TIME_FORMAT)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def message(item: dict[str, Any]) -> dict[str, Any]:
+    """What a subscriber receives for a posted message: routing fields stripped."""
+    envelope = {
+        "type": "message",
+        "channel": item["channel"],
+        "user": item["user"],
+        "uuid": item["uuid"],
+        "timestamp": item["timestamp"],
+        "catchup": False,
+        "edited": None,
+    }
+    if "message" in item:
+        envelope["message"] = item["message"]
+    return envelope
+
+
+def history_entry(item: dict[str, Any]) -> dict[str, Any]:
+    """History keeps the routing fields too (they show in /info)."""
+    return {"type": "message", "catchup": False, **item}
+
+
+def edit(item: dict[str, Any]) -> dict[str, Any]:
+    envelope = {"type": "message:edit", "uuid": item["uuid"], "channel": item["channel"],
+                "edited": item["edited"]}
+    for key in ("message", "user", "timestamp"):
+        if key in item:
+            envelope[key] = item[key]
+    return envelope
+
+
+def delete(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "message:delete", "uuid": item["uuid"], "channel": item["channel"]}
+
+
+def presence(channel: str, user: str, joined: bool, state: dict | None,
+             users: list[dict]) -> dict[str, Any]:
+    return {
+        "type": "presence",
+        "uuid": new_uuid(),
+        "user": user,
+        "channel": channel,
+        "timestamp": now_iso(),
+        "catchup": False,
+        "message": {"action": "joined" if joined else "parted"},
+        "state": state,
+        "users": users,
+    }
+
+
+def state_change(channel: str, user: str, public_state: dict,
+                 changed: list[dict]) -> dict[str, Any]:
+    return {
+        "type": "user_state_change",
+        "uuid": new_uuid(),
+        "user": user,
+        "channel": channel,
+        "timestamp": now_iso(),
+        "catchup": False,
+        "message": {"state": public_state, "changed": changed},
+    }

@@ -1,0 +1,211 @@
+"""The HTTP API: routes, signatures, IP allow-list, CORS, and 4xx answers for bad input."""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from . import schemas
+from .cluster import ShardUnavailable
+from .commands import Commands
+from .config import Config
+from .http_server import Request, Response, json_response
+from .schemas import Invalid
+from .signing import verify_compat
+
+ALLOW_METHODS = "GET, POST, OPTIONS, PUT, DELETE, PATCH"
+ALLOW_HEADERS = "content-type, x-channelstream-secret, x-shardcast-signature"
+CALLBACK = re.compile(r"^[A-Za-z_$][\w$.]{0,127}$")
+UNKNOWN_CONNECTION = {"conn_id": ["Unknown connection"]}
+
+Route = Callable[[Request], Any]
+
+
+class HttpApi:
+    def __init__(self, config: Config, commands: Commands) -> None:
+        self.config = config
+        self.commands = commands
+        self.allowed = _networks(config.allow_posting_from)
+        signed = {
+            "/connect": {"POST": self.connect},
+            "/subscribe": {"POST": self.subscribe},
+            "/unsubscribe": {"POST": self.unsubscribe},
+            "/message": {"POST": self.message, "PATCH": self.edit, "DELETE": self.delete},
+            "/user_state": {"POST": self.user_state},
+            "/channel_config": {"POST": self.channel_config},
+            "/info": {"GET": self.info, "POST": self.info},
+            "/admin/admin.json": {"GET": self.admin, "POST": self.admin},
+        }
+        public = {
+            "/disconnect": {"GET": self.disconnect, "POST": self.disconnect},
+            "/listen": {"GET": self.listen},
+        }
+        self.routes = {path: (methods, True) for path, methods in signed.items()}
+        self.routes.update({path: (methods, False) for path, methods in public.items()})
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        if request.method == "OPTIONS":
+            return Response(200, b"", "text/plain", {
+                "access-control-allow-methods": ALLOW_METHODS,
+                "access-control-allow-headers": ALLOW_HEADERS,
+                "access-control-max-age": "86400"})
+        route = self.routes.get(request.path)
+        if route is None:
+            return json_response({"path": [f"No such endpoint: {request.path}"]}, 404)
+        methods, signed = route
+        handler = methods.get(request.method)
+        if handler is None:
+            return Response(405, orjson.dumps({"method": [f"Use {', '.join(methods)}"]}),
+                            headers={"allow": ", ".join(methods)})
+        if signed:
+            refusal = self.authorize(request)
+            if refusal is not None:
+                return refusal
+        try:
+            result = handler(request)
+        except Invalid as error:
+            return json_response(error.errors, 422)
+        if isinstance(result, Response):
+            return result
+        return self._guard(result)
+
+    async def _guard(self, pending: Awaitable[Response]) -> Response:
+        try:
+            return await pending
+        except Invalid as error:
+            return json_response(error.errors, 422)
+        except ShardUnavailable as error:
+            return json_response({"shard": [f"Shard {error.shard} is unavailable; retry"]}, 503)
+
+    def decorate(self, request: Request, response: Response) -> None:
+        """CORS on every answer: browsers call /listen and /disconnect directly."""
+        allowed = self.config.allow_cors
+        origin = request.headers.get("origin")
+        if not allowed:
+            response.headers["access-control-allow-origin"] = "*"
+        elif origin in allowed:
+            response.headers["access-control-allow-origin"] = origin
+            response.headers["vary"] = "Origin"
+
+    def authorize(self, request: Request) -> Response | None:
+        if not _client_allowed(request.client, self.allowed):
+            return json_response({"request": f"IP {request.client} is not allowed to post"}, 403)
+        token = request.headers.get("x-channelstream-secret") or request.query.get("secret")
+        if not token:
+            return json_response({"request": "Missing signature: send the "
+                                  "x-channelstream-secret header"}, 403)
+        max_age = self.config.signature_max_age if self.config.validate_requests else None
+        if not verify_compat(token, self.config.secret, max_age):
+            return json_response({"request": "Bad Signature"}, 401)
+        return None
+
+    # -- endpoints ------------------------------------------------------------------
+
+    async def connect(self, request: Request) -> Response:
+        body = schemas.decode(request.body, schemas.ConnectBody)
+        return json_response(await self.commands.connect(body, _host(request, self.config)))
+
+    async def subscribe(self, request: Request) -> Response:
+        body = schemas.convert(_with_query_conn_id(request), schemas.SubscribeBody)
+        return json_response(await self.commands.subscribe(body))
+
+    async def unsubscribe(self, request: Request) -> Response:
+        body = schemas.convert(_with_query_conn_id(request), schemas.SubscribeBody)
+        return json_response(await self.commands.unsubscribe(body))
+
+    def message(self, request: Request) -> Response:
+        items = schemas.decode(request.body, schemas.MessageList)
+        return json_response(self.commands.publish(items))
+
+    def edit(self, request: Request) -> Response:
+        return json_response(self.commands.edit(schemas.decode(request.body, schemas.EditList)))
+
+    def delete(self, request: Request) -> Response:
+        return json_response(self.commands.delete(schemas.decode(request.body,
+                                                                 schemas.DeleteList)))
+
+    async def user_state(self, request: Request) -> Response:
+        body = schemas.decode(request.body, schemas.UserStateBody)
+        return json_response(await self.commands.user_state(body))
+
+    async def channel_config(self, request: Request) -> Response:
+        configs = schemas.decode(request.body, schemas.ChannelConfigs)
+        return json_response(await self.commands.channel_config(configs))
+
+    async def info(self, request: Request) -> Response:
+        if request.body.strip():
+            flags = schemas.decode(request.body, schemas.InfoBody).info
+            result = await self.commands.info(flags, flags.channels)
+        else:
+            result = await self.commands.info(schemas.InfoFlags())
+        return json_response(result)
+
+    async def admin(self, request: Request) -> Response:
+        return json_response(await self.commands.admin())
+
+    async def disconnect(self, request: Request) -> Response:
+        if request.method == "GET":
+            query = schemas.convert({k: v for k, v in request.query.items() if k == "conn_id"},
+                                    schemas.ConnIdQuery)
+            conn_id = query.conn_id
+        else:
+            conn_id = schemas.decode(request.body, schemas.DisconnectBody).conn_id
+        return json_response(await self.commands.disconnect(str(conn_id)))
+
+    async def listen(self, request: Request) -> Response:
+        conn_id = schemas.convert({k: v for k, v in request.query.items() if k == "conn_id"},
+                                  schemas.ConnIdQuery).conn_id
+        callback = request.query.get("callback")
+        if callback is not None and not CALLBACK.match(callback):
+            raise Invalid({"callback": ["Must be a JavaScript identifier"]})
+        frames = await self.commands.listen(str(conn_id))
+        if frames is None:
+            return json_response(UNKNOWN_CONNECTION, 401)
+        if callback is None:
+            return Response(200, frames)
+        return Response(200, callback.encode() + b"(" + frames + b")", "application/javascript")
+
+
+def _with_query_conn_id(request: Request) -> Any:
+    """The JSON body, with ``conn_id`` taken from the query string when the body lacks it."""
+    try:
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        raise Invalid({"_schema": ["Invalid JSON body."]}) from None
+    if isinstance(body, dict) and "conn_id" not in body and "conn_id" in request.query:
+        body["conn_id"] = request.query["conn_id"]
+    return body
+
+
+def _host(request: Request, config: Config) -> str:
+    """The host name the backend addressed, for the websocket URL it hands to browsers."""
+    host = request.headers.get("host", "")
+    if host.startswith("["):
+        return host[:host.index("]") + 1] if "]" in host else host
+    host = host.rsplit(":", 1)[0]
+    if host:
+        return host
+    return "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+
+
+def _networks(entries: tuple[str, ...]) -> list | None:
+    """Allowed networks; None allows everyone (the ``0.0.0.0`` entry)."""
+    if "0.0.0.0" in entries:
+        return None
+    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+
+def _client_allowed(client: str, networks: list | None) -> bool:
+    if networks is None:
+        return True
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

@@ -1,0 +1,178 @@
+"""A lean HTTP/1.1 server protocol on httptools: parse, dispatch, answer in order."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import Awaitable, Callable, Union
+from urllib.parse import parse_qs
+
+import httptools
+import orjson
+
+log = logging.getLogger("shardcast.http")
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body", "client", "keep_alive")
+
+    def __init__(self, method: str, url: bytes, headers: dict[str, str], body: bytes,
+                 client: str, keep_alive: bool = True) -> None:
+        parsed = httptools.parse_url(url)
+        self.method = method
+        self.path = parsed.path.decode("latin-1")
+        query = parsed.query.decode("latin-1") if parsed.query else ""
+        self.query = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        self.headers = headers
+        self.body = body
+        self.client = client
+        self.keep_alive = keep_alive
+
+
+class Response:
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
+                 headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+
+
+def json_response(value: object, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(value))
+
+
+Handler = Callable[[Request], Union[Response, Awaitable[Response]]]
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: keep-alive, pipelining in order, bounded bodies."""
+
+    def __init__(self, app: Handler, max_body: int, decorate: Callable[[Request, Response], None]):
+        self.app = app
+        self.max_body = max_body
+        self.decorate = decorate
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.queue: list[Request] = []
+        self.busy = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(HTTPStatus.BAD_REQUEST, "Upgrades are served on the shard websocket ports")
+        except httptools.HttpParserError:
+            self._fail(HTTPStatus.BAD_REQUEST, "Malformed HTTP request")
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get("content-length", "0")
+        if length.isdigit() and int(length) > self.max_body:
+            self.too_large = True
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.max_body:
+            self.too_large = True
+        elif not self.too_large:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.too_large:
+            self._fail(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                       f"Request body is over the {self.max_body} byte limit")
+            return
+        request = Request(self.parser.get_method().decode(), self.url, self.headers,
+                          b"".join(self.body), self.client, self.parser.should_keep_alive())
+        self._reset()
+        self.queue.append(request)
+        if not self.busy:
+            self._next()
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def _next(self) -> None:
+        while self.queue and self.transport is not None:
+            request = self.queue.pop(0)
+            try:
+                result = self.app(request)
+            except Exception:
+                log.exception("handler failed for %s %s", request.method, request.path)
+                result = json_response({"_server": ["Internal error"]}, 500)
+            if isinstance(result, Response):
+                self._send(request, result)
+                continue
+            self.busy = True
+            self.transport.pause_reading()
+            asyncio.ensure_future(self._finish(request, result))
+            return
+
+    async def _finish(self, request: Request, pending: Awaitable[Response]) -> None:
+        try:
+            response = await pending
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, request.path)
+            response = json_response({"_server": ["Internal error"]}, 500)
+        self.busy = False
+        if self.transport is None:
+            return
+        self._send(request, response)
+        self.transport.resume_reading()
+        self._next()
+
+    def _send(self, request: Request, response: Response) -> None:
+        self.decorate(request, response)
+        keep_alive = request.keep_alive
+        head = [f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
+                f"content-type: {response.content_type}",
+                f"content-length: {len(response.body)}"]
+        head += [f"{name}: {value}" for name, value in response.headers.items()]
+        if not keep_alive:
+            head.append("connection: close")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+        if self.transport is not None:
+            self.transport.write(data)
+            if not keep_alive:
+                self.transport.close()
+                self.transport = None
+
+    def _fail(self, status: HTTPStatus, message: str) -> None:
+        """Answer a request we cannot parse or accept, then close the connection."""
+        if self.transport is None:
+            return
+        body = orjson.dumps({"request": [message]})
+        self.transport.write(
+            f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\n"
+            f"connection: close\r\n\r\n".encode() + body)
+        self.transport.close()
+        self.transport = None

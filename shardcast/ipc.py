@@ -1,0 +1,176 @@
+"""Length-prefixed frames over unix sockets between the supervisor and the shards.
+
+A frame is a header (body length, kind, request id) and a body. Requests and casts
+carry ``[command, args]`` as JSON; fan-out frames carry a small JSON routing part
+and the client frame bytes, which are passed on without re-encoding. Frames written
+in one event-loop tick leave in one write.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from enum import IntEnum
+from typing import Any, Callable
+
+import orjson
+
+HEADER = struct.Struct("<IBI")
+ROUTE = struct.Struct("<I")
+MAX_FRAME = 256 * 1024 * 1024
+log = logging.getLogger("shardcast.ipc")
+
+
+class Kind(IntEnum):
+    REQUEST = 1   # [command, args], answered by a REPLY with the same id
+    REPLY = 2     # JSON result (or raw bytes the caller asked for)
+    CAST = 3      # [command, args], no answer
+    DELIVER = 4   # route + client frame for local subscribers of a channel
+
+
+class FrameError(ValueError):
+    """The byte stream is not a valid frame sequence."""
+
+
+def pack(kind: Kind, request_id: int, body: bytes) -> bytes:
+    return HEADER.pack(len(body), kind, request_id) + body
+
+
+def pack_command(kind: Kind, request_id: int, command: str, args: Any) -> bytes:
+    return pack(kind, request_id, orjson.dumps([command, args]))
+
+
+def pack_route(route: Any, payload: bytes) -> bytes:
+    meta = orjson.dumps(route)
+    return pack(Kind.DELIVER, 0, ROUTE.pack(len(meta)) + meta + payload)
+
+
+def unpack_route(body: bytes) -> tuple[Any, bytes]:
+    if len(body) < ROUTE.size:
+        raise FrameError("deliver frame too short")
+    (size,) = ROUTE.unpack_from(body)
+    end = ROUTE.size + size
+    if end > len(body):
+        raise FrameError("deliver route overruns the frame")
+    return orjson.loads(body[ROUTE.size:end]), body[end:]
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get complete ``(kind, id, body)`` frames."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        buffer = self.buffer
+        buffer += data
+        frames = []
+        start = 0
+        while len(buffer) - start >= HEADER.size:
+            size, kind, request_id = HEADER.unpack_from(buffer, start)
+            if size > MAX_FRAME or kind not in Kind._value2member_map_:
+                raise FrameError(f"bad frame header (kind {kind}, size {size})")
+            end = start + HEADER.size + size
+            if end > len(buffer):
+                break
+            frames.append((kind, request_id, bytes(buffer[start + HEADER.size:end])))
+            start = end
+        if start:
+            del buffer[:start]
+        return frames
+
+
+FrameHandler = Callable[["Link", int, int, bytes], None]
+
+
+class Link(asyncio.Protocol):
+    """One IPC connection, either end: coalesced writes, pending requests."""
+
+    def __init__(self, on_frame: FrameHandler, on_lost: Callable[["Link"], None] | None = None):
+        self.on_frame = on_frame
+        self.on_lost = on_lost
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+        self.closed = False
+        self.requests: dict[int, tuple[asyncio.Future, bool]] = {}
+        self.next_id = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._schedule_flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as error:
+            log.error("closing IPC link: %s", error)
+            self.close()
+            return
+        for kind, request_id, body in frames:
+            if kind == Kind.REPLY:
+                self._resolve(request_id, body)
+            else:
+                self.on_frame(self, kind, request_id, body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        for future, _ in self.requests.values():
+            if not future.done():
+                future.set_exception(ConnectionError("shard link lost"))
+        self.requests.clear()
+        if self.on_lost:
+            self.on_lost(self)
+
+    def write(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.outgoing.append(frame)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self.flush_scheduled and self.outgoing and self.transport is not None:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.transport is not None and self.outgoing:
+            frames, self.outgoing = self.outgoing, []
+            self.transport.write(b"".join(frames))
+
+    def request(self, command: str, args: Any, raw: bool = False) -> asyncio.Future:
+        """Send a request; the future resolves to the decoded reply (or raw bytes)."""
+        future = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_exception(ConnectionError("shard link closed"))
+            return future
+        self.next_id = (self.next_id + 1) & 0xFFFFFFFF
+        self.requests[self.next_id] = (future, raw)
+        self.write(pack_command(Kind.REQUEST, self.next_id, command, args))
+        return future
+
+    def cast(self, command: str, args: Any) -> None:
+        self.write(pack_command(Kind.CAST, 0, command, args))
+
+    def reply(self, request_id: int, body: bytes) -> None:
+        self.write(pack(Kind.REPLY, request_id, body))
+
+    def _resolve(self, request_id: int, body: bytes) -> None:
+        entry = self.requests.pop(request_id, None)
+        if entry is None:
+            return
+        future, raw = entry
+        if not future.done():
+            future.set_result(body if raw else orjson.loads(body))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def socket_path(directory: str, shard: int) -> str:
+    return f"{directory}/shard-{shard}.sock"

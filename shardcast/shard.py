@@ -1,0 +1,374 @@
+"""The shard actor: every state change of one shard, free of I/O.
+
+Commands arrive as ``(name, args)`` from the supervisor or from peer shards and
+are answered with plain values; everything that must travel goes through ``net``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Protocol
+
+import orjson
+
+from . import envelopes
+from .channel import Channel
+from .config import Config
+from .connection import Connection, Transport
+from .routing import owner
+from .user import User
+
+UNKNOWN_CONNECTION = {"error": {"conn_id": ["Unknown connection"]}}
+UNKNOWN_USER = {"error": {"user": ["Unknown user"]}}
+AMENDS = {"message:edit": "edit", "message:delete": "delete"}
+
+
+class Net(Protocol):
+    """What the actor sends; the worker process implements it with IPC links."""
+
+    def cast(self, shard: int, command: str, args: Any) -> None: ...
+    def deliver(self, shard: int, route: list, frame: bytes) -> None: ...
+    def schedule_flush(self) -> None: ...
+
+
+class Shard:
+    COMMANDS = (
+        "conn_open", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
+        "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
+        "join", "leave", "configure", "info", "publish", "edit", "delete", "direct",
+        "state_change", "stats", "peer_restarted",
+    )
+
+    def __init__(self, index: int, shards: int, config: Config, net: Net) -> None:
+        self.index = index
+        self.shards = shards
+        self.config = config
+        self.net = net
+        self.channels: dict[str, Channel] = {}
+        self.users: dict[str, User] = {}
+        self.conns: dict[str, Connection] = {}
+        self.subscribers: dict[str, set[Connection]] = {}   # local channel -> connections
+        self.dirty: list[Connection] = []
+        self.published = 0
+        self.delivered = 0
+        self.started = time.time()
+
+    def handlers(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.COMMANDS}
+
+    # -- connections owned here -------------------------------------------------
+
+    def conn_open(self, args: dict) -> dict:
+        conn = self.conns.get(args["conn_id"])
+        if conn is None:
+            conn = Connection(args["conn_id"], args["user"], self.config.catchup_size)
+            self.conns[conn.id] = conn
+        elif conn.user != args["user"]:
+            return {"error": {"conn_id": ["Connection id belongs to another user"]}}
+        return {"new": self._subscribe(conn, args["channels"])}
+
+    def conn_subscribe(self, args: dict) -> dict:
+        conn = self.conns.get(args["conn_id"])
+        if conn is None:
+            return UNKNOWN_CONNECTION
+        new = self._subscribe(conn, args["channels"])
+        return {"user": conn.user, "new": new, "all": sorted(conn.channels)}
+
+    def conn_unsubscribe(self, args: dict) -> dict:
+        conn = self.conns.get(args["conn_id"])
+        if conn is None:
+            return UNKNOWN_CONNECTION
+        left = sorted(set(args["channels"]) & conn.channels)
+        for name in left:
+            self._unsubscribe(conn, name)
+        return {"user": conn.user, "left": left, "all": sorted(conn.channels)}
+
+    def conn_close(self, args: dict) -> bool:
+        conn = self.conns.get(args["conn_id"])
+        if conn is None:
+            return False
+        self.remove_conn(conn)
+        return True
+
+    def conn_channels(self, args: dict) -> list[str]:
+        names: set[str] = set()
+        for conn_id in args["conn_ids"]:
+            conn = self.conns.get(conn_id)
+            if conn is not None:
+                names |= conn.channels
+        return sorted(names)
+
+    def _subscribe(self, conn: Connection, names: list[str]) -> list[str]:
+        new = sorted(set(names) - conn.channels)
+        for name in new:
+            conn.channels.add(name)
+            self.subscribers.setdefault(name, set()).add(conn)
+        return new
+
+    def _unsubscribe(self, conn: Connection, name: str) -> None:
+        conn.channels.discard(name)
+        local = self.subscribers.get(name)
+        if local is not None:
+            local.discard(conn)
+            if not local:
+                del self.subscribers[name]
+
+    def remove_conn(self, conn: Connection, close_code: int = 1000) -> None:
+        """Forget a connection and tell the owners of its channels and user."""
+        if self.conns.pop(conn.id, None) is None:
+            return
+        for name in sorted(conn.channels):
+            self._unsubscribe(conn, name)
+            self.net.cast(owner(name, self.shards), "leave", {"channel": name, "conn_id": conn.id})
+        self.net.cast(owner(conn.user, self.shards), "user_conn_gone",
+                      {"user": conn.user, "conn_id": conn.id})
+        transport, conn.transport = conn.transport, None
+        if transport is not None:
+            transport.close(close_code)
+
+    def attach(self, conn: Connection, transport: Transport) -> None:
+        """A websocket or long poll takes over delivery; catch-up goes first."""
+        previous, conn.transport = conn.transport, transport
+        if previous is not None and previous is not transport:
+            previous.close(1000)
+        conn.last_active = time.monotonic()
+        catchup = conn.take_catchup()
+        if catchup is not None:
+            transport.send(catchup)
+
+    def detach(self, conn: Connection, transport: Transport) -> None:
+        if conn.transport is transport:
+            conn.transport = None
+            conn.last_active = time.monotonic()
+
+    # -- users owned here -------------------------------------------------------
+
+    def user_connect(self, args: dict) -> dict:
+        user = self.users.get(args["user"])
+        if user is None:
+            user = self.users[args["user"]] = User(args["user"], args["fresh_state"])
+        user.merge(args["state"])
+        user.public_keys = args["public_keys"]
+        user.conns.add(args["conn_id"])
+        return {"state": user.state, "public_state": user.public_state()}
+
+    def user_public(self, args: dict) -> dict:
+        user = self.users.get(args["user"])
+        return user.public_state() if user is not None else {}
+
+    def user_state(self, args: dict) -> dict:
+        user = self.users.get(args["user"])
+        if user is None:
+            return UNKNOWN_USER
+        before = user.public_state()
+        changed = user.merge(args["state"])
+        if "public_keys" in args:
+            user.public_keys = args["public_keys"]
+        public = user.public_state()
+        return {
+            "user_state": user.state,
+            "changed_state": changed,
+            "public_keys": user.public_keys,
+            "public_state": public,
+            "changed_public": [item for item in changed if item["key"] in user.public_keys],
+            "refresh": bool(changed) or public != before,
+            "conns": sorted(user.conns),
+        }
+
+    def user_states(self, args: dict) -> list[dict]:
+        found = []
+        for name in args["users"]:
+            user = self.users.get(name)
+            if user is None:
+                continue
+            state = user.public_state() if args["public"] else user.state
+            entry = {"user": name, "state": state}
+            if args.get("connections"):
+                entry["connections"] = sorted(user.conns)
+            found.append(entry)
+        return found
+
+    def user_conn_gone(self, args: dict) -> None:
+        user = self.users.get(args["user"])
+        if user is not None:
+            user.conns.discard(args["conn_id"])
+            user.last_active = time.monotonic()
+
+    # -- channels owned here ----------------------------------------------------
+
+    def join(self, args: dict) -> None:
+        for name, settings, conn_id, user, public_state in args["joins"]:
+            channel = self.channels.get(name)
+            if channel is None:
+                channel = self.channels[name] = Channel(name, settings, self.shards)
+            if channel.join(conn_id, user, owner(conn_id, self.shards), public_state):
+                if channel.settings["notify_presence"]:
+                    self._presence(channel, user, public_state)
+
+    def leave(self, args: dict) -> None:
+        channel = self.channels.get(args["channel"])
+        if channel is None:
+            return
+        user = channel.leave(args["conn_id"], owner(args["conn_id"], self.shards))
+        if user is not None and channel.settings["notify_presence"]:
+            self._presence(channel, user, None)
+
+    def _presence(self, channel: Channel, user: str, state: dict | None) -> None:
+        """``state`` is the joiner's public state, or None for a part."""
+        users = (channel.member_list()
+                 if channel.settings["broadcast_presence_with_user_lists"] else [])
+        envelope = envelopes.presence(channel.name, user, state is not None, state, users)
+        self._fanout(channel, envelope, [user], [])
+
+    def configure(self, args: dict) -> dict:
+        result = {}
+        for name, settings in args["configs"].items():
+            channel = self.channels.get(name)
+            if channel is None:
+                channel = self.channels[name] = Channel(name, settings, self.shards)
+            else:
+                channel.configure(settings)
+            result[name] = channel.info(False, False)
+        return result
+
+    def info(self, args: dict) -> dict:
+        names = args["channels"]
+        chosen = self.channels.keys() if names is None else names
+        exclude = set(args["exclude"])
+        return {name: self.channels[name].info(args["history"], args["users"])
+                for name in chosen if name in self.channels and name not in exclude}
+
+    def publish(self, items: list[dict]) -> None:
+        for item in items:
+            channel = self.channels.get(item["channel"])
+            if channel is None:
+                continue
+            self.published += 1
+            channel.record(envelopes.history_entry(item))
+            self._fanout(channel, envelopes.message(item), item["exclude_users"],
+                         item["pm_users"])
+
+    def edit(self, items: list[dict]) -> None:
+        for item in items:
+            channel = self.channels.get(item["channel"])
+            if channel is not None:
+                channel.edit(item)
+                self._fanout(channel, envelopes.edit(item), item["exclude_users"],
+                             item["pm_users"], ["edit", item["uuid"]])
+
+    def delete(self, items: list[dict]) -> None:
+        for item in items:
+            channel = self.channels.get(item["channel"])
+            if channel is not None:
+                channel.delete(item["uuid"])
+                self._fanout(channel, envelopes.delete(item), item["exclude_users"],
+                             item["pm_users"], ["delete", item["uuid"]])
+
+    def state_change(self, args: dict) -> None:
+        for name in args["channels"]:
+            channel = self.channels.get(name)
+            if channel is None or args["user"] not in channel.user_conns:
+                continue
+            channel.public_states[args["user"]] = args["public_state"]
+            if args["notify"] and channel.settings["notify_state"]:
+                envelope = envelopes.state_change(name, args["user"], args["public_state"],
+                                                  args["changed"])
+                self._fanout(channel, envelope, [], [])
+
+    def _fanout(self, channel: Channel, envelope: dict, exclude: list, pm: list,
+                amend: list | None = None) -> None:
+        """Serialize once; one frame per shard that has subscribers."""
+        frame = orjson.dumps([envelope])
+        route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend]
+        for shard in channel.targets():
+            self.net.deliver(shard, route, frame)
+
+    def direct(self, args: dict) -> None:
+        """Direct envelopes to every connection of the named users owned here."""
+        envelope = args["envelope"]
+        frame = orjson.dumps([envelope])
+        amend = AMENDS.get(envelope["type"])
+        if amend is None:
+            self.published += 1
+        else:
+            amend = [amend, envelope["uuid"]]
+        by_shard: dict[int, list[str]] = {}
+        for name in args["users"]:
+            user = self.users.get(name)
+            if user is not None:
+                for conn_id in user.conns:
+                    by_shard.setdefault(owner(conn_id, self.shards), []).append(conn_id)
+        for shard, conn_ids in by_shard.items():
+            self.net.deliver(shard, ["u", conn_ids, amend], frame)
+
+    # -- delivery to local connections -------------------------------------------
+
+    def deliver(self, route: list, frame: bytes) -> None:
+        if route[0] == "u":
+            targets = [self.conns[c] for c in route[1] if c in self.conns]
+            channel, replay, amend = None, True, route[2]
+        else:
+            _, channel, exclude, pm, replay, amend = route
+            targets = self.subscribers.get(channel) or ()
+            if exclude or pm:
+                skip, only = set(exclude), set(pm)
+                targets = [c for c in targets
+                           if c.user not in skip and (not only or c.user in only)]
+        dirty = self.dirty
+        was_clean = not dirty
+        for conn in targets:
+            if conn.transport is None:
+                conn.hold(frame, channel, replay, amend)
+            elif conn.push(frame):
+                dirty.append(conn)
+        self.delivered += len(targets)
+        if was_clean and dirty:
+            self.net.schedule_flush()
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Drop connections with no transport, idle users; ``now`` is monotonic."""
+        idle_conn = now - self.config.gc_conns_after
+        for conn in [c for c in self.conns.values()
+                     if c.transport is None and c.last_active < idle_conn]:
+            self.remove_conn(conn)
+        idle_user = now - self.config.gc_users_after
+        for user in [u for u in self.users.values() if not u.conns and u.last_active < idle_user]:
+            del self.users[user.name]
+
+    def peer_restarted(self, args: dict) -> None:
+        """A shard lost its state: forget its connections, re-announce ours to it."""
+        lost = args["shard"]
+        for channel in self.channels.values():
+            for conn_id in [c for c in channel.conns if owner(c, self.shards) == lost]:
+                self.leave({"channel": channel.name, "conn_id": conn_id})
+        for user in self.users.values():
+            user.conns = {c for c in user.conns if owner(c, self.shards) != lost}
+        for conn in self.conns.values():
+            if owner(conn.user, self.shards) == lost:
+                self.net.cast(lost, "user_connect", {"user": conn.user, "fresh_state": {},
+                                                     "state": {}, "public_keys": [],
+                                                     "conn_id": conn.id})
+            joins = [[name, None, conn.id, conn.user, {}] for name in sorted(conn.channels)
+                     if owner(name, self.shards) == lost]
+            if joins:
+                self.net.cast(lost, "join", {"joins": joins})
+
+    def stats(self, args: Any = None) -> dict:
+        return {
+            "shard": self.index,
+            "pid": os.getpid(),
+            "connections": len(self.conns),
+            "channels": len(self.channels),
+            "users": len(self.users),
+            "users_connected": sum(1 for u in self.users.values() if u.conns),
+            "messages_published": self.published,
+            "messages_delivered": self.delivered,
+            "uptime": time.time() - self.started,
+        }

@@ -1,0 +1,143 @@
+"""The supervisor process: starts and restarts the shards, serves the HTTP API."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import aiomultiprocess
+import uvloop
+
+from . import ipc
+from .cluster import Cluster
+from .commands import Commands
+from .config import Config
+from .http_api import HttpApi
+from .http_server import HttpProtocol
+from .ipc import Link
+from .worker import run_shard
+
+log = logging.getLogger("shardcast.supervisor")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.cluster = Cluster(config.workers)
+        self.processes: list[aiomultiprocess.Process | None] = [None] * config.workers
+        self.restarts = [0] * config.workers
+        self.ipc_dir = tempfile.mkdtemp(prefix="shardcast-")
+        self.stopping = False
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._start_shard(i) for i in range(self.config.workers)))
+
+    async def _start_shard(self, index: int) -> None:
+        process = aiomultiprocess.Process(
+            target=run_shard, args=(index, self.config, self.ipc_dir),
+            name=f"shardcast-shard-{index}", loop_initializer=uvloop.new_event_loop)
+        process.start()
+        self.processes[index] = process
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if not process.is_alive():
+                raise StartupError(
+                    f"shard {index} exited during start (code {process.exitcode}); is port "
+                    f"{self.config.ws_port_base + index} free on {self.config.host}?")
+            try:
+                _, link = await loop.create_unix_connection(
+                    lambda: Link(self._unexpected_frame), ipc.socket_path(self.ipc_dir, index))
+                await link.request("stats", None)
+                break
+            except (OSError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise StartupError(f"shard {index} did not start in {START_TIMEOUT:.0f} s")
+                await asyncio.sleep(0.05)
+        self.cluster.links[index] = link
+        loop.add_reader(process.aio_process.sentinel, self._on_exit, index)
+
+    def _unexpected_frame(self, link: Link, kind: int, request_id: int, body: bytes) -> None:
+        log.warning("ignoring an unsolicited frame from a shard (kind %d)", kind)
+
+    def _on_exit(self, index: int) -> None:
+        process = self.processes[index]
+        asyncio.get_running_loop().remove_reader(process.aio_process.sentinel)
+        if self.stopping:
+            return
+        log.error("shard %d died (exit code %s); restarting it", index, process.exitcode)
+        asyncio.ensure_future(self._restart(index))
+
+    async def _restart(self, index: int) -> None:
+        self.restarts[index] += 1
+        try:
+            await self._start_shard(index)
+        except StartupError as error:
+            log.error("%s; retrying in 1 s", error)
+            await asyncio.sleep(1)
+            asyncio.ensure_future(self._restart(index))
+            return
+        log.warning("shard %d restarted", index)
+        for other, link in enumerate(self.cluster.links):
+            if other != index and link is not None and not link.closed:
+                link.cast("peer_restarted", {"shard": index})
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.cluster.cast_all("shutdown", None)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for process in self.processes:
+            while process is not None and process.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if process is not None and process.is_alive():
+                process.kill()
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+def serve(config: Config) -> None:
+    """Run the supervisor until SIGINT or SIGTERM."""
+    try:
+        uvloop.run(_serve(config))
+    except StartupError as error:
+        log.error("%s", error)
+        sys.exit(1)
+
+
+async def _serve(config: Config) -> None:
+    loop = asyncio.get_running_loop()
+    supervisor = Supervisor(config)
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await supervisor.start()
+        api = HttpApi(config, Commands(supervisor.cluster, config))
+        try:
+            server = await loop.create_server(
+                lambda: HttpProtocol(api.handle, config.max_body_size, api.decorate),
+                config.host, config.port)
+        except OSError as error:
+            raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
+        _announce(config)
+        await stop.wait()
+        server.close()
+    finally:
+        await supervisor.stop()
+
+
+def _announce(config: Config) -> None:
+    print(f"shardcast API on http://{config.host}:{config.port} "
+          f"({config.workers} shards)", flush=True)
+    for index in range(config.workers):
+        print(f"  shard {index}: websockets on ws://{config.host}:"
+              f"{config.ws_port_base + index}/ws", flush=True)

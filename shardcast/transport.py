@@ -1,0 +1,115 @@
+"""Client transports of a shard: picows websockets and held long-poll requests."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport,
+                    WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener)
+
+from .connection import Connection, merge_frames
+
+SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
+HEARTBEAT = b"[]"
+LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often
+
+
+def conn_id_from_path(path: bytes) -> str | None:
+    """The canonical conn_id of ``/ws?conn_id=...``, or None when missing or invalid."""
+    values = parse_qs(urlsplit(path.decode("latin-1")).query).get("conn_id", [])
+    try:
+        return str(UUID(values[0])) if len(values) == 1 else None
+    except ValueError:
+        return None
+
+
+class WebSocketClient(WSListener):
+    """One browser websocket bound to one connection of this shard."""
+
+    def __init__(self, conn: Connection | None, on_open: Callable, on_close: Callable,
+                 send_buffer_size: int) -> None:
+        self.conn = conn
+        self.on_open = on_open
+        self.on_close = on_close
+        self.send_buffer_size = send_buffer_size
+        self.transport: WSTransport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        if self.conn is None:
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+            return
+        self.on_open(self.conn, self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif self.conn is not None:
+            self.conn.last_active = time.monotonic()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.conn is not None:
+            self.on_close(self.conn, self)
+
+    def send(self, frame: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
+            self.close(SLOW_CONSUMER)
+            return
+        transport.send(WSMsgType.TEXT, frame)
+
+    def close(self, code: int = 1000) -> None:
+        transport, self.transport = self.transport, None
+        if transport is not None and not transport.is_disconnected:
+            transport.send_close(WSCloseCode(code))
+            transport.disconnect()
+
+
+def upgrade(request: WSUpgradeRequest, find: Callable[[str], Connection | None],
+            make: Callable[[Connection | None], WebSocketClient]):
+    """picows router: refuse other paths and bad ids; unknown ids get a listener that closes."""
+    if urlsplit(request.path.decode("latin-1")).path != "/ws":
+        return None
+    conn_id = conn_id_from_path(request.path)
+    if conn_id is None:
+        response = WSUpgradeResponse.create_error_response(
+            400, b'{"conn_id": ["Missing or invalid conn_id"]}')
+        return WSUpgradeResponseWithListener(response, None)
+    return make(find(conn_id))
+
+
+class LongPoll:
+    """A held ``/listen`` request: answers with the first batch of frames, or ``[]``."""
+
+    def __init__(self, wait: float, answer: Callable[[bytes], None],
+                 on_done: Callable[["LongPoll"], None]) -> None:
+        self.frames: list[bytes] = []
+        self.answer = answer
+        self.on_done = on_done
+        self.done = False
+        self.timer = asyncio.get_running_loop().call_later(wait, self.finish)
+
+    def send(self, frame: bytes) -> None:
+        if self.done or frame == HEARTBEAT:
+            return
+        self.frames.append(frame)
+        self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(LISTEN_QUIET, self.finish)
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        self.answer(merge_frames(self.frames) if self.frames else HEARTBEAT)
+        self.on_done(self)
+
+    def close(self, code: int = 1000) -> None:
+        self.finish()

@@ -1,0 +1,168 @@
+"""A shard process: one uvloop loop running the actor, its IPC socket and websocket port."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import orjson
+from picows import ws_create_server
+
+from . import ipc
+from .config import Config
+from .connection import Connection
+from .ipc import Kind, Link
+from .shard import Shard
+from .transport import HEARTBEAT, LongPoll, WebSocketClient, upgrade
+
+log = logging.getLogger("shardcast.shard")
+SWEEP_INTERVAL = 1.0
+GOING_AWAY = 1001
+
+
+async def run_shard(index: int, config: Config, ipc_dir: str) -> None:
+    """Process entry point (started by the supervisor through aiomultiprocess)."""
+    logging.basicConfig(level=config.log_level.upper(),
+                        format=f"%(asctime)s shard-{index} %(levelname)s %(message)s")
+    logging.getLogger("picows").setLevel(logging.WARNING)   # it logs every accept at INFO
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
+    await Worker(index, config, ipc_dir).run()
+
+
+class Worker:
+    """Implements the actor's ``Net``: local calls for itself, IPC links to peers."""
+
+    def __init__(self, index: int, config: Config, ipc_dir: str) -> None:
+        self.index = index
+        self.config = config
+        self.ipc_dir = ipc_dir
+        self.actor = Shard(index, config.workers, config, self)
+        self.handlers = self.actor.handlers()
+        self.peers: list[Link | None] = [None] * config.workers
+        self.parent = os.getppid()
+        self.stopped: asyncio.Future | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopped = loop.create_future()
+        path = ipc.socket_path(self.ipc_dir, self.index)
+        if os.path.exists(path):
+            os.unlink(path)
+        ipc_server = await loop.create_unix_server(lambda: Link(self.on_frame), path)
+        ws_server = await ws_create_server(
+            self.ws_route, self.config.host, self.config.ws_port_base + self.index,
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=self.config.ws_ping_interval,
+            auto_ping_reply_timeout=self.config.ws_ping_interval,
+            max_frame_size=self.config.max_client_frame_size,
+        )
+        loop.call_later(SWEEP_INTERVAL, self.sweep)
+        loop.call_later(self.config.heartbeat_interval, self.heartbeat)
+        await self.stopped
+        ws_server.close()
+        ipc_server.close()
+        for conn in list(self.actor.conns.values()):
+            if conn.transport is not None:
+                conn.transport.close(GOING_AWAY)
+        await asyncio.sleep(0.05)   # let close frames leave
+
+    # -- Net ------------------------------------------------------------------------
+
+    def cast(self, shard: int, command: str, args: Any) -> None:
+        if shard == self.index:
+            self.handlers[command](args)
+        else:
+            self.peer(shard).cast(command, args)
+
+    def deliver(self, shard: int, route: list, frame: bytes) -> None:
+        if shard == self.index:
+            self.actor.deliver(route, frame)
+        else:
+            self.peer(shard).write(ipc.pack_route(route, frame))
+
+    def schedule_flush(self) -> None:
+        asyncio.get_running_loop().call_soon(self.actor.flush)
+
+    def peer(self, shard: int) -> Link:
+        """The link to a peer shard, connected lazily and again after a restart."""
+        link = self.peers[shard]
+        if link is None or link.closed:
+            link = self.peers[shard] = Link(self.on_frame)
+            asyncio.ensure_future(self.connect(link, shard))
+        return link
+
+    async def connect(self, link: Link, shard: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            try:
+                await loop.create_unix_connection(lambda: link,
+                                                  ipc.socket_path(self.ipc_dir, shard))
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        log.error("cannot reach shard %d; dropping what was queued for it", shard)
+        link.closed = True
+
+    # -- incoming frames ------------------------------------------------------------
+
+    def on_frame(self, link: Link, kind: int, request_id: int, body: bytes) -> None:
+        try:
+            if kind == Kind.DELIVER:
+                route, frame = ipc.unpack_route(body)
+                self.actor.deliver(route, frame)
+                return
+            command, args = orjson.loads(body)
+            if command == "listen":
+                self.listen(link, request_id, args)
+            elif command == "shutdown":
+                self.stopped.set_result(None)
+            else:
+                result = self.handlers[command](args)
+                if kind == Kind.REQUEST:
+                    link.reply(request_id, orjson.dumps(result))
+        except Exception:
+            log.exception("failed to handle an IPC frame")
+            if kind == Kind.REQUEST:
+                link.reply(request_id, b'{"error": {"_server": ["shard failed on this command"]}}')
+
+    def listen(self, link: Link, request_id: int, args: dict) -> None:
+        conn = self.actor.conns.get(args["conn_id"])
+        if conn is None:
+            link.reply(request_id, b"")
+            return
+        poll = LongPoll(self.config.wake_connections_after,
+                        lambda frame: link.reply(request_id, frame),
+                        lambda done: self.actor.detach(conn, done))
+        self.actor.attach(conn, poll)
+
+    # -- websockets -----------------------------------------------------------------
+
+    def ws_route(self, request):
+        return upgrade(request, self.actor.conns.get, self.ws_client)
+
+    def ws_client(self, conn: Connection | None) -> WebSocketClient:
+        return WebSocketClient(conn, self.actor.attach, self.ws_closed,
+                               self.config.send_buffer_size)
+
+    def ws_closed(self, conn: Connection, client: WebSocketClient) -> None:
+        if conn.transport is client:
+            self.actor.remove_conn(conn)
+
+    # -- timers -----------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        if os.getppid() != self.parent:
+            log.error("supervisor is gone; shard %d exits", self.index)
+            self.stopped.set_result(None)
+            return
+        self.actor.sweep(time.monotonic())
+        asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self.sweep)
+
+    def heartbeat(self) -> None:
+        for conn in self.actor.conns.values():
+            if isinstance(conn.transport, WebSocketClient):
+                conn.transport.send(HEARTBEAT)
+        asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self.heartbeat)

@@ -1,0 +1,98 @@
+"""API.md § Activity, heartbeats, garbage collection.
+
+Idle collection runs on ``gc_server`` (gc_conns_after = 2 s, heartbeat every 1 s); the
+websocket-close rule runs on the contract server, whose gc_conns_after (30 s) is far longer
+than the test, so only the close itself can explain the removal.
+"""
+
+import time
+
+from conftest import GC_CONNS_AFTER, unique, wait_until
+
+SWEEP_PERIOD = 1.0
+SLACK = 2.5
+# Idle for more than gc_conns_after, then the next sweep: removal happens by this time.
+REMOVED_BY = GC_CONNS_AFTER + SWEEP_PERIOD + SLACK
+CLOSE_REMOVAL_TIMEOUT = 3.5  # "within ~2 s"
+# Long enough that an unprotected connection would certainly have been collected.
+OUTLIVE = GC_CONNS_AFTER * 2 + SWEEP_PERIOD
+
+
+def wait_removed(server, conn_id, started, deadline):
+    wait_until(lambda: not server.is_connected(conn_id), deadline - (time.monotonic() - started), 0.2)
+    return time.monotonic() - started
+
+
+def test_gc_removes_connection_that_never_attaches(gc_server):
+    server = gc_server
+    channel = unique("ch")
+    started = time.monotonic()
+    conn_id = server.connect(unique("u"), [channel])["conn_id"]
+    time.sleep(GC_CONNS_AFTER / 2)
+    assert server.channel_info(channel)["total_connections"] == 1, "collected too early"
+    wait_removed(server, conn_id, started, REMOVED_BY)
+    assert server.post("/subscribe", {"conn_id": conn_id, "channels": [channel]}).status_code == 422
+    assert server.listen(conn_id).status_code == 401
+    assert server.post("/disconnect", {"conn_id": conn_id}, sign=False).json() is False
+
+
+def test_gc_removes_idle_connection_in_no_channel(gc_server):
+    server = gc_server
+    started = time.monotonic()
+    conn_id = server.connect(unique("u"))["conn_id"]
+    assert server.is_connected(conn_id)
+    wait_removed(server, conn_id, started, REMOVED_BY)
+    assert server.get("/disconnect", params={"conn_id": conn_id}, sign=False).json() is False
+
+
+def test_gc_of_idle_connection_emits_parted(gc_server, open_ws):
+    server = gc_server
+    channel = unique("presence")
+    server.channel_config({channel: {"notify_presence": True}})
+    observer = open_ws(server.connect(unique("observer"), [channel]))
+    idle = unique("idle")
+    started = time.monotonic()
+    server.connect(idle, [channel])
+    joined = observer.next()
+    assert (joined["type"], joined["user"], joined["message"]) == ("presence", idle, {"action": "joined"})
+    parted = observer.next(timeout=REMOVED_BY)
+    assert (parted["type"], parted["user"], parted["message"]) == ("presence", idle, {"action": "parted"})
+    assert time.monotonic() - started > GC_CONNS_AFTER * 0.9
+
+
+def test_gc_keeps_connection_with_attached_websocket(gc_server, open_ws):
+    server = gc_server
+    channel = unique("ch")
+    reply = server.connect(unique("u"), [channel])
+    client = open_ws(reply)
+    deadline = time.monotonic() + OUTLIVE
+    while time.monotonic() < deadline:
+        client.recv_frame(timeout=GC_CONNS_AFTER + SLACK)  # heartbeats: activity
+    assert server.is_connected(reply["conn_id"])
+    item = server.say(channel, "still here")
+    assert client.next()["uuid"] == item["uuid"]
+
+
+def test_gc_keeps_long_polling_connection(gc_server):
+    server = gc_server
+    conn_id = server.connect(unique("u"))["conn_id"]
+    deadline = time.monotonic() + OUTLIVE
+    while time.monotonic() < deadline:
+        assert server.listen(conn_id).status_code == 200
+    assert server.is_connected(conn_id)
+
+
+def test_websocket_close_removes_connection_within_2s(server, open_ws):
+    channel = unique("presence")
+    server.channel_config({channel: {"notify_presence": True}})
+    observer_name, leaver = unique("observer"), unique("leaver")
+    observer = open_ws(server.connect(observer_name, [channel]))
+    reply = server.connect(leaver, [channel])
+    client = open_ws(reply)
+    assert observer.next()["message"] == {"action": "joined"}
+    started = time.monotonic()
+    client.close()
+    parted = observer.next(timeout=CLOSE_REMOVAL_TIMEOUT)
+    assert (parted["type"], parted["user"], parted["message"]) == ("presence", leaver, {"action": "parted"})
+    wait_removed(server, reply["conn_id"], started, CLOSE_REMOVAL_TIMEOUT)
+    assert server.channel_info(channel)["users"] == [observer_name]
