@@ -61,13 +61,15 @@ class Connection:
 
     def _amend(self, amend: list, frame: bytes) -> bool:
         operation, uuid = amend
-        for held in self.pending.values():
+        for key, held in self.pending.items():
             for index, kept in enumerate(held):
                 envelope = orjson.loads(kept)[0]
                 if envelope["type"] != "message" or envelope["uuid"] != uuid:
                     continue
                 if operation == "delete":
                     del held[index]
+                    if not held:
+                        del self.pending[key]
                 else:
                     change = orjson.loads(frame)[0]
                     for key in ("message", "user", "timestamp", "edited"):

@@ -11,6 +11,7 @@ import httptools
 import orjson
 
 log = logging.getLogger("shardcast.http")
+DISCARD_FACTOR = 8   # read at most this many times the body limit of a refused request
 
 
 class Request:
@@ -66,7 +67,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.size = 0
-        self.too_large = False
+        self.refused = False
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -79,6 +80,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -97,19 +100,21 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         length = self.headers.get("content-length", "0")
         if length.isdigit() and int(length) > self.max_body:
-            self.too_large = True
+            self._too_large()
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.size > self.max_body:
-            self.too_large = True
-        elif not self.too_large:
+        if self.refused:
+            if self.size > DISCARD_FACTOR * self.max_body:
+                self._close()
+        elif self.size > self.max_body:
+            self._too_large()
+        else:
             self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.too_large:
-            self._fail(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                       f"Request body is over the {self.max_body} byte limit")
+        if self.refused:
+            self._close()
             return
         request = Request(self.parser.get_method().decode(), self.url, self.headers,
                           b"".join(self.body), self.client, self.parser.should_keep_alive())
@@ -117,6 +122,14 @@ class HttpProtocol(asyncio.Protocol):
         self.queue.append(request)
         if not self.busy:
             self._next()
+
+    def _too_large(self) -> None:
+        """Answer 413 at once, then read and drop the rest of the body before closing, so
+        the client gets to read the answer (closing early would reset the connection)."""
+        self._fail(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                   f"Request body is over the {self.max_body} byte limit", close=False)
+        self.refused = True
+        self.body = []
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -162,11 +175,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
             if not keep_alive:
-                self.transport.close()
-                self.transport = None
+                self._close()
 
-    def _fail(self, status: HTTPStatus, message: str) -> None:
-        """Answer a request we cannot parse or accept, then close the connection."""
+    def _fail(self, status: HTTPStatus, message: str, close: bool = True) -> None:
+        """Answer a request we cannot parse or accept; the connection closes after it."""
         if self.transport is None:
             return
         body = orjson.dumps({"request": [message]})
@@ -174,5 +186,10 @@ class HttpProtocol(asyncio.Protocol):
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\n"
             f"connection: close\r\n\r\n".encode() + body)
-        self.transport.close()
-        self.transport = None
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None

@@ -9,7 +9,9 @@ import sys
 import tempfile
 import time
 
-import aiomultiprocess
+import multiprocessing
+from multiprocessing.process import BaseProcess
+
 import uvloop
 
 from . import ipc
@@ -19,11 +21,15 @@ from .config import Config
 from .http_api import HttpApi
 from .http_server import HttpProtocol
 from .ipc import Link
-from .worker import run_shard
+from .worker import shard_main
 
 log = logging.getLogger("shardcast.supervisor")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
+# Shards are plain spawned processes running uvloop.run(): aiomultiprocess.Process would
+# add a SyncManager server process, and once that dies (a process-group SIGTERM kills it)
+# no shard can be restarted any more.
+SPAWN = multiprocessing.get_context("spawn")
 
 
 class StartupError(RuntimeError):
@@ -34,7 +40,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.cluster = Cluster(config.workers)
-        self.processes: list[aiomultiprocess.Process | None] = [None] * config.workers
+        self.processes: list[BaseProcess | None] = [None] * config.workers
         self.restarts = [0] * config.workers
         self.ipc_dir = tempfile.mkdtemp(prefix="shardcast-")
         self.stopping = False
@@ -43,9 +49,8 @@ class Supervisor:
         await asyncio.gather(*(self._start_shard(i) for i in range(self.config.workers)))
 
     async def _start_shard(self, index: int) -> None:
-        process = aiomultiprocess.Process(
-            target=run_shard, args=(index, self.config, self.ipc_dir),
-            name=f"shardcast-shard-{index}", loop_initializer=uvloop.new_event_loop)
+        process = SPAWN.Process(target=shard_main, args=(index, self.config, self.ipc_dir),
+                                name=f"shardcast-shard-{index}")
         process.start()
         self.processes[index] = process
         loop = asyncio.get_running_loop()
@@ -65,16 +70,17 @@ class Supervisor:
                     raise StartupError(f"shard {index} did not start in {START_TIMEOUT:.0f} s")
                 await asyncio.sleep(0.05)
         self.cluster.links[index] = link
-        loop.add_reader(process.aio_process.sentinel, self._on_exit, index)
+        loop.add_reader(process.sentinel, self._on_exit, index)
 
     def _unexpected_frame(self, link: Link, kind: int, request_id: int, body: bytes) -> None:
         log.warning("ignoring an unsolicited frame from a shard (kind %d)", kind)
 
     def _on_exit(self, index: int) -> None:
         process = self.processes[index]
-        asyncio.get_running_loop().remove_reader(process.aio_process.sentinel)
+        asyncio.get_running_loop().remove_reader(process.sentinel)
         if self.stopping:
             return
+        process.join(0.1)
         log.error("shard %d died (exit code %s); restarting it", index, process.exitcode)
         asyncio.ensure_future(self._restart(index))
 
@@ -82,7 +88,7 @@ class Supervisor:
         self.restarts[index] += 1
         try:
             await self._start_shard(index)
-        except StartupError as error:
+        except (StartupError, OSError) as error:
             log.error("%s; retrying in 1 s", error)
             await asyncio.sleep(1)
             asyncio.ensure_future(self._restart(index))

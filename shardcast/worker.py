@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import orjson
+import uvloop
 from picows import ws_create_server
 
 from . import ipc
@@ -23,13 +24,16 @@ SWEEP_INTERVAL = 1.0
 GOING_AWAY = 1001
 
 
-async def run_shard(index: int, config: Config, ipc_dir: str) -> None:
-    """Process entry point (started by the supervisor through aiomultiprocess)."""
+def shard_main(index: int, config: Config, ipc_dir: str) -> None:
+    """Process entry point: one uvloop loop for the shard's whole life."""
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"%(asctime)s shard-{index} %(levelname)s %(message)s")
     logging.getLogger("picows").setLevel(logging.WARNING)   # it logs every accept at INFO
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
-    await Worker(index, config, ipc_dir).run()
+    # The supervisor decides when shards stop (Ctrl-C and service managers signal the
+    # whole process group); a lost supervisor is noticed by the sweep.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    uvloop.run(Worker(index, config, ipc_dir).run())
 
 
 class Worker:

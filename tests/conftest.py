@@ -317,6 +317,7 @@ class Server:
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.ws_ports = list(range(self.ws_base, self.ws_base + workers))
         self.process: subprocess.Popen | None = None
+        self.http_timeout = HTTP_TIMEOUT
         self.session = requests.Session()
         self.session.trust_env = False
         self._log = tempfile.TemporaryFile()
@@ -399,15 +400,15 @@ class Server:
         headers: dict | None = None,
         sign: bool = True,
         params: dict | None = None,
-        timeout: float = HTTP_TIMEOUT,
+        timeout: float | None = None,
     ) -> requests.Response:
         all_headers = {**(self.sign() if sign else {}), **(headers or {})}
         if json is not None:
             data = json_dumps(json)
             all_headers.setdefault("Content-Type", "application/json")
-        return self.session.request(
-            method, self.api + path, data=data, headers=all_headers, params=params, timeout=timeout
-        )
+        url = self.api + path
+        timeout = timeout or self.http_timeout
+        return self.session.request(method, url, data=data, headers=all_headers, params=params, timeout=timeout)
 
     def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
         return self.request("POST", path, json=json, **kwargs)

@@ -1,0 +1,32 @@
+"""IPC frame encoding: round trips, partial reads, and clean errors on garbage."""
+from __future__ import annotations
+
+import pytest
+
+from shardcast import ipc
+
+
+def test_frames_survive_arbitrary_chunking():
+    stream = (ipc.pack_command(ipc.Kind.REQUEST, 7, "stats", None)
+              + ipc.pack_route(["c", "room", [], [], True, None], b'[{"n":1}]'))
+    decoder = ipc.FrameDecoder()
+    frames = []
+    for byte in stream:
+        frames += decoder.feed(bytes([byte]))
+    assert [(kind, rid) for kind, rid, _ in frames] == [(ipc.Kind.REQUEST, 7), (ipc.Kind.DELIVER, 0)]
+    route, payload = ipc.unpack_route(frames[1][2])
+    assert route == ["c", "room", [], [], True, None] and payload == b'[{"n":1}]'
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xff\xff\xff\xff\x01\x00\x00\x00\x00",        # absurd length
+    b"\x01\x00\x00\x00\x09\x00\x00\x00\x00x",        # unknown kind
+])
+def test_bad_header_is_a_frame_error(garbage):
+    with pytest.raises(ipc.FrameError):
+        ipc.FrameDecoder().feed(garbage)
+
+
+def test_truncated_route_is_a_frame_error():
+    with pytest.raises(ipc.FrameError):
+        ipc.unpack_route(b"\xff\x00\x00\x00{}")
