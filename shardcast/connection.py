@@ -8,6 +8,7 @@ from typing import Protocol
 import orjson
 
 DIRECT_CATCHUP = 50   # direct messages kept per connection for catch-up
+HEARTBEAT = b"[]"
 
 
 class Transport(Protocol):

@@ -175,7 +175,7 @@ def _with_query_conn_id(request: Request) -> Any:
     try:
         body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
-        raise Invalid({"_schema": ["Invalid JSON body."]}) from None
+        raise Invalid(schemas.INVALID_JSON) from None
     if isinstance(body, dict) and "conn_id" not in body and "conn_id" in request.query:
         body["conn_id"] = request.query["conn_id"]
     return body

@@ -114,6 +114,7 @@ class Invalid(Exception):
         self.errors = errors
 
 
+INVALID_JSON = {"_schema": ["Invalid JSON body."]}
 _SEGMENT = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]|\[\.\.\.\]")
 _AT = " - at `$"
 _AT_KEY = " - at `key` in `$"
@@ -125,9 +126,14 @@ def decode(body: bytes, kind: type) -> Any:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
-        raise Invalid(_locate(str(error), orjson.loads(body), kind)) from None
+        message = str(error)
     except msgspec.DecodeError:
-        raise Invalid({"_schema": ["Invalid JSON body."]}) from None
+        raise Invalid(INVALID_JSON) from None
+    try:
+        value = orjson.loads(body)   # a type error may be found before a syntax error
+    except orjson.JSONDecodeError:
+        raise Invalid(INVALID_JSON) from None
+    raise Invalid(_locate(message, value, kind))
 
 
 def convert(value: Any, kind: type) -> Any:

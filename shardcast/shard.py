@@ -14,7 +14,7 @@ import orjson
 from . import envelopes
 from .channel import Channel
 from .config import Config
-from .connection import Connection, Transport
+from .connection import HEARTBEAT, Connection, Transport
 from .routing import owner
 from .user import User
 
@@ -35,7 +35,7 @@ class Shard:
     COMMANDS = (
         "conn_open", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
-        "join", "leave", "configure", "info", "publish", "edit", "delete", "direct",
+        "join", "activate", "leave", "configure", "info", "publish", "edit", "delete", "direct",
         "state_change", "stats", "peer_restarted",
     )
 
@@ -99,11 +99,18 @@ class Shard:
         return sorted(names)
 
     def _subscribe(self, conn: Connection, names: list[str]) -> list[str]:
+        """Record the channels; delivery starts when their owners ``activate`` them."""
         new = sorted(set(names) - conn.channels)
-        for name in new:
-            conn.channels.add(name)
-            self.subscribers.setdefault(name, set()).add(conn)
+        conn.channels.update(new)
         return new
+
+    def activate(self, args: dict) -> None:
+        """Sent by a channel owner after a join, on the link its frames travel: frames
+        posted before the join precede this and are never delivered to the newcomer."""
+        for name, conn_id in args["pairs"]:
+            conn = self.conns.get(conn_id)
+            if conn is not None and name in conn.channels:
+                self.subscribers.setdefault(name, set()).add(conn)
 
     def _unsubscribe(self, conn: Connection, name: str) -> None:
         conn.channels.discard(name)
@@ -197,13 +204,21 @@ class Shard:
     # -- channels owned here ----------------------------------------------------
 
     def join(self, args: dict) -> None:
+        activations: dict[int, list] = {}
+        announce = []
         for name, settings, conn_id, user, public_state in args["joins"]:
             channel = self.channels.get(name)
             if channel is None:
                 channel = self.channels[name] = Channel(name, settings, self.shards)
-            if channel.join(conn_id, user, owner(conn_id, self.shards), public_state):
+            shard = owner(conn_id, self.shards)
+            activations.setdefault(shard, []).append([name, conn_id])
+            if channel.join(conn_id, user, shard, public_state):
                 if channel.settings["notify_presence"]:
-                    self._presence(channel, user, public_state)
+                    announce.append((channel, user, public_state))
+        for shard, pairs in activations.items():
+            self.net.cast(shard, "activate", {"pairs": pairs})
+        for channel, user, public_state in announce:
+            self._presence(channel, user, public_state)
 
     def leave(self, args: dict) -> None:
         channel = self.channels.get(args["channel"])
@@ -327,16 +342,24 @@ class Shard:
 
     def flush(self) -> None:
         dirty, self.dirty = self.dirty, []
+        now = time.monotonic()      # a frame sent counts as activity
         for conn in dirty:
+            conn.last_active = now
             conn.flush()
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        for conn in self.conns.values():
+            if conn.transport is not None:
+                conn.last_active = now
+                conn.transport.send(HEARTBEAT)
 
     # -- housekeeping ---------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
-        """Drop connections with no transport, idle users; ``now`` is monotonic."""
+        """Drop idle connections and users; ``now`` is monotonic."""
         idle_conn = now - self.config.gc_conns_after
-        for conn in [c for c in self.conns.values()
-                     if c.transport is None and c.last_active < idle_conn]:
+        for conn in [c for c in self.conns.values() if c.last_active < idle_conn]:
             self.remove_conn(conn)
         idle_user = now - self.config.gc_users_after
         for user in [u for u in self.users.values() if not u.conns and u.last_active < idle_user]:

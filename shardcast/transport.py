@@ -10,10 +10,9 @@ from uuid import UUID
 from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport,
                     WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener)
 
-from .connection import Connection, merge_frames
+from .connection import HEARTBEAT, Connection, merge_frames
 
 SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
-HEARTBEAT = b"[]"
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often
 
 

@@ -17,7 +17,7 @@ from .config import Config
 from .connection import Connection
 from .ipc import Kind, Link
 from .shard import Shard
-from .transport import HEARTBEAT, LongPoll, WebSocketClient, upgrade
+from .transport import LongPoll, WebSocketClient, upgrade
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
@@ -166,7 +166,5 @@ class Worker:
         asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self.sweep)
 
     def heartbeat(self) -> None:
-        for conn in self.actor.conns.values():
-            if isinstance(conn.transport, WebSocketClient):
-                conn.transport.send(HEARTBEAT)
+        self.actor.heartbeat()
         asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self.heartbeat)

@@ -13,15 +13,18 @@ SHARDS = 1
 
 
 class RecordingNet:
-    """Stands in for the worker: records what the actor sends."""
+    """Stands in for the worker: records what the actor sends, runs what it sends itself."""
 
     def __init__(self) -> None:
+        self.local: Shard | None = None
         self.casts: list[tuple[int, str, object]] = []
         self.delivered: list[tuple[int, list, bytes]] = []
         self.flushes = 0
 
     def cast(self, shard: int, command: str, args: object) -> None:
         self.casts.append((shard, command, args))
+        if self.local is not None and shard == self.local.index:
+            getattr(self.local, command)(args)
 
     def deliver(self, shard: int, route: list, frame: bytes) -> None:
         self.delivered.append((shard, route, frame))
@@ -49,7 +52,9 @@ class Socket:
 
 @pytest.fixture
 def shard() -> Shard:
-    return Shard(0, SHARDS, Config(workers=SHARDS, secret="x"), RecordingNet())
+    net = RecordingNet()
+    net.local = Shard(0, SHARDS, Config(workers=SHARDS, secret="x"), net)
+    return net.local
 
 
 def open_conn(shard: Shard, conn_id: str, user: str, channels: list[str]) -> Connection:
@@ -120,10 +125,11 @@ def test_remove_conn_tells_channel_and_user_owners(shard):
     assert "c1" not in shard.conns and conn.channels == set()
 
 
-def test_sweep_drops_idle_connections_without_transport(shard):
+def test_sweep_drops_connections_idle_longer_than_gc_conns_after(shard):
     conn = open_conn(shard, "c1", "a", [])
     attached = open_conn(shard, "c2", "b", [])
     shard.attach(attached, Socket())
+    attached.last_active = conn.last_active + shard.config.gc_conns_after
     shard.sweep(conn.last_active + shard.config.gc_conns_after + 1)
     assert list(shard.conns) == ["c2"]
 
@@ -134,6 +140,14 @@ def test_presence_joined_only_for_first_connection_of_user(shard):
     shard.net.delivered.clear()
     open_conn(shard, "c3", "b", ["room"])
     assert shard.net.delivered == []
+
+
+def test_connection_gets_no_frame_sent_before_its_join_reached_the_owner(shard):
+    open_conn(shard, "c1", "a", ["room"])
+    shard.conn_open({"conn_id": "c2", "user": "b", "channels": ["room"]})
+    shard.deliver(["c", "room", [], [], True, None], b'[{"n":1}]')
+    assert shard.conns["c2"].take_catchup() is None
+    assert shard.conns["c1"].take_catchup() is not None
 
 
 def test_user_state_change_reports_only_changed_keys(shard):
