@@ -308,7 +308,7 @@ class Shard:
         else:
             amend = [amend, envelope["uuid"]]
         by_shard: dict[int, list[str]] = {}
-        for name in args["users"]:
+        for name in set(args["users"]):     # a user listed twice still gets one copy
             user = self.users.get(name)
             if user is not None:
                 for conn_id in user.conns:

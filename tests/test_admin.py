@@ -5,7 +5,8 @@ Totals are compared as deltas on a server of this module's own, so no other test
 
 import pytest
 
-from conftest import CONTRACT_GC_CONNS_AFTER, WAKE_CONNECTIONS_AFTER, Server, unique, wait_until
+from contract import unique, wait_until
+from harness import Server
 
 ADMIN_KEYS = {
     "remembered_user_count",
@@ -33,11 +34,7 @@ WORKERS = 3
 
 @pytest.fixture(scope="module")
 def admin_server():
-    env = {
-        "SHARDCAST_GC_CONNS_AFTER": str(CONTRACT_GC_CONNS_AFTER),
-        "SHARDCAST_WAKE_CONNECTIONS_AFTER": str(WAKE_CONNECTIONS_AFTER),
-    }
-    server = Server(WORKERS, env).start()
+    server = Server(WORKERS).start()
     yield server
     server.stop()
 

@@ -1,11 +1,14 @@
 """API.md § Authentication, and the CORS rules of § Conventions."""
 
+import http.client
+import json
 import time
+import uuid
 
 import pytest
 from itsdangerous import TimestampSigner
 
-from conftest import SIGNATURE_HEADER, craft_signature, unique
+from contract import craft_signature, SIGNATURE_HEADER, unique
 
 BAD_SIGNATURE = {"request": "Bad Signature"}
 CORS_METHODS = {"GET", "POST", "OPTIONS", "PUT", "DELETE", "PATCH"}
@@ -39,6 +42,18 @@ class OldTimestampSigner(TimestampSigner):
 
 def signed_with(value: str) -> dict:
     return {SIGNATURE_HEADER: value}
+
+
+def request_from(source_ip, server, method, path, body=None, headers=None):
+    """An HTTP request whose packets come from ``source_ip`` (any 127.x.y.z reaches loopback)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.api_port, timeout=10, source_address=(source_ip, 0))
+    try:
+        data = None if body is None else json.dumps(body)
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize(("method", "path", "body"), SIGNED_ENDPOINTS, ids=ENDPOINT_IDS)
@@ -120,6 +135,21 @@ def test_bad_secret_query_parameter_is_401(server):
     response = server.get("/info", sign=False, params={"secret": "garbage"})
     assert response.status_code == 401
     assert response.json() == BAD_SIGNATURE
+
+
+def test_caller_outside_allow_posting_from_is_403(server):
+    status, _ = request_from("127.0.0.2", server, "POST", "/connect", {"username": unique("far")}, server.sign())
+    assert status == 403
+    status, _ = request_from("127.0.0.1", server, "POST", "/connect", {"username": unique("near")}, server.sign())
+    assert status == 200
+
+
+def test_client_endpoints_accept_any_caller_ip(server):
+    conn_id = server.connect(unique("browser"))["conn_id"]
+    status, body = request_from("127.0.0.2", server, "GET", f"/disconnect?conn_id={conn_id}")
+    assert (status, json.loads(body)) == (200, True)
+    status, _ = request_from("127.0.0.2", server, "GET", f"/listen?conn_id={uuid.uuid4()}")
+    assert status == 401
 
 
 @pytest.mark.parametrize("path", ["/connect", "/message", "/info", "/listen", "/ws", "/no-such-path"])

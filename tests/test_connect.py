@@ -3,7 +3,7 @@
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-from conftest import CHANNEL_INFO_KEYS, is_canonical_uuid, is_timestamp, settings, unique
+from contract import CHANNEL_INFO_KEYS, is_canonical_uuid, is_timestamp, settings, unique
 
 CONNECT_KEYS = {"conn_id", "username", "state", "public_state", "channels", "channels_info", "ws_url"}
 
@@ -27,6 +27,19 @@ def test_connect_generates_canonical_uuid_conn_id(server):
 def test_connect_uses_given_conn_id(server):
     conn_id = str(uuid.uuid4())
     assert server.connect(unique("u"), conn_id=conn_id)["conn_id"] == conn_id
+
+
+def test_connect_conn_id_is_returned_canonical(server):
+    conn_id = uuid.uuid4()
+    assert server.connect(unique("u"), conn_id=str(conn_id).upper())["conn_id"] == str(conn_id)
+    conn_id = uuid.uuid4()
+    assert server.connect(unique("u"), conn_id=conn_id.hex)["conn_id"] == str(conn_id)
+
+
+def test_connect_invalid_conn_id_is_422(server):
+    response = server.post("/connect", {"username": unique("u"), "conn_id": "not-a-uuid"})
+    assert response.status_code == 422
+    assert set(response.json()) == {"conn_id"}
 
 
 def test_connect_channels_are_sorted_request_list(server):

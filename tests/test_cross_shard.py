@@ -11,17 +11,10 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from conftest import (
-    CONTRACT_GC_CONNS_AFTER,
-    WAKE_CONNECTIONS_AFTER,
-    Server,
-    delivered,
-    descendant_pids,
-    open_websocket,
-    pids_listening_on,
-    unique,
-    wait_until,
-)
+from contract import delivered, unique, wait_until
+from harness import Server
+from processes import descendant_pids, pids_listening_on
+from wsclient import open_websocket
 
 MAX_CONNECT_ATTEMPTS = 80
 FAN_OUT_TIMEOUT = 15.0
@@ -174,11 +167,14 @@ def test_user_state_change_reaches_members_on_every_shard(server3, open_ws):
         assert client.until_uuid(marker) == []
 
 
-def test_catchup_reaches_connections_on_every_shard(server3, open_ws):
+def test_catchup_reaches_connections_on_every_shard(server3, open_ws, witness):
     server = server3
     channel = unique("catchup")
     replies = spread(server, [unique("user"), unique("user")], [channel], per_shard=1)
+    witnesses = [witness(server, reply) for reply in replies]
     posted = [server.say(channel, str(n)) for n in range(3)]
+    for seen in witnesses:
+        seen.until_uuid(posted[-1]["uuid"])
     for reply in replies:
         client = open_ws(reply)
         assert client.take(3) == [delivered(item, catchup=True) for item in posted]
@@ -227,18 +223,13 @@ def test_websocket_on_a_non_owning_shard_gets_no_session(server3, open_ws):
 
 @pytest.fixture
 def fresh_server():
-    env = {
-        "SHARDCAST_GC_CONNS_AFTER": str(CONTRACT_GC_CONNS_AFTER),
-        "SHARDCAST_WAKE_CONNECTIONS_AFTER": str(WAKE_CONNECTIONS_AFTER),
-    }
-    server = Server(3, env).start()
+    server = Server(3).start()
     yield server
     server.stop()
 
 
 def shard_pid(server, port):
-    children = [pid for pid in descendant_pids(server.process.pid)]
-    holders = pids_listening_on(port, children)
+    holders = pids_listening_on(port, descendant_pids(server.process.pid))
     assert len(holders) == 1, f"expected one shard process listening on {port}, found {holders}"
     return holders[0]
 
@@ -250,7 +241,8 @@ def serves_on_every_shard(server):
     clients = [open_websocket(reply["ws_url"]) for reply in replies]
     try:
         posted = server.message(*[{"user": "b", "channel": c, "message": {}} for c in channels])
-        (direct,) = server.message({"user": "b", "pm_users": [r["username"] for r in replies], "message": {}})
+        usernames = sorted({reply["username"] for reply in replies})
+        (direct,) = server.message({"user": "b", "pm_users": usernames, "message": {}})
         for client in clients:
             got = client.take(len(posted) + 1, timeout=5)
             assert sorted(e["uuid"] for e in got) == sorted([i["uuid"] for i in posted] + [direct["uuid"]])

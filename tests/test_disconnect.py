@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from conftest import unique, wait_until
+from contract import unique, wait_until
 
 REMOVAL_TIMEOUT = 3.0  # "within ~2 s"
 

@@ -1,13 +1,18 @@
 """API.md § Activity, heartbeats, garbage collection.
 
-Idle collection runs on ``gc_server`` (gc_conns_after = 2 s, heartbeat every 1 s); the
-websocket-close rule runs on the contract server, whose gc_conns_after (30 s) is far longer
+Idle collection runs on ``gc_server`` (gc_conns_after = 2 s, heartbeat every 1 s) and on
+``silent_gc_server`` (the same without heartbeats, so an attached client is idle unless it
+talks); the websocket-close rule runs on the contract server, whose gc_conns_after (30 s) is far longer
 than the test, so only the close itself can explain the removal.
 """
 
+import json
 import time
 
-from conftest import GC_CONNS_AFTER, unique, wait_until
+from websockets.exceptions import ConnectionClosed
+
+from contract import unique, wait_until
+from harness import GC_CONNS_AFTER
 
 SWEEP_PERIOD = 1.0
 SLACK = 2.5
@@ -80,6 +85,51 @@ def test_gc_keeps_long_polling_connection(gc_server):
     while time.monotonic() < deadline:
         assert server.listen(conn_id).status_code == 200
     assert server.is_connected(conn_id)
+
+
+def talk(client):
+    client.connection.send(json.dumps({"type": "heartbeat"}))
+
+
+def wait_closed_by_server(client, timeout, keep_alive):
+    """Wait until the server closes ``client``; ``keep_alive`` clients talk meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for other in keep_alive:
+            talk(other)
+        try:
+            client.connection.recv(timeout=0.5)
+        except TimeoutError:
+            continue
+        except ConnectionClosed:
+            return
+    raise AssertionError(f"websocket still open after {timeout} s")
+
+
+def test_gc_closes_websocket_of_idle_connection(silent_gc_server, open_ws):
+    server = silent_gc_server
+    channel = unique("presence")
+    server.channel_config({channel: {"notify_presence": True}})
+    observer = open_ws(server.connect(unique("observer"), [channel]))
+    idle = unique("idle")
+    started = time.monotonic()
+    reply = server.connect(idle, [channel])
+    wait_closed_by_server(open_ws(reply), REMOVED_BY, keep_alive=[observer])
+    assert time.monotonic() - started > GC_CONNS_AFTER * 0.9
+    assert not server.is_connected(reply["conn_id"])
+    presences = [observer.next(), observer.next()]
+    assert [(e["user"], e["message"]["action"]) for e in presences] == [(idle, "joined"), (idle, "parted")]
+
+
+def test_gc_keeps_connection_whose_client_sends_frames(silent_gc_server, open_ws):
+    server = silent_gc_server
+    reply = server.connect(unique("u"), [unique("ch")])
+    client = open_ws(reply)
+    deadline = time.monotonic() + OUTLIVE
+    while time.monotonic() < deadline:
+        talk(client)
+        time.sleep(0.5)
+    assert server.is_connected(reply["conn_id"])
 
 
 def test_websocket_close_removes_connection_within_2s(server, open_ws):

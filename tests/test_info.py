@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import CHANNEL_INFO_KEYS, is_canonical_uuid, is_timestamp, settings, unique
+from contract import CHANNEL_INFO_KEYS, is_canonical_uuid, is_timestamp, settings, unique
 
 
 @pytest.fixture

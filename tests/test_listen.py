@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import WAKE_CONNECTIONS_AFTER, delivered, unique
+from contract import delivered, unique
+from harness import WAKE_CONNECTIONS_AFTER
 
 # Time for a /listen request to reach its shard before the test posts to it.
 LISTEN_SETTLE = 0.3
@@ -56,18 +57,22 @@ def test_listen_collects_messages_arriving_together(server, background):
     assert [e["uuid"] for e in response.json()] == posted
 
 
-def test_listen_delivers_direct_messages(server):
+def test_listen_delivers_direct_messages(server, witness):
     username = unique("u")
-    conn_id = server.connect(username)["conn_id"]
+    reply = server.connect(username)
+    seen = witness(server, reply)
     (item,) = server.message({"user": "b", "pm_users": [username], "message": {"dm": True}})
-    assert server.listen(conn_id).json() == [delivered(item, catchup=True)]
+    seen.until_uuid(item["uuid"])
+    assert server.listen(reply["conn_id"]).json() == [delivered(item, catchup=True)]
 
 
-def test_listen_with_callback_returns_jsonp(server):
+def test_listen_with_callback_returns_jsonp(server, witness):
     channel = unique("ch")
-    conn_id = server.connect(unique("u"), [channel])["conn_id"]
+    reply = server.connect(unique("u"), [channel])
+    seen = witness(server, reply)
     item = server.say(channel, "jsonp")
-    response = server.listen(conn_id, callback="fn")
+    seen.until_uuid(item["uuid"])
+    response = server.listen(reply["conn_id"], callback="fn")
     assert response.status_code == 200
     body = response.text.strip()
     assert body.startswith("fn(") and body.endswith(")")

@@ -1,34 +1,13 @@
-"""API.md § POST /message, PATCH /message, DELETE /message."""
+"""API.md § POST /message."""
 
 import uuid
 
-from conftest import delivered, is_canonical_uuid, is_timestamp, unique
+from contract import delivered, is_canonical_uuid, is_timestamp, unique
+from harness import received_before_sentinel
 
-NORMALISED_KEYS = {"pm_users", "exclude_users", "channel", "no_history", "uuid", "timestamp", "user", "message", "edited"}
-
-
-def channel_with_members(server, join, count=3, **config):
-    """A fresh channel with ``count`` attached users: (channel, [(username, client), ...])."""
-    channel = unique("ch")
-    server.channel_config({channel: config})
-    members = []
-    for _ in range(count):
-        username = unique("m")
-        _, client = join(server, username, [channel])
-        members.append((username, client))
-    return channel, members
-
-
-def received_before_sentinel(server, channel, members):
-    marker = server.sentinel(channel)
-    return {username: client.until_uuid(marker) for username, client in members}
-
-
-def history(server, channel):
-    return server.channel_info(channel)["history"]
-
-
-# ----------------------------------------------------------------------------- POST
+NORMALISED_KEYS = {
+    "pm_users", "exclude_users", "channel", "no_history", "uuid", "timestamp", "user", "message", "edited",
+}  # fmt: skip
 
 
 def test_message_reply_is_normalised_items(server):
@@ -79,6 +58,41 @@ def test_message_keeps_client_uuid_and_timestamp(server, join):
     assert envelope["timestamp"] == timestamp
 
 
+def test_message_uuid_is_made_canonical(server):
+    channel = unique("ch")
+    server.channel_config({channel: {}})
+    message_uuid = uuid.uuid4()
+    (upper,) = server.message({"user": "a", "channel": channel, "uuid": str(message_uuid).upper()})
+    assert upper["uuid"] == str(message_uuid)
+    (compact,) = server.message({"user": "a", "channel": channel, "uuid": message_uuid.hex})
+    assert compact["uuid"] == str(message_uuid)
+
+
+def test_message_timestamp_is_reserialised_as_naive_utc_with_microseconds(server):
+    channel = unique("ch")
+    server.channel_config({channel: {}})
+    cases = {
+        "2021-03-04T05:06:07": "2021-03-04T05:06:07.000000",
+        "2021-03-04T05:06:07.5": "2021-03-04T05:06:07.500000",
+        "2021-03-04T05:06:07Z": "2021-03-04T05:06:07.000000",
+        "2021-03-04T05:06:07.000001+02:00": "2021-03-04T03:06:07.000001",
+    }
+    for sent, echoed in cases.items():
+        (item,) = server.message({"user": "a", "channel": channel, "timestamp": sent})
+        assert item["timestamp"] == echoed, sent
+
+
+def test_message_invalid_uuid_or_timestamp_is_422(server):
+    channel = unique("ch")
+    server.channel_config({channel: {}})
+    response = server.post("/message", [{"user": "a", "channel": channel, "uuid": "nope"}])
+    assert response.status_code == 422
+    assert set(response.json()["0"]) == {"uuid"}
+    response = server.post("/message", [{"user": "a", "channel": channel, "timestamp": "yesterday"}])
+    assert response.status_code == 422
+    assert set(response.json()["0"]) == {"timestamp"}
+
+
 def test_message_delivered_envelope_is_exact(server, join):
     channel = unique("ch")
     _, client = join(server, unique("u"), [channel])
@@ -103,7 +117,7 @@ def test_message_to_unknown_channel_is_discarded_not_created(server):
     assert server.info(channels=[channel])["channels"] == {}
 
 
-def test_message_reaches_every_connection_of_the_channel(server, join, open_ws):
+def test_message_reaches_every_connection_of_the_channel(server, join):
     channel = unique("ch")
     username = unique("u")
     _, first = join(server, username, [channel])
@@ -121,24 +135,24 @@ def test_message_sender_own_connections_are_not_excluded(server, join):
     assert client.next() == delivered(item)
 
 
-def test_message_pm_users_limit_channel_recipients(server, join):
-    channel, members = channel_with_members(server, join)
+def test_message_pm_users_limit_channel_recipients(server, crowd):
+    channel, members = crowd(server)
     (a, _), (b, _), (c, _) = members
     item = server.say(channel, "private", pm_users=[a, c])
     got = received_before_sentinel(server, channel, members)
     assert got == {a: [delivered(item)], b: [], c: [delivered(item)]}
 
 
-def test_message_exclude_users_skip_channel_recipients(server, join):
-    channel, members = channel_with_members(server, join)
+def test_message_exclude_users_skip_channel_recipients(server, crowd):
+    channel, members = crowd(server)
     (a, _), (b, _), (c, _) = members
     item = server.say(channel, "not for b", exclude_users=[b])
     got = received_before_sentinel(server, channel, members)
     assert got == {a: [delivered(item)], b: [], c: [delivered(item)]}
 
 
-def test_message_exclude_users_win_over_pm_users(server, join):
-    channel, members = channel_with_members(server, join)
+def test_message_exclude_users_win_over_pm_users(server, crowd):
+    channel, members = crowd(server)
     (a, _), (b, _), (c, _) = members
     item = server.say(channel, "a only", pm_users=[a, b], exclude_users=[b])
     got = received_before_sentinel(server, channel, members)
@@ -165,6 +179,14 @@ def test_direct_message_reaches_each_listed_user(server, open_ws):
     assert clients[second].next() == delivered(item)
     marker = server.sentinel(pm_users=[bystander])
     assert clients[bystander].until_uuid(marker) == []
+
+
+def test_direct_message_to_user_listed_twice_arrives_once(server, open_ws):
+    username = unique("dm")
+    client = open_ws(server.connect(username))
+    (item,) = server.message({"user": "b", "pm_users": [username, username], "message": {}})
+    marker = server.sentinel(pm_users=[username])
+    assert client.until_uuid(marker) == [delivered(item)]
 
 
 def test_direct_message_ignores_exclude_users(server, open_ws):
@@ -205,14 +227,14 @@ def test_message_history_keeps_last_history_size_entries(server):
     channel = unique("ch")
     server.channel_config({channel: {"store_history": True, "history_size": 3}})
     posted = [server.say(channel, str(n))["uuid"] for n in range(5)]
-    assert [entry["uuid"] for entry in history(server, channel)] == posted[2:]
+    assert [entry["uuid"] for entry in server.history(channel)] == posted[2:]
 
 
 def test_message_history_entries_carry_routing_fields(server):
     channel = unique("ch")
     server.channel_config({channel: {"store_history": True}})
     item = server.say(channel, "kept", user="alice", pm_users=["alice", "bob"], exclude_users=["bob"])
-    (entry,) = history(server, channel)
+    (entry,) = server.history(channel)
     assert entry["uuid"] == item["uuid"]
     assert entry["user"] == "alice"
     assert entry["message"] == {"text": "kept"}
@@ -227,21 +249,21 @@ def test_message_no_history_is_not_stored(server):
     server.channel_config({channel: {"store_history": True}})
     kept = server.say(channel, "kept")
     server.say(channel, "not kept", no_history=True)
-    assert [entry["uuid"] for entry in history(server, channel)] == [kept["uuid"]]
+    assert [entry["uuid"] for entry in server.history(channel)] == [kept["uuid"]]
 
 
 def test_message_history_size_zero_keeps_nothing(server):
     channel = unique("ch")
     server.channel_config({channel: {"store_history": True, "history_size": 0}})
     server.say(channel, "gone")
-    assert history(server, channel) == []
+    assert server.history(channel) == []
 
 
 def test_message_history_off_by_default(server):
     channel = unique("ch")
     server.channel_config({channel: {}})
     server.say(channel, "gone")
-    assert history(server, channel) == []
+    assert server.history(channel) == []
 
 
 def test_message_no_history_is_still_delivered(server, join):
@@ -257,185 +279,3 @@ def test_message_object_body_is_422(server):
     response = server.post("/message", {"user": "a", "channel": channel})
     assert response.status_code == 422
     assert "_schema" in response.json()
-
-
-# ----------------------------------------------------------------------------- PATCH
-
-
-def edit(server, **item):
-    (echoed,) = server.ok("PATCH", "/message", [item])
-    return echoed
-
-
-def test_patch_reply_echoes_normalised_items(server):
-    channel = unique("ch")
-    server.channel_config({channel: {"store_history": True}})
-    item = server.say(channel, "v1")
-    echoed = edit(server, uuid=item["uuid"], channel=channel, message={"text": "v2"})
-    assert echoed["uuid"] == item["uuid"]
-    assert echoed["channel"] == channel
-    assert echoed["message"] == {"text": "v2"}
-    assert is_timestamp(echoed["edited"])
-
-
-def test_patch_updates_history_entry(server):
-    channel = unique("ch")
-    server.channel_config({channel: {"store_history": True}})
-    item = server.say(channel, "v1", user="alice")
-    other = server.say(channel, "untouched")
-    echoed = edit(
-        server, uuid=item["uuid"], channel=channel, message={"text": "v2"}, user="alice2",
-        timestamp="2020-01-02T03:04:05.000006",
-    )  # fmt: skip
-    entry, untouched = history(server, channel)
-    assert entry["uuid"] == item["uuid"]
-    assert entry["message"] == {"text": "v2"}
-    assert entry["user"] == "alice2"
-    assert entry["timestamp"] == "2020-01-02T03:04:05.000006"
-    assert entry["edited"] == echoed["edited"]
-    assert untouched["uuid"] == other["uuid"]
-    assert untouched["message"] == {"text": "untouched"}
-    assert untouched["edited"] is None
-
-
-def test_patch_delivers_edit_envelope_with_sent_fields_only(server, join):
-    channel = unique("ch")
-    _, client = join(server, unique("u"), [channel])
-    item = server.say(channel, "v1")
-    assert client.next()["uuid"] == item["uuid"]
-    echoed = edit(server, uuid=item["uuid"], channel=channel, message={"text": "v2"})
-    assert client.next() == {
-        "type": "message:edit",
-        "uuid": item["uuid"],
-        "channel": channel,
-        "edited": echoed["edited"],
-        "message": {"text": "v2"},
-    }
-
-
-def test_patch_edit_envelope_carries_sent_user_and_timestamp(server, join):
-    channel = unique("ch")
-    _, client = join(server, unique("u"), [channel])
-    item = server.say(channel, "v1")
-    client.next()
-    edited = "2022-02-02T02:02:02.020202"
-    edit(
-        server, uuid=item["uuid"], channel=channel, user="editor", timestamp="2022-01-01T00:00:00.000001",
-        edited=edited,
-    )  # fmt: skip
-    assert client.next() == {
-        "type": "message:edit",
-        "uuid": item["uuid"],
-        "channel": channel,
-        "edited": edited,
-        "user": "editor",
-        "timestamp": "2022-01-01T00:00:00.000001",
-    }
-
-
-def test_patch_respects_pm_and_exclude_users(server, join):
-    channel, members = channel_with_members(server, join)
-    (a, _), (b, _), (c, _) = members
-    item = server.say(channel, "v1")
-    received_before_sentinel(server, channel, members)
-    edit(server, uuid=item["uuid"], channel=channel, pm_users=[a, b], exclude_users=[b], message={"v": 2})
-    got = received_before_sentinel(server, channel, members)
-    assert [e["type"] for e in got[a]] == ["message:edit"]
-    assert got[b] == [] and got[c] == []
-
-
-def test_patch_direct_message_reaches_pm_users(server, open_ws):
-    username = unique("dm")
-    clients = [open_ws(server.connect(username)), open_ws(server.connect(username))]
-    (item,) = server.message({"user": "b", "pm_users": [username], "message": {"v": 1}})
-    echoed = edit(server, uuid=item["uuid"], pm_users=[username], message={"v": 2})
-    for client in clients:
-        assert client.next() == delivered(item)
-        assert client.next() == {
-            "type": "message:edit",
-            "uuid": item["uuid"],
-            "channel": None,
-            "edited": echoed["edited"],
-            "message": {"v": 2},
-        }
-
-
-def test_patch_without_uuid_is_422(server):
-    channel = unique("ch")
-    server.channel_config({channel: {}})
-    response = server.patch("/message", [{"channel": channel, "message": {}}])
-    assert response.status_code == 422
-    assert "uuid" in response.json()["0"]
-
-
-def test_patch_updates_stored_frame_when_not_in_history(server, open_ws):
-    channel = unique("ch")
-    reply = server.connect(unique("u"), [channel])
-    item = server.say(channel, "v1")
-    echoed = edit(server, uuid=item["uuid"], channel=channel, message={"text": "v2"})
-    client = open_ws(reply)
-    replay = client.until_uuid(server.sentinel(channel))
-    originals = [e for e in replay if e["type"] == "message" and e["uuid"] == item["uuid"]]
-    assert len(originals) == 1
-    assert originals[0]["message"] == {"text": "v2"}
-    assert originals[0]["edited"] == echoed["edited"]
-    assert originals[0]["catchup"] is True
-
-
-# ----------------------------------------------------------------------------- DELETE
-
-
-def test_delete_removes_history_entry(server):
-    channel = unique("ch")
-    server.channel_config({channel: {"store_history": True}})
-    gone, kept = server.say(channel, "gone"), server.say(channel, "kept")
-    server.ok("DELETE", "/message", [{"uuid": gone["uuid"], "channel": channel}])
-    assert [entry["uuid"] for entry in history(server, channel)] == [kept["uuid"]]
-
-
-def test_delete_delivers_delete_envelope(server, join):
-    channel = unique("ch")
-    _, client = join(server, unique("u"), [channel])
-    item = server.say(channel, "doomed")
-    client.next()
-    server.ok("DELETE", "/message", [{"uuid": item["uuid"], "channel": channel}])
-    assert client.next() == {"type": "message:delete", "uuid": item["uuid"], "channel": channel}
-
-
-def test_delete_respects_pm_and_exclude_users(server, join):
-    channel, members = channel_with_members(server, join)
-    (a, _), (b, _), (c, _) = members
-    item = server.say(channel, "doomed")
-    received_before_sentinel(server, channel, members)
-    server.ok("DELETE", "/message", [{"uuid": item["uuid"], "channel": channel, "exclude_users": [b]}])
-    got = received_before_sentinel(server, channel, members)
-    expected = [{"type": "message:delete", "uuid": item["uuid"], "channel": channel}]
-    assert got == {a: expected, b: [], c: expected}
-
-
-def test_delete_direct_message_reaches_pm_users(server, open_ws):
-    username = unique("dm")
-    client = open_ws(server.connect(username))
-    (item,) = server.message({"user": "b", "pm_users": [username], "message": {}})
-    assert client.next() == delivered(item)
-    server.ok("DELETE", "/message", [{"uuid": item["uuid"], "pm_users": [username]}])
-    assert client.next() == {"type": "message:delete", "uuid": item["uuid"], "channel": None}
-
-
-def test_delete_removes_stored_frame_from_catchup(server, open_ws):
-    channel = unique("ch")
-    reply = server.connect(unique("u"), [channel])
-    gone, kept = server.say(channel, "gone"), server.say(channel, "kept")
-    server.ok("DELETE", "/message", [{"uuid": gone["uuid"], "channel": channel}])
-    client = open_ws(reply)
-    replay = client.until_uuid(server.sentinel(channel))
-    messages = [e for e in replay if e["type"] == "message"]
-    assert messages == [delivered(kept, catchup=True)]
-
-
-def test_delete_without_uuid_is_422(server):
-    channel = unique("ch")
-    server.channel_config({channel: {}})
-    response = server.delete("/message", [{"channel": channel}])
-    assert response.status_code == 422
-    assert "uuid" in response.json()["0"]

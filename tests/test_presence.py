@@ -1,6 +1,6 @@
 """API.md § Presence."""
 
-from conftest import is_canonical_uuid, is_timestamp, unique
+from contract import is_canonical_uuid, is_timestamp, unique
 
 
 def presence_channel(server, **config):
@@ -151,11 +151,13 @@ def test_presence_not_stored_in_history(server, join):
     assert server.channel_info(channel)["history"] == []
 
 
-def test_presence_kept_for_catchup(server, open_ws):
+def test_presence_kept_for_catchup(server, open_ws, witness):
     channel = presence_channel(server)
     reply = server.connect(unique("late"), [channel])
+    seen = witness(server, reply)
     joiner = unique("joiner")
     server.connect(joiner, [channel])
+    seen.until(lambda envelope: envelope["type"] == "presence")
     client = open_ws(reply)
     got = presences(client.until_uuid(server.sentinel(channel)))
     assert got == [presence(joiner, channel, "joined", {}, catchup=True)]

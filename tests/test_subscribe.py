@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from conftest import settings, unique
+from contract import settings, unique
 
 UNKNOWN_CONNECTION = {"conn_id": ["Unknown connection"]}
 

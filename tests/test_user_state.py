@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import is_canonical_uuid, is_timestamp, unique
+from contract import is_canonical_uuid, is_timestamp, unique
 
 USER_STATE_KEYS = {"user_state", "changed_state", "public_keys"}
 

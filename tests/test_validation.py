@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import delivered, unique
+from contract import delivered, unique
 
 JSON = {"Content-Type": "application/json"}
 LONGEST_USER = 512
@@ -241,6 +241,20 @@ def test_unknown_message_keys_are_dropped(server, join):
     (item,) = server.message({"user": "u", "channel": channel, "message": {"t": 1}, "colour": "red", "type": "x"})
     assert "colour" not in item
     assert client.next() == delivered(item)
+
+
+def test_unknown_message_keys_are_not_stored(server):
+    channel = unique("ch")
+    server.channel_config({channel: {"store_history": True}})
+    server.message({"user": "u", "channel": channel, "message": {"t": 1}, "colour": "red"})
+    (entry,) = server.channel_info(channel)["history"]
+    assert "colour" not in entry
+
+
+def test_empty_channel_name_in_message_is_422(server):
+    body = rejected(server.post("/message", [{"user": "u", "channel": ""}]))
+    assert set(body) == {"0"}
+    assert set(body["0"]) == {"channel"}
 
 
 def test_unknown_connect_keys_are_dropped(server):

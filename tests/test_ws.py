@@ -6,7 +6,9 @@ import uuid
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from conftest import GC_HEARTBEAT_INTERVAL, delivered, open_websocket, unique
+from contract import delivered, unique
+from harness import GC_HEARTBEAT_INTERVAL
+from wsclient import open_websocket
 
 REFUSED = (InvalidHandshake, OSError)
 

@@ -1,0 +1,100 @@
+"""Loopback ports and the server's process tree, read from /proc (no psutil here)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_range(count: int, avoid: int) -> int:
+    for _ in range(500):
+        base = random.randint(20000, 60000 - count)
+        ports = range(base, base + count)
+        if avoid not in ports and all(port_is_free(port) for port in ports):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def descendant_pids(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for child in child_pids(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "0A":  # 0A = LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def pids_listening_on(port: int, candidates: list[int]) -> list[int]:
+    """Which of ``candidates`` hold the listening socket of ``port``."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    holders = []
+    for pid in candidates:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in wanted:
+                    holders.append(pid)
+                    break
+            except OSError:
+                continue
+    return holders
