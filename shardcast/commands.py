@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -36,7 +35,7 @@ class Commands:
     # -- connections ----------------------------------------------------------------
 
     async def connect(self, body: ConnectBody, host: str) -> dict:
-        conn_id = str(body.conn_id or uuid.uuid4())
+        conn_id = str(body.conn_id) if body.conn_id else envelopes.new_uuid()
         shard = self.cluster.owner(conn_id)
         opened = _checked(await self.cluster.call(shard, "conn_open", {
             "conn_id": conn_id, "user": body.username, "channels": body.channels}))
@@ -213,7 +212,7 @@ def _message(item: MessageItem) -> dict:
         "exclude_users": item.exclude_users,
         "channel": item.channel,
         "no_history": item.no_history,
-        "uuid": str(item.uuid or uuid.uuid4()),
+        "uuid": str(item.uuid) if item.uuid else envelopes.new_uuid(),
         "timestamp": envelopes.format_time(item.timestamp) if item.timestamp else envelopes.now_iso(),
         "user": item.user,
         "edited": None,

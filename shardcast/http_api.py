@@ -1,6 +1,7 @@
 """The HTTP API: routes, signatures, IP allow-list, CORS, and 4xx answers for bad input."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any, Awaitable, Callable
@@ -192,14 +193,15 @@ def _host(request: Request, config: Config) -> str:
     return "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
 
 
-def _networks(entries: tuple[str, ...]) -> list | None:
+def _networks(entries: tuple[str, ...]) -> tuple | None:
     """Allowed networks; None allows everyone (the ``0.0.0.0`` entry)."""
     if "0.0.0.0" in entries:
         return None
-    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
-def _client_allowed(client: str, networks: list | None) -> bool:
+@functools.lru_cache(maxsize=4096)   # a backend calls from a few addresses, very often
+def _client_allowed(client: str, networks: tuple | None) -> bool:
     if networks is None:
         return True
     try:

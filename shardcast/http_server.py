@@ -11,6 +11,7 @@ import httptools
 import orjson
 
 log = logging.getLogger("shardcast.http")
+PHRASES = {status.value: status.phrase for status in HTTPStatus}
 DISCARD_FACTOR = 8   # read at most this many times the body limit of a refused request
 
 
@@ -19,11 +20,11 @@ class Request:
 
     def __init__(self, method: str, url: bytes, headers: dict[str, str], body: bytes,
                  client: str, keep_alive: bool = True) -> None:
-        parsed = httptools.parse_url(url)
         self.method = method
-        self.path = parsed.path.decode("latin-1")
-        query = parsed.query.decode("latin-1") if parsed.query else ""
-        self.query = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        path, _, query = url.decode("latin-1").partition("?")
+        self.path = path
+        self.query = ({k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+                      if query else {})
         self.headers = headers
         self.body = body
         self.client = client
@@ -164,17 +165,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
-        keep_alive = request.keep_alive
-        head = [f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
-                f"content-type: {response.content_type}",
-                f"content-length: {len(response.body)}"]
-        head += [f"{name}: {value}" for name, value in response.headers.items()]
-        if not keep_alive:
-            head.append("connection: close")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+        head = [f"HTTP/1.1 {response.status} {PHRASES[response.status]}\r\n"
+                f"content-type: {response.content_type}\r\n"
+                f"content-length: {len(response.body)}\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
+        if not request.keep_alive:
+            head.append("connection: close\r\n")
+        head.append("\r\n")
         if self.transport is not None:
-            self.transport.write(data)
-            if not keep_alive:
+            self.transport.write("".join(head).encode("latin-1") + response.body)
+            if not request.keep_alive:
                 self._close()
 
     def _fail(self, status: HTTPStatus, message: str, close: bool = True) -> None:

@@ -9,6 +9,7 @@ SHA1(salt + b"signer" + secret); both URL-safe base64 without padding.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
@@ -26,9 +27,13 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@functools.lru_cache(maxsize=8)   # derived once per secret, not once per request
+def _key(secret: str) -> bytes:
+    return hashlib.sha1(_SALT + b"signer" + secret.encode("utf-8")).digest()
+
+
 def _signature(secret: str, message: str) -> str:
-    key = hashlib.sha1(_SALT + b"signer" + secret.encode("utf-8")).digest()
-    return _b64encode(hmac.new(key, message.encode("utf-8"), hashlib.sha1).digest())
+    return _b64encode(hmac.new(_key(secret), message.encode("utf-8"), hashlib.sha1).digest())
 
 
 def sign_compat(secret: str, value: str = DEFAULT_VALUE, now: float | None = None) -> str:
