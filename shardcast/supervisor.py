@@ -21,6 +21,7 @@ from .config import Config
 from .http_api import HttpApi
 from .http_server import HttpProtocol
 from .ipc import Link
+from .site import Site
 from .worker import shard_main
 
 log = logging.getLogger("shardcast.supervisor")
@@ -128,9 +129,10 @@ async def _serve(config: Config) -> None:
     try:
         await supervisor.start()
         api = HttpApi(config, Commands(supervisor.cluster, config))
+        site = Site(api, supervisor)
         try:
             server = await loop.create_server(
-                lambda: HttpProtocol(api.handle, config.max_body_size, api.decorate),
+                lambda: HttpProtocol(site.handle, config.max_body_size, api.decorate),
                 config.host, config.port)
         except OSError as error:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")

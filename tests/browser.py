@@ -1,0 +1,58 @@
+"""Running Node scripts from pytest: the JS client's unit tests and the Chromium tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import REPO_ROOT, Server
+
+BROWSER_DIR = REPO_ROOT / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+NODE_TIMEOUT = 240
+SETUP_HINT = "apt-get install -y chromium && npm ci --prefix tests/browser (.ci/run does both)"
+
+
+def _missing(need_browser: bool) -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if need_browser and not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM}"
+    if need_browser and not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed in tests/browser"
+    return None
+
+
+def require(need_browser: bool = True) -> None:
+    """Skip (fail under CI, where .ci/run installs everything) when a tool is missing."""
+    missing = _missing(need_browser)
+    if missing is None:
+        return
+    message = f"{missing}: {SETUP_HINT}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run_node(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT,
+             timeout: float = NODE_TIMEOUT) -> str:
+    """Run ``node ARGS``; on a non-zero exit, fail the test showing everything it printed."""
+    completed = subprocess.run(
+        ["node", *args], cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if completed.returncode != 0:
+        pytest.fail(f"node {' '.join(args)} exited {completed.returncode}:\n{completed.stdout}",
+                    pytrace=False)
+    return completed.stdout
+
+
+def run_e2e(script: str, server: Server, **env: str) -> str:
+    """One tests/browser/*.e2e.mjs file, in Chromium, against ``server``."""
+    require()
+    return run_node(["--test", "--test-reporter=spec", str(BROWSER_DIR / script)], {
+        "SHARDCAST_API": server.api, "SHARDCAST_SECRET": server.secret, "CHROMIUM": CHROMIUM,
+        **env})

@@ -1,0 +1,163 @@
+// The browser client (/static/shardcast.js) in headless Chromium against a real server.
+// The server is silent (no [] heartbeats) and collects connections idle for 3 s, so only the
+// client's own heartbeats keep a websocket alive.
+import assert from 'node:assert/strict';
+import {after, before, test} from 'node:test';
+
+import {API, api, apiOk, launch, newPage, unique, waitFor} from './lib.mjs';
+
+const APP = 'http://app.test';
+let browser;
+
+before(async () => {
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/**
+ * A page on http://app.test whose backend (this script, through page.route) authorizes
+ * everyone and relays to shardcast; `rewriteWsUrl` may spoil the websocket URL it hands out.
+ */
+async function appPage({rewriteWsUrl = (url) => url} = {}) {
+  const page = await newPage(browser);
+  const backend = {connects: []};
+  const relay = {
+    '/api/connect': async (body) => {
+      backend.connects.push(body);
+      const answer = await apiOk('POST', '/connect', {
+        username: body.username, channels: body.channels, conn_id: body.conn_id});
+      return {...answer, ws_url: rewriteWsUrl(answer.ws_url)};
+    },
+    '/api/subscribe': (body) => apiOk('POST', '/subscribe', body),
+    '/api/unsubscribe': (body) => apiOk('POST', '/unsubscribe', body),
+  };
+  await page.route(`${APP}/**`, async (route) => {
+    const url = new URL(route.request().url());
+    if (url.pathname === '/') {
+      await route.fulfill({contentType: 'text/html', body: `<!doctype html><title>app</title>
+        <script type="module">
+          import {ShardcastConnection} from '${API}/static/shardcast.js';
+          window.ShardcastConnection = ShardcastConnection;
+        </script>`});
+      return;
+    }
+    const answer = await relay[url.pathname](route.request().postDataJSON());
+    await route.fulfill({contentType: 'application/json', body: JSON.stringify(answer)});
+  });
+  await page.goto(`${APP}/`);
+  await page.waitForFunction(() => window.ShardcastConnection);
+  return {page, backend};
+}
+
+/** Make `window.conn` in the page with recorded events; `settings` override the defaults. */
+async function startClient(page, settings) {
+  await page.evaluate((settings) => {
+    window.events = [];
+    const record = (name) => (...args) => window.events.push([name, ...args]);
+    window.conn = new window.ShardcastConnection({
+      connectUrl: '/api/connect', subscribeUrl: '/api/subscribe',
+      unsubscribeUrl: '/api/unsubscribe', heartbeatInterval: 1000, livenessTimeout: 60000,
+      backoff: {initial: 200, factor: 2, max: 1000},
+      onOpen: (event) => window.events.push(['open', event.transport]),
+      onClose: () => window.events.push(['close']),
+      onMessage: record('message'),
+      onChannelsUpdate: record('channels'),
+      ...settings,
+    });
+    window.conn.connect();
+  }, settings);
+}
+
+function texts(page) {
+  return page.evaluate(() => window.events.filter((e) => e[0] === 'message')
+    .flatMap((e) => e[1]).filter((m) => m.type === 'message').map((m) => m.message.text));
+}
+
+/** Whether the server still has the connection (unsubscribing from nothing it is in). */
+async function isConnected(connId) {
+  const [status] = await api('POST', '/unsubscribe', {conn_id: connId, channels: [unique('probe')]});
+  return status === 200;
+}
+
+function say(channel, text) {
+  return apiOk('POST', '/message', [{channel, user: 'backend', message: {text}}]);
+}
+
+test('connects over the websocket of ws_url and receives messages', async () => {
+  const {page} = await appPage();
+  const room = unique('room');
+  await startClient(page, {username: unique('alice'), channels: [room]});
+  await waitFor(() => page.evaluate(() => window.conn.connected), 'the websocket to open');
+  const state = await page.evaluate(() => ({transport: window.conn.transport,
+    url: window.conn.websocket.url, channels: window.conn.channels}));
+  assert.equal(state.transport, 'websocket');
+  assert.match(state.url, /^ws:\/\/127\.0\.0\.1:\d+\/ws\?conn_id=/);
+  assert.deepEqual(state.channels, [room]);
+  await say(room, 'hello');
+  await waitFor(async () => (await texts(page)).includes('hello'), 'the message');
+  await page.close();
+});
+
+test('comes back after the server drops the connection, in the same channels', async () => {
+  const {page, backend} = await appPage();
+  const [room, extra] = [unique('room'), unique('extra')];
+  await startClient(page, {username: unique('bob'), channels: [room]});
+  await waitFor(() => page.evaluate(() => window.conn.connected), 'the websocket to open');
+  await page.evaluate((extra) => window.conn.subscribe([extra]), extra);
+  const connId = await page.evaluate(() => window.conn.connectionId);
+  assert.equal(await apiOk('POST', '/disconnect', {conn_id: connId}), true);
+  await waitFor(() => backend.connects.length === 2, 'a second connect call');
+  assert.deepEqual(backend.connects[1].channels, [extra, room].sort());
+  assert.equal(backend.connects[1].conn_id, connId);
+  await waitFor(() => page.evaluate(() => window.conn.connected), 'the websocket to reopen');
+  await say(extra, 'after reconnect');
+  await waitFor(async () => (await texts(page)).includes('after reconnect'),
+    'a message in the re-subscribed channel');
+  const opens = await page.evaluate(() => window.events.filter((e) => e[0] === 'open').length);
+  assert.equal(opens, 2);
+  await page.close();
+});
+
+test('falls back to long polling /listen when websockets fail', async () => {
+  const {page} = await appPage({rewriteWsUrl: (url) => url.replace(/:\d+\/ws/, ':9/ws')});
+  const room = unique('room');
+  await startClient(page, {username: unique('carol'), channels: [room], serverUrl: API});
+  await waitFor(() => page.evaluate(() => window.conn.transport === 'longpoll'),
+    'the long-poll fallback');
+  await say(room, 'by long poll');
+  await waitFor(async () => (await texts(page)).includes('by long poll'),
+    'a message by long poll');
+  await page.close();
+});
+
+test('client heartbeats keep a connection alive; without them it is collected and reopened',
+  async () => {
+    const [{page: beating}, {page: silent, backend}] = await Promise.all([appPage(), appPage()]);
+    await startClient(beating, {username: unique('dave')});
+    await startClient(silent, {username: unique('erin'), heartbeats: false});
+    for (const page of [beating, silent]) {
+      await waitFor(() => page.evaluate(() => window.conn.connected), 'the websocket to open');
+    }
+    const beatingId = await beating.evaluate(() => window.conn.connectionId);
+    await waitFor(() => backend.connects.length >= 2,
+      'the silent client to be collected and connect again', 15000);
+    assert.equal(await beating.evaluate(() => window.events.filter((e) => e[0] === 'open').length), 1);
+    assert.equal(await isConnected(beatingId), true);
+    await beating.close();
+    await silent.close();
+  });
+
+test('disconnect() removes the connection at once and does not reconnect', async () => {
+  const {page, backend} = await appPage();
+  await startClient(page, {username: unique('frank'), serverUrl: API});
+  await waitFor(() => page.evaluate(() => window.conn.connected), 'the websocket to open');
+  const connId = await page.evaluate(() => window.conn.connectionId);
+  assert.equal(await page.evaluate(() => window.conn.disconnect()), true);
+  await waitFor(async () => !(await isConnected(connId)), 'the server to forget it', 3000);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.equal(backend.connects.length, 1);
+  await page.close();
+});
