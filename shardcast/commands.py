@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
+import orjson
 from msgspec import UNSET
 
 from . import __version__, envelopes
@@ -17,7 +18,7 @@ from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, Mes
 
 def _checked(reply: Any) -> Any:
     if isinstance(reply, dict) and "error" in reply:
-        raise Invalid(reply["error"])
+        raise Invalid(reply["error"], reply.get("status", 422))
     return reply
 
 
@@ -43,6 +44,13 @@ class Commands:
             "user": body.username, "fresh_state": body.fresh_user_state,
             "state": body.user_state, "public_keys": body.state_public_keys,
             "conn_id": conn_id})
+        if "error" in user:     # a user limit: undo the connection's side, apply nothing
+            if opened["created"]:
+                self.cluster.cast(shard, "conn_close", {"conn_id": conn_id})
+            elif opened["new"]:
+                self.cluster.cast(shard, "conn_unsubscribe",
+                                  {"conn_id": conn_id, "channels": opened["new"]})
+            _checked(user)
         self._join(opened["new"], conn_id, body.username, user["public_state"],
                          body.channel_configs)
         channels = sorted(set(body.channels))
@@ -99,6 +107,8 @@ class Commands:
         frames = await self.cluster.call(self.cluster.owner(conn_id), "listen",
                                          {"conn_id": conn_id}, raw=True,
                                          timeout=self.config.wake_connections_after + 10)
+        if frames.startswith(b"{"):     # a refusal; envelopes come as a JSON array
+            _checked(orjson.loads(frames))
         return frames or None
 
     # -- messages -------------------------------------------------------------------

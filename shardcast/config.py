@@ -60,6 +60,20 @@ class Config:
     signature_max_age: float = _key(
         60.0, "seconds a signature stays valid when validate_requests is on"
     )
+    allow_compat_signatures: bool = _key(
+        True, "accept the Channelstream x-channelstream-secret header (and ?secret=); false: "
+        "only x-shardcast-signature, which signs method, path, query and body"
+    )
+    signature_window: float = _key(
+        60.0, "seconds the t of an x-shardcast-signature may differ from the server clock"
+    )
+    refuse_replayed_signatures: bool = _key(
+        False, "refuse an x-shardcast-signature already accepted within signature_window"
+    )
+    replay_cache_size: int = _key(
+        200000, "signatures remembered for refuse_replayed_signatures; when full, signed "
+        "requests get 503 until older ones leave the window"
+    )
     ws_url_template: str = _key(
         "ws://{host}:{port}/ws",
         "websocket URL returned by /connect, before ?conn_id=...; {host} = host name the "
@@ -79,7 +93,20 @@ class Config:
     send_buffer_size: int = _key(
         1048576, "bytes queued for one connection before it is dropped as too slow"
     )
+    max_message_size: int = _key(
+        262144, "largest message payload of one /message item, in bytes of its JSON"
+    )
+    max_channels_per_connection: int = _key(1000, "channels one connection may be in; 0: no limit")
+    max_connections_per_user: int = _key(
+        100000, "connections one username may hold at once; 0: no limit"
+    )
+    max_connections_per_shard: int = _key(100000, "connections one shard may hold; 0: no limit")
+    max_state_keys: int = _key(1000, "keys in one user's state; 0: no limit")
+    max_long_polls: int = _key(10000, "/listen requests one shard may hold open; 0: no limit")
     catchup_size: int = _key(100, "envelopes kept per channel for catch-up on (re)connect")
+    shutdown_timeout: float = _key(
+        5.0, "seconds SIGTERM waits for in-flight calls and shards before killing what is left"
+    )
     log_level: str = _key("info", "one of debug, info, warning, error")
 
 
@@ -90,9 +117,12 @@ _TYPES: dict[str, type] = {
 _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
-    "heartbeat_interval", "ws_ping_interval",
+    "heartbeat_interval", "ws_ping_interval", "signature_window", "shutdown_timeout",
 )
-_SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size")
+_SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
+          "max_message_size", "replay_cache_size")
+_LIMITS = ("max_channels_per_connection", "max_connections_per_user",
+           "max_connections_per_shard", "max_state_keys", "max_long_polls")   # 0: no limit
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _EXPECTED = {
@@ -233,6 +263,9 @@ def _range_problems(config: Config) -> dict[str, str]:
     for key in _SIZES:
         if getattr(config, key) <= 0:
             problems[key] = "a positive integer"
+    for key in _LIMITS:
+        if getattr(config, key) < 0:
+            problems[key] = "a positive integer, or 0 for no limit"
     if config.log_level not in LOG_LEVELS:
         problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
     if not _valid_ws_url_template(config.ws_url_template):

@@ -8,18 +8,31 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from . import schemas
+from . import schemas, signing
 from .cluster import ShardUnavailable
 from .commands import Commands
 from .config import Config
 from .http_server import Request, Response, json_response
 from .schemas import Invalid
-from .signing import verify_compat
 
 ALLOW_METHODS = "GET, POST, OPTIONS, PUT, DELETE, PATCH"
 ALLOW_HEADERS = "content-type, x-channelstream-secret, x-shardcast-signature"
 CALLBACK = re.compile(r"^[A-Za-z_$][\w$.]{0,127}$")
 UNKNOWN_CONNECTION = {"conn_id": ["Unknown connection"]}
+MISSING_SIGNATURE = {
+    True: "Missing signature: send the x-shardcast-signature (or x-channelstream-secret) header",
+    False: "Missing signature: send the x-shardcast-signature header",
+}
+SIGNATURE_HINTS = {
+    signing.MALFORMED: "x-shardcast-signature must read t=<unix seconds>,v1=<hex HMAC-SHA256>",
+    signing.STALE: "the signature's t is more than {window:g} s away from the server clock: "
+                   "sign each request when you send it, and check the clock",
+    signing.MISMATCH: "the signature does not match: sign '<t>.<METHOD>.<path and query as "
+                      "sent>.' followed by the exact body bytes, with the shared secret",
+}
+COMPAT_OFF = ("x-channelstream-secret is turned off here (allow_compat_signatures = false): "
+              "sign with x-shardcast-signature")
+REPLAYED = "this signature was accepted before: sign every request afresh"
 
 Route = Callable[[Request], Any]
 
@@ -29,6 +42,8 @@ class HttpApi:
         self.config = config
         self.commands = commands
         self.allowed = _networks(config.allow_posting_from)
+        self.replays = (signing.ReplayGuard(config.signature_window, config.replay_cache_size)
+                        if config.refuse_replayed_signatures else None)
         signed = {
             "/connect": {"POST": self.connect},
             "/subscribe": {"POST": self.subscribe},
@@ -69,7 +84,7 @@ class HttpApi:
         try:
             result = handler(request)
         except Invalid as error:
-            return json_response(error.errors, 422)
+            return json_response(error.errors, error.status)
         if isinstance(result, Response):
             return result
         return self._guard(result)
@@ -78,7 +93,7 @@ class HttpApi:
         try:
             return await pending
         except Invalid as error:
-            return json_response(error.errors, 422)
+            return json_response(error.errors, error.status)
         except ShardUnavailable as error:
             return json_response({"shard": [f"Shard {error.shard} is unavailable; retry"]}, 503)
 
@@ -93,16 +108,39 @@ class HttpApi:
             response.headers["vary"] = "Origin"
 
     def authorize(self, request: Request) -> Response | None:
+        """The x-shardcast-signature header when present, else the Channelstream one."""
         if not _client_allowed(request.client, self.allowed):
             return json_response({"request": f"IP {request.client} is not allowed to post"}, 403)
+        signature = request.headers.get(signing.REQUEST_HEADER)
+        if signature is not None:
+            return self._check_signed(request, signature)
         token = request.headers.get("x-channelstream-secret") or request.query.get("secret")
         if not token:
-            return json_response({"request": "Missing signature: send the "
-                                  "x-channelstream-secret header"}, 403)
+            missing = MISSING_SIGNATURE[self.config.allow_compat_signatures]
+            return json_response({"request": missing}, 403)
+        if not self.config.allow_compat_signatures:
+            return _bad_signature(COMPAT_OFF)
         max_age = self.config.signature_max_age if self.config.validate_requests else None
-        if not verify_compat(token, self.config.secret, max_age):
+        if not signing.verify_compat(token, self.config.secret, max_age):
             return json_response({"request": "Bad Signature"}, 401)
         return None
+
+    def _check_signed(self, request: Request, signature: str) -> Response | None:
+        config = self.config
+        reason = signing.check_request(signature, config.secret, request.method, request.target,
+                                       request.body, config.signature_window)
+        if reason is not None:
+            return _bad_signature(SIGNATURE_HINTS[reason].format(window=config.signature_window))
+        if self.replays is None:
+            return None
+        try:
+            if self.replays.first_use(signature):
+                return None
+        except signing.ReplayGuard.Full:
+            return json_response({"request": [
+                f"{config.replay_cache_size} signatures are held against replays "
+                "(replay_cache_size); retry in a moment"]}, 503)
+        return _bad_signature(REPLAYED)
 
     # -- endpoints ------------------------------------------------------------------
 
@@ -120,10 +158,13 @@ class HttpApi:
 
     def message(self, request: Request) -> Response:
         items = schemas.decode(request.body, schemas.MessageList)
+        schemas.check_messages(items, self.config.max_message_size)
         return json_response(self.commands.publish(items))
 
     def edit(self, request: Request) -> Response:
-        return json_response(self.commands.edit(schemas.decode(request.body, schemas.EditList)))
+        items = schemas.decode(request.body, schemas.EditList)
+        schemas.check_messages(items, self.config.max_message_size)
+        return json_response(self.commands.edit(items))
 
     def delete(self, request: Request) -> Response:
         return json_response(self.commands.delete(schemas.decode(request.body,
@@ -191,6 +232,10 @@ def _host(request: Request, config: Config) -> str:
     if host:
         return host
     return "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+
+
+def _bad_signature(hint: str) -> Response:
+    return json_response({"request": "Bad Signature", "hint": hint}, 401)
 
 
 def _networks(entries: tuple[str, ...]) -> tuple | None:

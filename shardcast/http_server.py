@@ -16,12 +16,13 @@ DISCARD_FACTOR = 8   # read at most this many times the body limit of a refused 
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "client", "keep_alive")
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "client", "keep_alive")
 
     def __init__(self, method: str, url: bytes, headers: dict[str, str], body: bytes,
                  client: str, keep_alive: bool = True) -> None:
         self.method = method
-        path, _, query = url.decode("latin-1").partition("?")
+        self.target = url.decode("latin-1")   # path and query exactly as sent (signed requests)
+        path, _, query = self.target.partition("?")
         self.path = path
         self.query = ({k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
                       if query else {})

@@ -13,7 +13,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 Username = Annotated[str, Meta(min_length=1, max_length=512)]
 ChannelName = Annotated[str, Meta(min_length=1, max_length=256)]
 KeyName = Annotated[str, Meta(min_length=1, max_length=256)]
-StateValue = Union[bool, int, float, str, None]
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]   # what every JSON encoder can write
+StateValue = Union[bool, Int64, float, str, None]
 State = dict[str, StateValue]
 
 
@@ -109,12 +110,14 @@ DeleteList = list[DeleteItem]
 class Invalid(Exception):
     """A body that breaks the contract; ``errors`` is the 422 JSON body."""
 
-    def __init__(self, errors: dict) -> None:
+    def __init__(self, errors: dict, status: int = 422) -> None:
         super().__init__(errors)
         self.errors = errors
+        self.status = status
 
 
 INVALID_JSON = {"_schema": ["Invalid JSON body."]}
+TOO_DEEP = {"_schema": ["JSON nested too deeply."]}
 _SEGMENT = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]|\[\.\.\.\]")
 _AT = " - at `$"
 _AT_KEY = " - at `key` in `$"
@@ -129,6 +132,8 @@ def decode(body: bytes, kind: type) -> Any:
         message = str(error)
     except msgspec.DecodeError:
         raise Invalid(INVALID_JSON) from None
+    except RecursionError:
+        raise Invalid(TOO_DEEP) from None
     try:
         value = orjson.loads(body)   # a type error may be found before a syntax error
     except orjson.JSONDecodeError:
@@ -142,6 +147,28 @@ def convert(value: Any, kind: type) -> Any:
         return msgspec.convert(value, type=kind)
     except msgspec.ValidationError as error:
         raise Invalid(_locate(str(error), value, kind)) from None
+    except RecursionError:
+        raise Invalid(TOO_DEEP) from None
+
+
+def check_messages(items: list, limit: int) -> None:
+    """Each item's ``message`` must be writable as JSON (64-bit integers, bounded nesting)
+    and at most ``limit`` bytes of it; errors are keyed by item index."""
+    errors = {}
+    for index, item in enumerate(items):
+        if item.message is UNSET or item.message is None:
+            continue
+        try:
+            size = len(orjson.dumps(item.message))
+        except orjson.JSONEncodeError as error:
+            errors[str(index)] = {"message": [f"Cannot be sent as JSON: {error}"]}
+            continue
+        if size > limit:
+            errors[str(index)] = {"message": [
+                f"Message is {size} bytes as JSON, over the {limit} byte limit "
+                "(max_message_size)"]}
+    if errors:
+        raise Invalid(errors)
 
 
 def _locate(text: str, value: Any, kind: type) -> dict:

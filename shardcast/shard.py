@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import envelopes
+from . import envelopes, limits
 from .channel import Channel
 from .config import Config
 from .connection import HEARTBEAT, Connection, Transport
@@ -59,18 +59,31 @@ class Shard:
     # -- connections owned here -------------------------------------------------
 
     def conn_open(self, args: dict) -> dict:
+        """``created`` tells the supervisor what to undo if the user's shard refuses."""
         conn = self.conns.get(args["conn_id"])
-        if conn is None:
+        if conn is not None and conn.user != args["user"]:
+            return {"error": {"conn_id": ["Connection id belongs to another user"]}}
+        refusal = limits.channels(conn.channels if conn else set(), args["channels"],
+                                  self.config.max_channels_per_connection)
+        if conn is None and refusal is None:
+            refusal = limits.shard_connections(self.index, len(self.conns),
+                                               self.config.max_connections_per_shard)
+        if refusal is not None:
+            return refusal
+        created = conn is None
+        if created:
             conn = Connection(args["conn_id"], args["user"], self.config.catchup_size)
             self.conns[conn.id] = conn
-        elif conn.user != args["user"]:
-            return {"error": {"conn_id": ["Connection id belongs to another user"]}}
-        return {"new": self._subscribe(conn, args["channels"])}
+        return {"new": self._subscribe(conn, args["channels"]), "created": created}
 
     def conn_subscribe(self, args: dict) -> dict:
         conn = self.conns.get(args["conn_id"])
         if conn is None:
             return UNKNOWN_CONNECTION
+        refusal = limits.channels(conn.channels, args["channels"],
+                                  self.config.max_channels_per_connection)
+        if refusal is not None:
+            return refusal
         new = self._subscribe(conn, args["channels"])
         return {"user": conn.user, "new": new, "all": sorted(conn.channels)}
 
@@ -152,6 +165,12 @@ class Shard:
 
     def user_connect(self, args: dict) -> dict:
         user = self.users.get(args["user"])
+        refusal = (limits.user_connections(user.conns if user else set(), args["conn_id"],
+                                           self.config.max_connections_per_user)
+                   or limits.state_keys(user.state if user else args["fresh_state"],
+                                        args["state"], self.config.max_state_keys))
+        if refusal is not None:
+            return refusal
         if user is None:
             user = self.users[args["user"]] = User(args["user"], args["fresh_state"])
         user.merge(args["state"])
@@ -167,6 +186,9 @@ class Shard:
         user = self.users.get(args["user"])
         if user is None:
             return UNKNOWN_USER
+        refusal = limits.state_keys(user.state, args["state"], self.config.max_state_keys)
+        if refusal is not None:
+            return refusal
         before = user.public_state()
         changed = user.merge(args["state"])
         if "public_keys" in args:

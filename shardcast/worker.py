@@ -12,7 +12,7 @@ import orjson
 import uvloop
 from picows import ws_create_server
 
-from . import ipc
+from . import ipc, limits
 from .config import Config
 from .connection import Connection
 from .ipc import Kind, Link
@@ -45,8 +45,10 @@ class Worker:
         self.ipc_dir = ipc_dir
         self.actor = Shard(index, config.workers, config, self)
         self.handlers = self.actor.handlers()
+        self.handlers["stats"] = self.stats
         self.peers: list[Link | None] = [None] * config.workers
         self.parent = os.getppid()
+        self.long_polls = 0     # /listen requests held open
         self.stopped: asyncio.Future | None = None
 
     async def run(self) -> None:
@@ -137,10 +139,23 @@ class Worker:
         if conn is None:
             link.reply(request_id, b"")
             return
+        if not isinstance(conn.transport, LongPoll):    # a repeated poll replaces its own
+            refusal = limits.long_polls(self.index, self.long_polls, self.config.max_long_polls)
+            if refusal is not None:
+                link.reply(request_id, orjson.dumps(refusal))
+                return
+        self.long_polls += 1
         poll = LongPoll(self.config.wake_connections_after,
                         lambda frame: link.reply(request_id, frame),
-                        lambda done: self.actor.detach(conn, done))
+                        lambda done: self.poll_done(conn, done))
         self.actor.attach(conn, poll)
+
+    def poll_done(self, conn: Connection, poll: LongPoll) -> None:
+        self.long_polls -= 1
+        self.actor.detach(conn, poll)
+
+    def stats(self, args: Any = None) -> dict:
+        return {**self.actor.stats(args), "long_polls": self.long_polls}
 
     # -- websockets -----------------------------------------------------------------
 

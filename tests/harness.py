@@ -80,7 +80,9 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                ready = self.get("/info", timeout=2).status_code == 200
+                # The API port opens once every shard runs: any answer means ready (a server
+                # that accepts only x-shardcast-signature answers this compat-signed call 401).
+                ready = self.get("/info", timeout=2).status_code < 500
             except requests.RequestException:
                 ready = False
             if ready and all(self._accepts_tcp(port) for port in self.ws_ports):
