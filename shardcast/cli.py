@@ -106,3 +106,23 @@ def make_config(output: str | None, force: bool) -> None:
     with open(output, "w", encoding="utf-8") as file:
         file.write(text)
     click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address of the demo page, the broker API and its websockets.")
+@click.option("--port", default=8080, show_default=True, help="Port of the demo chat page.")
+@click.option("--api-port", default=8000, show_default=True, help="Port of the broker API.")
+@click.option("--ws-port-base", default=8100, show_default=True,
+              help="Shard i of the broker serves websockets on this + i.")
+@click.option("--workers", default=2, show_default=True, help="Number of broker shards.")
+def demo(host: str, port: int, api_port: int, ws_port_base: int, workers: int) -> None:
+    """Run a broker and a small chat application in front of it.
+
+    Open the printed URL in two browser windows and chat between them: rooms, presence,
+    user status, history, edits and deletes, all through shardcast.
+    """
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    from shardcast.demo import run as run_demo
+
+    run_demo(host, port, api_port, ws_port_base, workers)

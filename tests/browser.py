@@ -50,9 +50,10 @@ def run_node(args: list[str], env: dict[str, str] | None = None, cwd: Path = REP
     return completed.stdout
 
 
-def run_e2e(script: str, server: Server, **env: str) -> str:
-    """One tests/browser/*.e2e.mjs file, in Chromium, against ``server``."""
+def run_e2e(script: str, server: Server | None = None, **env: str) -> str:
+    """One tests/browser/*.e2e.mjs file, in Chromium, against ``server`` (if any)."""
     require()
-    return run_node(["--test", "--test-reporter=spec", str(BROWSER_DIR / script)], {
-        "SHARDCAST_API": server.api, "SHARDCAST_SECRET": server.secret, "CHROMIUM": CHROMIUM,
-        **env})
+    if server is not None:
+        env = {"SHARDCAST_API": server.api, "SHARDCAST_SECRET": server.secret, **env}
+    return run_node(["--test", "--test-reporter=spec", str(BROWSER_DIR / script)],
+                    {"CHROMIUM": CHROMIUM, **env})

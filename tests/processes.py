@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 
@@ -98,3 +101,19 @@ def pids_listening_on(port: int, candidates: list[int]) -> list[int]:
             except OSError:
                 continue
     return holders
+
+
+def stop_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM ``process``, kill it if it lingers, then kill what it left behind."""
+    descendants = {pid: cmdline(pid) for pid in descendant_pids(process.pid)}
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for pid, command in descendants.items():
+        if command and cmdline(pid) == command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
