@@ -13,7 +13,9 @@ from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport,
 from .connection import HEARTBEAT, Connection, merge_frames
 
 SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
-LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often
+LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
+LISTEN_COLLECT = 1.0     # for this long at most after the first one
+CLOSE_GRACE = 2.0        # seconds a closing websocket may take to flush before it is reset
 
 
 def conn_id_from_path(path: bytes) -> str | None:
@@ -61,6 +63,9 @@ class WebSocketClient(WSListener):
             return
         if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
             self.close(SLOW_CONSUMER)
+            # The connection goes at once, not when the socket is done (it may never be); later,
+            # as the caller may be iterating over the shard's connections.
+            asyncio.get_running_loop().call_soon(self.on_close, self.conn, self)
             return
         transport.send(WSMsgType.TEXT, frame)
 
@@ -69,6 +74,8 @@ class WebSocketClient(WSListener):
         if transport is not None and not transport.is_disconnected:
             transport.send_close(WSCloseCode(code))
             transport.disconnect()
+            # A peer that does not read would hold the socket and its buffer forever.
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.disconnect, False)
 
 
 def upgrade(request: WSUpgradeRequest, find: Callable[[str], Connection | None],
@@ -85,22 +92,37 @@ def upgrade(request: WSUpgradeRequest, find: Callable[[str], Connection | None],
 
 
 class LongPoll:
-    """A held ``/listen`` request: answers with the first batch of frames, or ``[]``."""
+    """A held ``/listen`` request: answers with the first batch of frames, or ``[]``.
+
+    Once frames arrive it keeps collecting while more follow within LISTEN_QUIET, but for
+    LISTEN_COLLECT at most and up to ``max_bytes``: a busy channel cannot hold it forever.
+    """
 
     def __init__(self, wait: float, answer: Callable[[bytes], None],
-                 on_done: Callable[["LongPoll"], None]) -> None:
+                 on_done: Callable[["LongPoll"], None], max_bytes: int) -> None:
         self.frames: list[bytes] = []
+        self.size = 0
+        self.max_bytes = max_bytes
         self.answer = answer
         self.on_done = on_done
         self.done = False
-        self.timer = asyncio.get_running_loop().call_later(wait, self.finish)
+        self.loop = asyncio.get_running_loop()
+        self.last_call = 0.0
+        self.timer = self.loop.call_later(wait, self.finish)
 
     def send(self, frame: bytes) -> None:
         if self.done or frame == HEARTBEAT:
             return
         self.frames.append(frame)
+        self.size += len(frame)
+        now = self.loop.time()
+        if len(self.frames) == 1:
+            self.last_call = now + LISTEN_COLLECT
+        if self.size >= self.max_bytes or now >= self.last_call:
+            self.finish()
+            return
         self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(LISTEN_QUIET, self.finish)
+        self.timer = self.loop.call_later(min(LISTEN_QUIET, self.last_call - now), self.finish)
 
     def finish(self) -> None:
         if self.done:

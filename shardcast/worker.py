@@ -147,7 +147,7 @@ class Worker:
         self.long_polls += 1
         poll = LongPoll(self.config.wake_connections_after,
                         lambda frame: link.reply(request_id, frame),
-                        lambda done: self.poll_done(conn, done))
+                        lambda done: self.poll_done(conn, done), self.config.send_buffer_size)
         self.actor.attach(conn, poll)
 
     def poll_done(self, conn: Connection, poll: LongPoll) -> None:

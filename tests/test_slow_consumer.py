@@ -1,0 +1,248 @@
+"""Slow consumers: a client that stops reading is dropped; nobody else loses a message, and the
+server's memory stays bounded while it is fed as fast as it will take.
+
+One raw-socket client completes the websocket handshake and then never reads; fifty clients
+read everything, all in one channel, while a publisher posts batches for a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import orjson
+from websockets.asyncio.client import connect as ws_connect
+
+from contract import unique, wait_until
+from harness import Server
+from processes import descendant_pids
+
+WORKERS = 2
+READERS = 50
+SEND_BUFFER = 256 * 1024
+PAYLOAD = "x" * 1000                 # about 1.1 KB per envelope
+BATCH = 25                           # messages per POST /message
+PUBLISH_SECONDS = 4.0
+RATE = 3000                          # messages a second: 3.3 MB/s to each client
+SLOW_CONSUMER = 3008
+# The bound on the server's memory: its processes' summed RSS may grow by this much over what
+# they used with every client attached and nothing posted yet: each client's send buffer full,
+# plus 16 MiB for IPC buffers and the allocator. Measured: a few MiB.
+RSS_GROWTH_BOUND = (READERS + 1) * SEND_BUFFER + 16 * 1024 * 1024
+LISTEN_COLLECT = 1.0                 # a long poll answers this long after its first frame
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    server = Server(WORKERS, env={"SHARDCAST_SEND_BUFFER_SIZE": str(SEND_BUFFER),
+                                  "SHARDCAST_GC_CONNS_AFTER": "60"}).start()
+    yield server
+    server.stop()
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+
+class RssSampler(threading.Thread):
+    """The peak summed RSS of the server's processes, sampled every 50 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak = rss_bytes(pids)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, rss_bytes(self.pids))
+
+
+class StalledClient:
+    """A websocket that completes its handshake, then never reads (a tiny receive buffer)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(5)
+        self.sock.connect((parts.hostname, parts.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)       # byte by byte: not a byte of the stream beyond it
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def close_code(self) -> int | None:
+        """Read all that is left: the close frame's code, or None if the socket was reset."""
+        stream = bytearray()
+        try:
+            while chunk := self.sock.recv(1 << 20):
+                stream += chunk
+        except (ConnectionResetError, TimeoutError):
+            return None
+        finally:
+            self.sock.close()
+        return last_close_code(bytes(stream))
+
+
+def last_close_code(stream: bytes) -> int | None:
+    """The code of the close frame in a server's (unmasked) websocket byte stream."""
+    offset = 0
+    while offset + 2 <= len(stream):
+        opcode, size = stream[offset] & 0x0F, stream[offset + 1] & 0x7F
+        offset += 2
+        if size == 126:
+            (size,) = struct.unpack_from("!H", stream, offset)
+            offset += 2
+        elif size == 127:
+            (size,) = struct.unpack_from("!Q", stream, offset)
+            offset += 8
+        if opcode == 0x8:
+            return struct.unpack_from("!H", stream, offset)[0]
+        offset += size
+    return None
+
+
+class Readers(threading.Thread):
+    """Websocket clients on one event loop, each counting the message uuids it receives."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.urls = urls
+        self.seen: list[list[str]] = [[] for _ in urls]
+        self.ready = threading.Event()
+        self.stop_at: str | None = None
+        self.finished = [False] * len(urls)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.main())
+        except BaseException as error:     # reported by the test
+            self.error = error
+
+    async def main(self) -> None:
+        sockets = [await ws_connect(url, max_size=None, compression=None, ping_interval=None,
+                                    proxy=None) for url in self.urls]
+        self.ready.set()
+        await asyncio.gather(*(self.read(index, ws) for index, ws in enumerate(sockets)))
+        for ws in sockets:
+            await ws.close()
+
+    async def read(self, index: int, ws) -> None:
+        seen = self.seen[index]
+        while True:
+            for envelope in orjson.loads(await ws.recv()):
+                if envelope.get("type") != "message":
+                    continue
+                if envelope["message"].get("sentinel"):
+                    self.finished[index] = True
+                    return
+                seen.append(envelope["uuid"])
+
+
+def publish(server: Server, channel: str, seconds: float) -> list[str]:
+    """Post RATE messages a second for ``seconds``; the uuids of all posted, in order."""
+    posted = []
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        ahead = len(posted) / RATE - elapsed
+        if ahead > 0:
+            time.sleep(ahead)
+        items = [{"user": "feed", "channel": channel, "message": {"n": len(posted) + i,
+                                                                 "text": PAYLOAD}}
+                 for i in range(BATCH)]
+        posted += [item["uuid"] for item in server.message(*items)]
+    return posted
+
+
+def test_slow_consumer_is_dropped_and_nobody_else_loses_anything(slow_server):
+    channel = unique("firehose")
+    slow_server.channel_config({channel: {}})
+    stalled_conn = slow_server.connect(unique("stalled"), [channel])
+    stalled = StalledClient(stalled_conn["ws_url"])
+    readers = Readers([slow_server.connect(unique("reader"), [channel])["ws_url"]
+                       for _ in range(READERS)])
+    readers.start()
+    assert readers.ready.wait(20), readers.error
+    pids = [slow_server.process.pid, *descendant_pids(slow_server.process.pid)]
+    baseline = rss_bytes(pids)
+    sampler = RssSampler(pids)
+    sampler.start()
+
+    posted = publish(slow_server, channel, PUBLISH_SECONDS)
+    slow_server.message({"user": "feed", "channel": channel, "message": {"sentinel": True}})
+    readers.join(60)
+    sampler.done.set()
+    sampler.join()
+
+    assert readers.error is None and all(readers.finished), readers.error
+    for seen in readers.seen:
+        assert seen == posted          # every message, once, in order
+    wait_until(lambda: not slow_server.is_connected(stalled_conn["conn_id"]), timeout=5)
+    assert stalled.close_code() in (SLOW_CONSUMER, None)
+    growth = sampler.peak - baseline
+    print(f"posted {len(posted)} messages of ~{len(PAYLOAD)} B to {READERS} readers; "
+          f"RSS {baseline / 2**20:.1f} MiB at start, peak growth {growth / 2**20:.1f} MiB")
+    assert growth < RSS_GROWTH_BOUND
+
+
+def test_long_poll_on_a_busy_channel_answers_within_a_second(slow_server):
+    """Messages every 20 ms never leave the 0.25 s quiet gap that ends a long poll."""
+    channel = unique("busy")
+    conn_id = slow_server.connect(unique("poller"), [channel])["conn_id"]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.02):
+            slow_server.say(channel)
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        slow_server.listen(conn_id)          # takes what was held since /connect
+        started = time.monotonic()
+        answer = slow_server.listen(conn_id)
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        feeder.join(5)
+    assert answer.status_code == 200 and answer.json()
+    assert waited < LISTEN_COLLECT + 0.5
+
+
+def test_long_poll_answer_is_bounded_by_the_send_buffer(slow_server):
+    channel = unique("burst")
+    conn_id = slow_server.connect(unique("poller"), [channel])["conn_id"]
+    slow_server.listen(conn_id)
+    burst = threading.Thread(target=publish_burst, args=(slow_server, channel, SEND_BUFFER * 2))
+    burst.start()
+    answer = slow_server.listen(conn_id)
+    burst.join(10)
+    batch_frame = BATCH * 2 * len(PAYLOAD)     # what one shard tick may add at once
+    assert 0 < len(answer.content) <= SEND_BUFFER + batch_frame
+
+
+def publish_burst(server: Server, channel: str, size: int) -> None:
+    items = [{"user": "feed", "channel": channel, "message": {"text": PAYLOAD}}] * BATCH
+    for _ in range(size // (BATCH * len(PAYLOAD)) + 1):
+        server.message(*items)
