@@ -36,7 +36,7 @@ class Shard:
         "conn_open", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
         "join", "activate", "leave", "configure", "info", "publish", "edit", "delete", "direct",
-        "state_change", "stats", "peer_restarted",
+        "state_change", "stats", "peer_restarted", "conn_info",
     )
 
     def __init__(self, index: int, shards: int, config: Config, net: Net) -> None:
@@ -404,6 +404,14 @@ class Shard:
                      if owner(name, self.shards) == lost]
             if joins:
                 self.net.cast(lost, "join", {"joins": joins})
+
+    def conn_info(self, args: dict) -> dict:
+        """For the admin lookup: user, channels, transport and idle seconds of each id known."""
+        now = time.monotonic()
+        return {conn_id: {"user": conn.user, "channels": sorted(conn.channels),
+                          "transport": type(conn.transport).__name__ if conn.transport else None,
+                          "idle": round(now - conn.last_active, 1)}
+                for conn_id in args["conn_ids"] if (conn := self.conns.get(conn_id))}
 
     def stats(self, args: Any = None) -> dict:
         return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import assets
+from .admin import Admin
 from .http_api import HttpApi
 
 if TYPE_CHECKING:
@@ -16,5 +17,7 @@ class Site:
     def __init__(self, api: HttpApi, supervisor: "Supervisor") -> None:
         self.api = api
         self.supervisor = supervisor
+        self.admin = Admin(api.config, api)
         api.routes.update(assets.routes())
+        api.routes.update(self.admin.routes())
         self.handle = api.handle

@@ -1,0 +1,165 @@
+// The admin panel: polls /admin/admin.json and /admin/channels.json every few seconds.
+const REFRESH_MS = 2000;
+const MAX_CHANNELS = 200;
+const HISTORY_SHOWN = 10;
+const $ = (id) => document.getElementById(id);
+const expanded = new Set();
+let previous = null;   // the last sample: {at, shards}
+let channels = {};
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  node.append(...children.map((child) => (child instanceof Node ? child : String(child))));
+  return node;
+}
+
+async function getJson(url) {
+  const response = await fetch(url, {cache: 'no-store'});
+  if (response.status === 403) {
+    window.location.assign('/admin/login');
+    throw new Error('signed out');
+  }
+  if (!response.ok) throw new Error(`${url} answered ${response.status}`);
+  return response.json();
+}
+
+function duration(seconds) {
+  const s = Math.floor(seconds);
+  const [d, h, m] = [Math.floor(s / 86400), Math.floor(s / 3600) % 24, Math.floor(s / 60) % 60];
+  return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : m ? `${m}m ${s % 60}s` : `${s}s`;
+}
+
+function rate(now, shard, key) {
+  const before = previous && previous.shards.find((entry) => entry.shard === shard.shard);
+  if (!before || before.pid !== shard.pid) return null;
+  return Math.max(0, (shard[key] - before[key]) / ((now - previous.at) / 1000));
+}
+
+const fixed = (value) => (value === null ? '–' : value < 10 ? value.toFixed(1) : Math.round(value));
+
+function showStats(stats) {
+  const now = performance.now();
+  $('version').textContent = `v${stats.version}`;
+  $('uptime').textContent = stats.uptime;
+  $('total-connections').textContent = stats.total_connections;
+  $('total-users').textContent = stats.unique_user_count;
+  $('total-channels').textContent = stats.total_channels;
+  const rates = stats.shards.map((shard) => [rate(now, shard, 'messages_published'),
+    rate(now, shard, 'messages_delivered')]);
+  const known = rates.filter(([published]) => published !== null);
+  $('total-rate').textContent = known.length
+    ? fixed(known.reduce((sum, [published]) => sum + published, 0)) : '–';
+  $('shards').tBodies[0].replaceChildren(...stats.shards.map((shard, index) => el('tr',
+    {'data-shard': shard.shard},
+    el('td', {}, shard.shard), el('td', {}, shard.pid), el('td', {}, shard.connections),
+    el('td', {}, shard.users_connected), el('td', {}, shard.channels),
+    el('td', {}, fixed(rates[index][0])), el('td', {}, fixed(rates[index][1])),
+    el('td', {}, duration(shard.uptime)))));
+  previous = {at: now, shards: stats.shards};
+}
+
+function settingsChips(settings) {
+  const on = Object.entries(settings).filter(([, value]) => value === true).map(([key]) => key);
+  return el('span', {class: 'chips'}, ...on.map((key) => el('span', {class: 'chip'},
+    key.replace(/_/g, ' '))), settings.store_history ? el('span', {class: 'chip muted'},
+    `size ${settings.history_size}`) : '');
+}
+
+function channelDetail(channel) {
+  const history = channel.history.slice(-HISTORY_SHOWN).reverse();
+  return el('tr', {class: 'detail'}, el('td', {colspan: 6}, el('div', {class: 'detail-grid'},
+    el('div', {}, el('h3', {}, `Members (${channel.users.length})`),
+      channel.users.length ? el('ul', {class: 'members'}, ...channel.users.map((user) =>
+        el('li', {}, el('a', {href: '#', onclick: (event) => {
+          event.preventDefault();
+          lookup(user);
+        }}, user)))) : el('p', {class: 'faint'}, 'nobody')),
+    el('div', {}, el('h3', {}, 'Settings'),
+      el('pre', {}, JSON.stringify(channel.settings, null, 2))),
+    el('div', {}, el('h3', {}, `History (${channel.history.length})`),
+      history.length ? el('ol', {class: 'history'}, ...history.map((entry) => el('li', {},
+        el('span', {class: 'faint'}, `${entry.timestamp.slice(11, 19)} ${entry.user}: `),
+        JSON.stringify(entry.message ?? null)))) : el('p', {class: 'faint'}, 'empty')))));
+}
+
+function showChannels() {
+  const filter = $('channel-filter').value.trim().toLowerCase();
+  const names = Object.keys(channels).filter((name) => name.toLowerCase().includes(filter));
+  $('channel-count').textContent = names.length;
+  const rows = [];
+  for (const name of names.slice(0, MAX_CHANNELS)) {
+    const channel = channels[name];
+    rows.push(el('tr', {class: 'channel', 'data-channel': name, onclick: () => {
+      if (!expanded.delete(name)) expanded.add(name);
+      showChannels();
+    }}, el('td', {class: 'name'}, name), el('td', {}, channel.total_users),
+    el('td', {}, channel.total_connections), el('td', {}, settingsChips(channel.settings)),
+    el('td', {}, channel.history.length),
+    el('td', {class: 'faint'}, channel.last_active ? channel.last_active.slice(0, 19) : '–')));
+    if (expanded.has(name)) rows.push(channelDetail(channel));
+  }
+  if (names.length > MAX_CHANNELS) {
+    rows.push(el('tr', {}, el('td', {colspan: 6, class: 'faint'},
+      `${names.length - MAX_CHANNELS} more: narrow the filter`)));
+  }
+  $('channels').tBodies[0].replaceChildren(...rows);
+}
+
+function connectionsTable(connections) {
+  return el('table', {class: 'compact'}, el('thead', {}, el('tr', {}, el('th', {}, 'Connection'),
+    el('th', {}, 'User'), el('th', {}, 'Transport'), el('th', {}, 'Channels'),
+    el('th', {}, 'Idle'))), el('tbody', {}, ...connections.map((conn) => el('tr', {},
+    el('td', {class: 'mono'}, conn.conn_id), el('td', {}, conn.user),
+    el('td', {}, conn.transport || 'none attached'), el('td', {}, conn.channels.join(', ') || '–'),
+    el('td', {}, `${conn.idle}s`)))));
+}
+
+async function lookup(query) {
+  $('lookup-q').value = query;
+  const response = await fetch(`/admin/lookup.json?q=${encodeURIComponent(query)}`);
+  const answer = await response.json();
+  const result = $('lookup-result');
+  if (!response.ok) {
+    result.replaceChildren(el('p', {class: 'error'}, Object.values(answer).flat().join(' ')));
+  } else if (answer.user) {
+    const {user} = answer;
+    result.replaceChildren(el('div', {class: 'found'},
+      el('h3', {}, `User ${user.user}`), el('pre', {}, JSON.stringify(user.state, null, 2)),
+      user.connections.length ? connectionsTable(user.connections)
+        : el('p', {class: 'faint'}, 'No connections.')));
+  } else {
+    result.replaceChildren(el('div', {class: 'found'}, el('h3', {}, 'Connection'),
+      connectionsTable([answer.connection])));
+  }
+}
+
+async function refresh() {
+  try {
+    const [stats, info] = await Promise.all([getJson('/admin/admin.json'),
+      getJson('/admin/channels.json')]);
+    showStats(stats);
+    channels = info.channels;
+    showChannels();
+    $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+    $('updated').classList.remove('error');
+  } catch (error) {
+    $('updated').textContent = `update failed: ${error.message}`;
+    $('updated').classList.add('error');
+  }
+  setTimeout(refresh, REFRESH_MS);
+}
+
+$('lookup').addEventListener('submit', (event) => {
+  event.preventDefault();
+  if ($('lookup-q').value.trim()) lookup($('lookup-q').value.trim());
+});
+$('channel-filter').addEventListener('input', showChannels);
+$('sign-out').addEventListener('click', async () => {
+  await fetch('/admin/logout', {method: 'POST'});
+  window.location.assign('/admin/login');
+});
+refresh();

@@ -1,0 +1,123 @@
+"""The admin pages at /admin: sign-in, sessions, throttled failures, the panel's data, and the
+panel itself in Chromium."""
+
+import pytest
+import requests
+
+from browser import run_e2e
+from contract import unique
+from harness import CONTRACT_ENV, Server
+
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+def admin_server(**env: str) -> Server:
+    return Server(2, {**CONTRACT_ENV, "SHARDCAST_ADMIN_SECRET": ADMIN_PASSWORD, **env}).start()
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = admin_server()
+    yield server
+    server.stop()
+
+
+def sign_in(server: Server, password: str = ADMIN_PASSWORD, user: str = "admin"):
+    session = requests.Session()
+    session.trust_env = False
+    response = session.post(server.api + "/admin/login", json={"user": user, "password": password})
+    return session, response
+
+
+def test_admin_redirects_to_the_sign_in_page(server):
+    response = requests.get(server.api + "/admin", allow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/admin/login"
+    page = requests.get(server.api + "/admin/login")
+    assert page.status_code == 200 and "<form" in page.text
+
+
+def test_sign_in_opens_the_panel_and_its_data(server):
+    session, response = sign_in(server)
+    assert response.status_code == 200
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "shardcast admin" in session.get(server.api + "/admin").text
+    stats = session.get(server.api + "/admin/admin.json").json()
+    assert len(stats["shards"]) == 2
+    assert "channels" in session.get(server.api + "/admin/channels.json").json()
+
+
+def test_admin_json_takes_a_signature_or_a_session_and_nothing_else(server):
+    assert server.get("/admin/admin.json").status_code == 200          # signed
+    assert requests.get(server.api + "/admin/admin.json").status_code == 403
+    stranger = requests.Session()
+    stranger.cookies.set("shardcast_admin", "made-up")
+    assert stranger.get(server.api + "/admin/admin.json").status_code == 403
+    assert stranger.get(server.api + "/admin/channels.json").status_code == 403
+
+
+def test_wrong_password_is_refused(server):
+    _, response = sign_in(server, password="wrong", user="someone")
+    assert response.status_code == 401
+    assert "Wrong user name or password" in response.json()["error"]
+    _, response = sign_in(server)   # under the free failures: not throttled
+    assert response.status_code == 200
+
+
+def test_lookup_finds_users_and_connections(server, open_ws):
+    session, _ = sign_in(server)
+    room, user = unique("room"), unique("u")
+    answer = server.connect(user, [room], user_state={"mood": "fine"})
+    open_ws(answer)
+    found = session.get(server.api + "/admin/lookup.json", params={"q": user}).json()["user"]
+    assert found["state"] == {"mood": "fine"}
+    (conn,) = found["connections"]
+    assert conn["conn_id"] == answer["conn_id"] and conn["channels"] == [room]
+    assert conn["transport"] == "websocket"
+    by_id = session.get(server.api + "/admin/lookup.json", params={"q": answer["conn_id"]})
+    assert by_id.json()["connection"]["user"] == user
+    missing = session.get(server.api + "/admin/lookup.json", params={"q": unique("nobody")})
+    assert missing.status_code == 404
+
+
+def test_sign_endpoint_gives_signatures_the_api_accepts(server):
+    session, _ = sign_in(server)
+    body = '{"info": {"include_history": false}}'
+    signed = session.post(server.api + "/admin/sign.json",
+                          json={"method": "POST", "target": "/info", "body": body}).json()
+    response = requests.post(server.api + "/info", data=body,
+                             headers={signed["header"]: signed["value"]})
+    assert response.status_code == 200
+    assert requests.post(server.api + "/admin/sign.json", json={}).status_code == 403
+
+
+def test_sign_out_ends_the_session(server):
+    session, _ = sign_in(server)
+    session.post(server.api + "/admin/logout")
+    assert session.get(server.api + "/admin/channels.json").status_code == 403
+
+
+def test_failed_sign_ins_are_throttled():
+    server = admin_server()
+    try:
+        statuses = [sign_in(server, password=f"guess {n}")[1].status_code for n in range(5)]
+        assert statuses[:3] == [401, 401, 401]
+        assert statuses[3:] == [429, 429]
+        _, response = sign_in(server)
+        assert response.status_code == 429, "even the right password waits its turn"
+        assert int(response.headers["retry-after"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_sign_in_is_off_without_admin_secret(server3):
+    response = requests.post(server3.api + "/admin/login", json={"user": "admin", "password": ""})
+    assert response.status_code == 403
+    assert "admin_secret" in response.json()["error"]
+
+
+def test_admin_panel_in_chromium(server, tmp_path):
+    run_e2e("admin.e2e.mjs", server, ADMIN_PASSWORD=ADMIN_PASSWORD,
+            SCREENSHOT=str(tmp_path / "admin.png"))
+    assert (tmp_path / "admin.png").stat().st_size > 10000
