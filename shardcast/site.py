@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import assets
+import orjson
+
+from . import assets, openapi
 from .admin import Admin
 from .http_api import HttpApi
+from .http_server import Request, Response
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -20,4 +23,13 @@ class Site:
         self.admin = Admin(api.config, api)
         api.routes.update(assets.routes())
         api.routes.update(self.admin.routes())
+        api.routes.update({
+            "/openapi.json": ({"GET": self.openapi}, False),
+            "/api-explorer": ({"GET": assets.file_response(
+                assets.package_file("explorer.html"))}, False),
+        })
+        self.openapi_body = orjson.dumps(openapi.document())
         self.handle = api.handle
+
+    def openapi(self, request: Request) -> Response:
+        return Response(200, self.openapi_body)
