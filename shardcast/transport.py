@@ -30,6 +30,8 @@ def conn_id_from_path(path: bytes) -> str | None:
 class WebSocketClient(WSListener):
     """One browser websocket bound to one connection of this shard."""
 
+    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport")
+
     def __init__(self, conn: Connection | None, on_open: Callable, on_close: Callable,
                  send_buffer_size: int) -> None:
         self.conn = conn
@@ -65,7 +67,7 @@ class WebSocketClient(WSListener):
             self.close(SLOW_CONSUMER)
             # The connection goes at once, not when the socket is done (it may never be); later,
             # as the caller may be iterating over the shard's connections.
-            asyncio.get_running_loop().call_soon(self.on_close, self.conn, self)
+            asyncio.get_running_loop().call_soon(self.on_close, self.conn, self, SLOW_CONSUMER)
             return
         transport.send(WSMsgType.TEXT, frame)
 

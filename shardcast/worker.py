@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -12,28 +13,32 @@ import orjson
 import uvloop
 from picows import ws_create_server
 
-from . import ipc, limits
+from . import ipc, limits, logs
 from .config import Config
 from .connection import Connection
 from .ipc import Kind, Link
 from .shard import Shard
-from .transport import LongPoll, WebSocketClient, upgrade
+from .transport import SLOW_CONSUMER, LongPoll, WebSocketClient, upgrade
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
 GOING_AWAY = 1001
+READ_BUFFER = 1024   # per websocket; grows for bigger client frames (picows defaults to 16 KiB)
 
 
 def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     """Process entry point: one uvloop loop for the shard's whole life."""
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"%(asctime)s shard-{index} %(levelname)s %(message)s")
+    logs.setup(config.log_level, config.log_format, f"shard-{index}")
     logging.getLogger("picows").setLevel(logging.WARNING)   # it logs every accept at INFO
     # The supervisor decides when shards stop (Ctrl-C and service managers signal the
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    uvloop.run(Worker(index, config, ipc_dir).run())
+    try:
+        uvloop.run(Worker(index, config, ipc_dir).run())
+    except OSError as error:    # e.g. its websocket port is taken; the supervisor reports it
+        log.error("shard %d cannot start: %s", index, error)
+        sys.exit(1)
 
 
 class Worker:
@@ -64,6 +69,8 @@ class Worker:
             auto_ping_idle_timeout=self.config.ws_ping_interval,
             auto_ping_reply_timeout=self.config.ws_ping_interval,
             max_frame_size=self.config.max_client_frame_size,
+            read_buffer_init_size=READ_BUFFER,
+            use_aiofastnet=False,   # measured: 20 KB vs 11 KB RSS per idle websocket, same CPU
         )
         loop.call_later(SWEEP_INTERVAL, self.sweep)
         loop.call_later(self.config.heartbeat_interval, self.heartbeat)
@@ -166,8 +173,11 @@ class Worker:
         return WebSocketClient(conn, self.actor.attach, self.ws_closed,
                                self.config.send_buffer_size)
 
-    def ws_closed(self, conn: Connection, client: WebSocketClient) -> None:
+    def ws_closed(self, conn: Connection, client: WebSocketClient,
+                  code: int | None = None) -> None:
         if conn.transport is client:
+            if code == SLOW_CONSUMER:
+                self.actor.slow_consumers += 1
             self.actor.remove_conn(conn)
 
     # -- timers -----------------------------------------------------------------------
