@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import secrets
 
 import click
 
-from shardcast import __version__
+from shardcast import __version__, logs
 from shardcast.config import Config, ConfigError, env_var, load_config, render_ini
 from shardcast.signing import sign_compat
 
-LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
@@ -41,6 +39,7 @@ def main() -> None:
 @click.option("--workers", type=int, help="Number of shard processes.")
 @click.option("--secret", help="Shared secret that signs API calls.")
 @click.option("--log-level", help="debug, info, warning or error.")
+@click.option("--log-format", help="text, or json (one JSON object per line).")
 def serve(config_path: str | None, **overrides: object) -> None:
     """Run the broker until SIGINT or SIGTERM.
 
@@ -51,7 +50,7 @@ def serve(config_path: str | None, **overrides: object) -> None:
         config = load_config(config_path, overrides)
     except ConfigError as exc:
         raise BadConfig(str(exc)) from None
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
+    logs.setup(config.log_level, config.log_format, "supervisor")
     if not config.secret:
         config = dataclasses.replace(config, secret=secrets.token_urlsafe(24))
         _warn_random_secret(config)
@@ -122,7 +121,7 @@ def demo(host: str, port: int, api_port: int, ws_port_base: int, workers: int) -
     Open the printed URL in two browser windows and chat between them: rooms, presence,
     user status, history, edits and deletes, all through shardcast.
     """
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    logs.setup("warning", "text", "demo")
     from shardcast.demo import run as run_demo
 
     run_demo(host, port, api_port, ws_port_base, workers)

@@ -20,6 +20,7 @@ from typing import Any
 SECTION = "shardcast"
 ENV_PREFIX = "SHARDCAST_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 MAX_PORT = 65535
 
 
@@ -108,6 +109,7 @@ class Config:
         5.0, "seconds SIGTERM waits for in-flight calls and shards before killing what is left"
     )
     log_level: str = _key("info", "one of debug, info, warning, error")
+    log_format: str = _key("text", "text, or json: one JSON object per log line")
 
 
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -231,8 +233,9 @@ def load_config(
     for key, value, source in layers:
         values[key] = _convert(key, value, source)
         sources[key] = source
-    if "log_level" in values:
-        values["log_level"] = values["log_level"].lower()
+    for key in ("log_level", "log_format"):
+        if key in values:
+            values[key] = values[key].lower()
     config = Config(**values)
     _validate(config, sources)
     return config
@@ -268,6 +271,8 @@ def _range_problems(config: Config) -> dict[str, str]:
             problems[key] = "a positive integer, or 0 for no limit"
     if config.log_level not in LOG_LEVELS:
         problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
+    if config.log_format not in LOG_FORMATS:
+        problems["log_format"] = "one of " + ", ".join(LOG_FORMATS)
     if not _valid_ws_url_template(config.ws_url_template):
         problems["ws_url_template"] = (
             "a ws:// or wss:// URL using no placeholders but {host}, {port} and {shard}"

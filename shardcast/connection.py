@@ -80,10 +80,14 @@ class Connection:
                 return True
         return False
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Send what was queued as one frame; returns its size in bytes."""
         frames, self.out = self.out, []
         if frames and self.transport is not None:
-            self.transport.send(merge_frames(frames))
+            data = merge_frames(frames)
+            self.transport.send(data)
+            return len(data)
+        return 0
 
     def take_catchup(self) -> bytes | None:
         """Held frames as one array marked ``catchup``: direct ones, then channels by name."""

@@ -51,6 +51,8 @@ class Shard:
         self.dirty: list[Connection] = []
         self.published = 0
         self.delivered = 0
+        self.bytes_sent = 0             # to clients, counted per flush
+        self.slow_consumers = 0         # websockets dropped for not keeping up
         self.started = time.time()
 
     def handlers(self) -> dict[str, Any]:
@@ -154,6 +156,7 @@ class Shard:
         conn.last_active = time.monotonic()
         catchup = conn.take_catchup()
         if catchup is not None:
+            self.bytes_sent += len(catchup)
             transport.send(catchup)
 
     def detach(self, conn: Connection, transport: Transport) -> None:
@@ -365,9 +368,11 @@ class Shard:
     def flush(self) -> None:
         dirty, self.dirty = self.dirty, []
         now = time.monotonic()      # a frame sent counts as activity
+        sent = 0
         for conn in dirty:
             conn.last_active = now
-            conn.flush()
+            sent += conn.flush()
+        self.bytes_sent += sent
 
     def heartbeat(self) -> None:
         now = time.monotonic()
@@ -375,6 +380,7 @@ class Shard:
             if conn.transport is not None:
                 conn.last_active = now
                 conn.transport.send(HEARTBEAT)
+                self.bytes_sent += len(HEARTBEAT)
 
     # -- housekeeping ---------------------------------------------------------------
 
@@ -423,5 +429,7 @@ class Shard:
             "users_connected": sum(1 for u in self.users.values() if u.conns),
             "messages_published": self.published,
             "messages_delivered": self.delivered,
+            "bytes_sent": self.bytes_sent,
+            "slow_consumer_disconnects": self.slow_consumers,
             "uptime": time.time() - self.started,
         }

@@ -9,6 +9,7 @@ from . import assets, openapi
 from .admin import Admin
 from .http_api import HttpApi
 from .http_server import Request, Response
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -28,8 +29,10 @@ class Site:
             "/api-explorer": ({"GET": assets.file_response(
                 assets.package_file("explorer.html"))}, False),
         })
+        self.metrics = Metrics(api, supervisor)
+        api.routes["/metrics"] = ({"GET": self.metrics.render}, False)
         self.openapi_body = orjson.dumps(openapi.document())
-        self.handle = api.handle
+        self.handle = self.metrics.instrument(api.handle)
 
     def openapi(self, request: Request) -> Response:
         return Response(200, self.openapi_body)
