@@ -22,6 +22,7 @@ class Cluster:
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self.links: list[Link | None] = [None] * shards
+        self.restarts = [0] * shards        # counted by the supervisor, shown by admin.json
 
     def owner(self, key: str) -> int:
         return owner(key, self.shards)
@@ -39,17 +40,29 @@ class Cluster:
             raise ShardUnavailable(shard)
         return link
 
+    def request(self, shard: int, command: str, args: Any, raw: bool = False,
+                timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
+        """The shard's answer; fails with ShardUnavailable after ``timeout`` (a timer, not
+        a task per request as asyncio.wait_for would make) or ConnectionError on link loss."""
+        future = self.link(shard).request(command, args, raw)
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, shard)
+        future.add_done_callback(lambda _: timer.cancel())
+        return future
+
     async def call(self, shard: int, command: str, args: Any, raw: bool = False,
                    timeout: float = REQUEST_TIMEOUT) -> Any:
         try:
-            return await asyncio.wait_for(self.link(shard).request(command, args, raw), timeout)
-        except (ConnectionError, asyncio.TimeoutError):
+            return await self.request(shard, command, args, raw, timeout)
+        except ConnectionError:
             raise ShardUnavailable(shard) from None
 
     async def call_many(self, calls: dict[int, Any], command: str) -> list[Any]:
         """The same command to several shards at once, one argument each."""
-        return await asyncio.gather(*(self.call(shard, command, args)
-                                      for shard, args in calls.items()))
+        futures = [self.request(shard, command, args) for shard, args in calls.items()]
+        try:
+            return await asyncio.gather(*futures)
+        except ConnectionError:
+            raise ShardUnavailable(next(iter(calls))) from None
 
     def cast(self, shard: int, command: str, args: Any) -> None:
         self.link(shard).cast(command, args)
@@ -58,3 +71,8 @@ class Cluster:
         for link in self.links:
             if link is not None and not link.closed:
                 link.cast(command, args)
+
+
+def _expire(future: asyncio.Future, shard: int) -> None:
+    if not future.done():
+        future.set_exception(ShardUnavailable(shard))

@@ -22,9 +22,15 @@ def _checked(reply: Any) -> Any:
     return reply
 
 
-def _settings(configs: dict, name: str) -> dict | None:
-    config = configs.get(name)
-    return msgspec.structs.asdict(config) if config is not None else None
+def _joins(names: list[str], conn_id: str, user: str, public_state: dict,
+           configs: dict) -> list[list]:
+    """Join entries for the channel owners (a missing channel is created with its config)."""
+    joins = []
+    for name in names:
+        config = configs.get(name)
+        settings = msgspec.structs.asdict(config) if config is not None else None
+        joins.append([name, settings, conn_id, user, public_state])
+    return joins
 
 
 class Commands:
@@ -51,8 +57,8 @@ class Commands:
                 self.cluster.cast(shard, "conn_unsubscribe",
                                   {"conn_id": conn_id, "channels": opened["new"]})
             _checked(user)
-        self._join(opened["new"], conn_id, body.username, user["public_state"],
-                         body.channel_configs)
+        joins = _joins(opened["new"], conn_id, body.username, user["public_state"],
+                       body.channel_configs)
         channels = sorted(set(body.channels))
         return {
             "conn_id": conn_id,
@@ -60,7 +66,7 @@ class Commands:
             "state": user["state"],
             "public_state": user["public_state"],
             "channels": channels,
-            "channels_info": await self.info(body.info, channels),
+            "channels_info": await self.info(body.info, channels, joins),
             "ws_url": self.ws_url(host, shard, conn_id),
         }
 
@@ -76,8 +82,9 @@ class Commands:
             {"conn_id": conn_id, "channels": body.channels}))
         public = await self.cluster.call(self.cluster.owner(joined["user"]), "user_public",
                                          {"user": joined["user"]})
-        self._join(joined["new"], conn_id, joined["user"], public, body.channel_configs)
-        return {"channels": joined["all"], "channels_info": await self.info(body.info, joined["all"]),
+        joins = _joins(joined["new"], conn_id, joined["user"], public, body.channel_configs)
+        return {"channels": joined["all"],
+                "channels_info": await self.info(body.info, joined["all"], joins),
                 "subscribed_to": joined["new"]}
 
     async def unsubscribe(self, body: SubscribeBody) -> dict:
@@ -90,13 +97,6 @@ class Commands:
                 self.cluster.cast(shard, "leave", {"channel": name, "conn_id": conn_id})
         return {"channels": left["all"], "channels_info": await self.info(body.info, left["all"]),
                 "unsubscribed_from": left["left"]}
-
-    def _join(self, names: list[str], conn_id: str, user: str, public_state: dict,
-              configs: dict) -> None:
-        """Casts: later requests on the same link (info, messages) see the joins applied."""
-        for shard, group in self.cluster.group(names).items():
-            self.cluster.cast(shard, "join", {"joins": [
-                [name, _settings(configs, name), conn_id, user, public_state] for name in group]})
 
     async def disconnect(self, conn_id: str) -> bool:
         return await self.cluster.call(self.cluster.owner(conn_id), "conn_close",
@@ -170,8 +170,10 @@ class Commands:
             channels.update(found)
         return {"channels": channels, "users": []}
 
-    async def info(self, flags: InfoFlags, names: list[str] | None = None) -> dict:
-        """The Info object; ``names`` None means every channel."""
+    async def info(self, flags: InfoFlags, names: list[str] | None = None,
+                   joins: list[list] | None = None) -> dict:
+        """The Info object; ``names`` None means every channel. ``joins`` (of channels in
+        ``names``) ride on the same requests: /connect and /subscribe take one round trip."""
         args = {"exclude": flags.exclude_channels, "history": flags.include_history,
                 "users": flags.include_users}
         if names is None:
@@ -179,6 +181,8 @@ class Commands:
         else:
             calls = {shard: {**args, "channels": group}
                      for shard, group in self.cluster.group(names).items()}
+        for join in joins or ():
+            calls[self.cluster.owner(join[0])].setdefault("joins", []).append(join)
         channels: dict = {}
         for found in await self.cluster.call_many(calls, "info"):
             channels.update(found)
@@ -195,6 +199,8 @@ class Commands:
 
     async def admin(self) -> dict:
         shards = await self.cluster.call_many(dict.fromkeys(range(self.cluster.shards)), "stats")
+        for figures, restarts in zip(shards, self.cluster.restarts):
+            figures["restarts"] = restarts
         info = await self.info(InfoFlags(include_history=False, include_connections=True))
         return {
             "remembered_user_count": sum(s["users"] for s in shards),

@@ -272,6 +272,8 @@ class Shard:
         return result
 
     def info(self, args: dict) -> dict:
+        if "joins" in args:     # /connect and /subscribe join and ask in one round trip
+            self.join(args)
         names = args["channels"]
         chosen = self.channels.keys() if names is None else names
         exclude = set(args["exclude"])

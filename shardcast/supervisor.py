@@ -22,7 +22,7 @@ from .http_api import HttpApi
 from .http_server import HttpProtocol
 from .ipc import Link
 from .site import Site
-from .worker import shard_main
+from .worker import shard_main, tune_gc
 
 log = logging.getLogger("shardcast.supervisor")
 START_TIMEOUT = 20.0
@@ -113,6 +113,7 @@ class Supervisor:
 
 def serve(config: Config) -> None:
     """Run the supervisor until SIGINT or SIGTERM."""
+    tune_gc()
     try:
         uvloop.run(_serve(config))
     except StartupError as error:

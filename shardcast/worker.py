@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -26,6 +27,13 @@ GOING_AWAY = 1001
 READ_BUFFER = 1024   # per websocket; grows for bigger client frames (picows defaults to 16 KiB)
 
 
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes: a broker holds many long-lived objects and makes few cycles.
+    Measured in a connect storm: collections took a third of a shard's busy time."""
+    gc.freeze()                       # what was loaded at start is never collected
+    gc.set_threshold(50_000, 20, 100)
+
+
 def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     """Process entry point: one uvloop loop for the shard's whole life."""
     logs.setup(config.log_level, config.log_format, f"shard-{index}")
@@ -34,6 +42,7 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tune_gc()
     try:
         uvloop.run(Worker(index, config, ipc_dir).run())
     except OSError as error:    # e.g. its websocket port is taken; the supervisor reports it
