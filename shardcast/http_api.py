@@ -42,6 +42,8 @@ class HttpApi:
         self.config = config
         self.commands = commands
         self.allowed = _networks(config.allow_posting_from)
+        self.verify_compat = signing.CompatVerifier(
+            config.secret, config.signature_max_age if config.validate_requests else None)
         self.replays = (signing.ReplayGuard(config.signature_window, config.replay_cache_size)
                         if config.refuse_replayed_signatures else None)
         signed = {
@@ -120,8 +122,7 @@ class HttpApi:
             return json_response({"request": missing}, 403)
         if not self.config.allow_compat_signatures:
             return _bad_signature(COMPAT_OFF)
-        max_age = self.config.signature_max_age if self.config.validate_requests else None
-        if not signing.verify_compat(token, self.config.secret, max_age):
+        if not self.verify_compat(token):
             return json_response({"request": "Bad Signature"}, 401)
         return None
 

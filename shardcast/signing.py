@@ -69,12 +69,38 @@ def verify_compat(
         expected = _signature(secret, message)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             return False
-        if max_age is None:
-            return True
-        age = int(time.time() if now is None else now) - int.from_bytes(_b64decode(stamp), "big")
-        return -max_age <= age <= max_age
+        return max_age is None or _fresh(token, max_age, now)
     except (ValueError, TypeError, AttributeError):  # binascii/Unicode errors are ValueErrors
         return False
+
+
+def _fresh(token: str, max_age: float, now: float | None = None) -> bool:
+    """The timestamp of an authentic token is within max_age of now."""
+    stamp = token.rpartition(_SEP)[0].rpartition(_SEP)[2]
+    age = int(time.time() if now is None else now) - int.from_bytes(_b64decode(stamp), "big")
+    return -max_age <= age <= max_age
+
+
+class CompatVerifier:
+    """``verify_compat`` with a memo of authentic tokens. Backends sign once per call, so
+    calls within the same second carry the same token, and the HMAC is the costliest step
+    of a small API call; freshness is still checked every time."""
+
+    MEMO_SIZE = 4096
+
+    def __init__(self, secret: str, max_age: float | None) -> None:
+        self.secret = secret
+        self.max_age = max_age
+        self.authentic: set[str] = set()
+
+    def __call__(self, token: str) -> bool:
+        if token not in self.authentic:
+            if not verify_compat(token, self.secret, None):
+                return False
+            if len(self.authentic) >= self.MEMO_SIZE:
+                self.authentic.clear()
+            self.authentic.add(token)
+        return self.max_age is None or _fresh(token, self.max_age)
 
 
 # -- signed requests (the `x-shardcast-signature` header) -------------------------------

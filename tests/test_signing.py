@@ -11,6 +11,7 @@ import pytest
 
 from contract import unique
 from harness import Server
+from shardcast import signing
 from shardcast.signing import (REQUEST_HEADER, ReplayGuard, check_request, sign_request,
                                verify_request)
 
@@ -202,3 +203,14 @@ def test_full_replay_cache_is_503_and_forgets_nothing(strict_server):
     accepted = [signature for signature, (status, _) in zip(signatures, answers) if status == 200]
     assert accepted, answers
     assert_bad_signature(signed_call(strict_server, "GET", "/info?n=1", signature=signatures[0]))
+
+
+def test_compat_memo_still_refuses_a_token_once_it_is_stale():
+    verify = signing.CompatVerifier("s3cret", max_age=60)
+    token = signing.sign_compat("s3cret", now=time.time() - 59)
+    assert verify(token) is True
+    assert verify(token) is True                      # from the memo
+    stale = signing.sign_compat("s3cret", now=time.time() - 61)
+    assert verify(stale) is False
+    assert verify(stale) is False                     # authentic, but still too old
+    assert verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is False
