@@ -52,7 +52,13 @@ def unpack_route(body: bytes) -> tuple[Any, bytes]:
     end = ROUTE.size + size
     if end > len(body):
         raise FrameError("deliver route overruns the frame")
-    return orjson.loads(body[ROUTE.size:end]), body[end:]
+    try:
+        route = orjson.loads(body[ROUTE.size:end])
+    except orjson.JSONDecodeError:
+        raise FrameError("deliver route is not JSON") from None
+    if not isinstance(route, list):
+        raise FrameError("deliver route is not a list")
+    return route, body[end:]
 
 
 class FrameDecoder:

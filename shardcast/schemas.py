@@ -173,12 +173,13 @@ def check_messages(items: list, limit: int) -> None:
 
 def _locate(text: str, value: Any, kind: type) -> dict:
     """Turn msgspec's "... - at `$.a[0].b`" into {"a": {"0": {"b": [text]}}}."""
+    message = text
     text, at_key, path = text.partition(_AT_KEY)
     if at_key:
         path = path.rstrip("`") + "[...]"
     else:
         text, _, path = text.partition(_AT)
-    keys = _path_keys(path.rstrip("`"), value, kind)
+    keys = _path_keys(path.rstrip("`"), value, kind, message)
     missing = _MISSING.match(text)
     if missing:
         keys.append(missing.group(1))
@@ -191,7 +192,7 @@ def _locate(text: str, value: Any, kind: type) -> dict:
     return errors
 
 
-def _path_keys(path: str, value: Any, kind: type) -> list[str]:
+def _path_keys(path: str, value: Any, kind: type, message: str) -> list[str]:
     """Path segments as strings; dict entries ("[...]") are found by elimination."""
     keys: list[str] = []
     node = value
@@ -201,13 +202,13 @@ def _path_keys(path: str, value: Any, kind: type) -> list[str]:
         if name is not None:
             keys.append(name)
             trail.append(name)
-            node = node[name] if isinstance(node, dict) else None
+            node = node.get(name) if isinstance(node, dict) else None
         elif index is not None:
             keys.append(index)
             trail.append(int(index))
-            node = node[int(index)] if isinstance(node, list) else None
+            node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
         else:
-            key, part = _bad_entry(value, trail, node, kind)
+            key, part = _bad_entry(value, trail, node, kind, message)
             keys += [key, part]
             trail.append(key)
             node = node.get(key) if isinstance(node, dict) else None
@@ -216,19 +217,22 @@ def _path_keys(path: str, value: Any, kind: type) -> list[str]:
     return keys
 
 
-def _bad_entry(root: Any, trail: list, mapping: Any, kind: type) -> tuple[str, str]:
-    """Which entry of ``mapping`` fails, and whether its key or its value is at fault."""
+def _bad_entry(root: Any, trail: list, mapping: Any, kind: type,
+               message: str) -> tuple[str, str]:
+    """Which entry of ``mapping`` fails with ``message``, and whether its key or its value is
+    at fault (other fields of ``root`` may be invalid too: only the same error counts)."""
     if not isinstance(mapping, dict):
         return "?", "value"
     for key, item in mapping.items():
-        if not _valid_with(root, trail, {key: item}, kind):
-            part = "value" if not _valid_with(root, trail, {"k": item}, kind) else "key"
+        if _fails_alike(root, trail, {key: item}, kind, message):
+            part = "value" if _fails_alike(root, trail, {"k": item}, kind, message) else "key"
             return key, part
     return "?", "value"
 
 
-def _valid_with(root: Any, trail: list, replacement: dict, kind: type) -> bool:
-    """Validate ``root`` with the mapping at ``trail`` swapped for ``replacement``."""
+def _fails_alike(root: Any, trail: list, replacement: dict, kind: type, message: str) -> bool:
+    """Whether ``root`` with the mapping at ``trail`` swapped for ``replacement`` fails with
+    the same ``message``."""
     def swap(node: Any, depth: int) -> Any:
         if depth == len(trail):
             return replacement
@@ -238,6 +242,6 @@ def _valid_with(root: Any, trail: list, replacement: dict, kind: type) -> bool:
         return copy
     try:
         msgspec.convert(swap(root, 0), type=kind)
-    except msgspec.ValidationError:
-        return False
-    return True
+    except msgspec.ValidationError as error:
+        return str(error) == message
+    return False
