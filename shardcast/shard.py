@@ -15,6 +15,7 @@ from . import envelopes, limits
 from .channel import Channel
 from .config import Config
 from .connection import HEARTBEAT, Connection, Transport
+from .recovery import Recovery
 from .routing import owner
 from .user import User
 
@@ -31,7 +32,7 @@ class Net(Protocol):
     def schedule_flush(self) -> None: ...
 
 
-class Shard:
+class Shard(Recovery):
     COMMANDS = (
         "conn_open", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
@@ -394,24 +395,6 @@ class Shard:
         idle_user = now - self.config.gc_users_after
         for user in [u for u in self.users.values() if not u.conns and u.last_active < idle_user]:
             del self.users[user.name]
-
-    def peer_restarted(self, args: dict) -> None:
-        """A shard lost its state: forget its connections, re-announce ours to it."""
-        lost = args["shard"]
-        for channel in self.channels.values():
-            for conn_id in [c for c in channel.conns if owner(c, self.shards) == lost]:
-                self.leave({"channel": channel.name, "conn_id": conn_id})
-        for user in self.users.values():
-            user.conns = {c for c in user.conns if owner(c, self.shards) != lost}
-        for conn in self.conns.values():
-            if owner(conn.user, self.shards) == lost:
-                self.net.cast(lost, "user_connect", {"user": conn.user, "fresh_state": {},
-                                                     "state": {}, "public_keys": [],
-                                                     "conn_id": conn.id})
-            joins = [[name, None, conn.id, conn.user, {}] for name in sorted(conn.channels)
-                     if owner(name, self.shards) == lost]
-            if joins:
-                self.net.cast(lost, "join", {"joins": joins})
 
     def conn_info(self, args: dict) -> dict:
         """For the admin lookup: user, channels, transport and idle seconds of each id known."""

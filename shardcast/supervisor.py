@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import multiprocessing
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 import uvloop
@@ -22,7 +23,7 @@ from .http_api import HttpApi
 from .http_server import HttpProtocol
 from .ipc import Link
 from .site import Site
-from .worker import shard_main, tune_gc
+from .worker import shard_main, standby_main, tune_gc
 
 log = logging.getLogger("shardcast.supervisor")
 START_TIMEOUT = 20.0
@@ -42,17 +43,17 @@ class Supervisor:
         self.config = config
         self.cluster = Cluster(config.workers)
         self.processes: list[BaseProcess | None] = [None] * config.workers
-        self.restarts = [0] * config.workers
+        self.restarts = self.cluster.restarts
         self.ipc_dir = tempfile.mkdtemp(prefix="shardcast-")
         self.stopping = False
+        self.spare: tuple[BaseProcess, Connection] | None = None
 
     async def start(self) -> None:
         await asyncio.gather(*(self._start_shard(i) for i in range(self.config.workers)))
+        self._prepare_spare()
 
     async def _start_shard(self, index: int) -> None:
-        process = SPAWN.Process(target=shard_main, args=(index, self.config, self.ipc_dir),
-                                name=f"shardcast-shard-{index}")
-        process.start()
+        process = self._launch(index)
         self.processes[index] = process
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + START_TIMEOUT
@@ -72,6 +73,30 @@ class Supervisor:
                 await asyncio.sleep(0.05)
         self.cluster.links[index] = link
         loop.add_reader(process.sentinel, self._on_exit, index)
+
+    def _launch(self, index: int) -> BaseProcess:
+        """Shard ``index`` as a new process: the standby one when it is ready."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare[0].is_alive():
+            process, orders = spare
+            orders.send(index)
+            orders.close()
+            return process
+        process = SPAWN.Process(target=shard_main, args=(index, self.config, self.ipc_dir),
+                                name=f"shardcast-shard-{index}")
+        process.start()
+        return process
+
+    def _prepare_spare(self) -> None:
+        """Start a standby process for the next restart (imported, waiting for an index)."""
+        if self.spare is not None or self.stopping:
+            return
+        theirs, orders = SPAWN.Pipe(duplex=False)
+        process = SPAWN.Process(target=standby_main, args=(theirs, self.config, self.ipc_dir),
+                                name="shardcast-standby")
+        process.start()
+        theirs.close()
+        self.spare = (process, orders)
 
     def _unexpected_frame(self, link: Link, kind: int, request_id: int, body: bytes) -> None:
         log.warning("ignoring an unsolicited frame from a shard (kind %d)", kind)
@@ -95,6 +120,7 @@ class Supervisor:
             asyncio.ensure_future(self._restart(index))
             return
         log.warning("shard %d restarted", index)
+        self._prepare_spare()
         for other, link in enumerate(self.cluster.links):
             if other != index and link is not None and not link.closed:
                 link.cast("peer_restarted", {"shard": index})
@@ -102,8 +128,13 @@ class Supervisor:
     async def stop(self) -> None:
         self.stopping = True
         self.cluster.cast_all("shutdown", None)
+        processes = list(self.processes)
+        if self.spare is not None:      # it exits when its orders pipe closes
+            spare, orders = self.spare
+            orders.close()
+            processes.append(spare)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for process in self.processes:
+        for process in processes:
             while process is not None and process.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             if process is not None and process.is_alive():
