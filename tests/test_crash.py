@@ -89,6 +89,8 @@ def test_killed_shard_is_restarted_and_rebuilt_without_loss_elsewhere(crash_serv
     print(f"shard {VICTIM} answered again {restart_time * 1000:.0f} ms after SIGKILL")
     assert restart_time < RESTART_BOUND
     assert figures[VICTIM]["restarts"] == 1 and [f["restarts"] for f in figures[:2]] == [0, 0]
+    metrics = server.get("/metrics").text.splitlines()
+    assert f'shardcast_shard_restarts_total{{shard="{VICTIM}"}} 1.0' in metrics
     with pytest.raises(ConnectionClosed):                   # its clients are disconnected
         while True:
             doomed_ws.connection.recv(timeout=5)
