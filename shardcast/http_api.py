@@ -32,6 +32,7 @@ SIGNATURE_HINTS = {
 }
 COMPAT_OFF = ("x-channelstream-secret is turned off here (allow_compat_signatures = false): "
               "sign with x-shardcast-signature")
+SHUTTING_DOWN = {"server": ["Shutting down; retry in a moment"]}
 REPLAYED = "this signature was accepted before: sign every request afresh"
 
 Route = Callable[[Request], Any]
@@ -42,6 +43,8 @@ class HttpApi:
         self.config = config
         self.commands = commands
         self.allowed = _networks(config.allow_posting_from)
+        self.closing = False    # set at shutdown: new requests get 503, those in flight finish
+        self.in_flight = 0
         self.verify_compat = signing.CompatVerifier(
             config.secret, config.signature_max_age if config.validate_requests else None)
         self.replays = (signing.ReplayGuard(config.signature_window, config.replay_cache_size)
@@ -66,6 +69,9 @@ class HttpApi:
     # -- dispatch -------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
+        if self.closing:
+            request.keep_alive = False      # the answer closes the connection
+            return json_response(SHUTTING_DOWN, 503)
         if request.method == "OPTIONS":
             return Response(200, b"", "text/plain", {
                 "access-control-allow-methods": ALLOW_METHODS,
@@ -92,12 +98,15 @@ class HttpApi:
         return self._guard(result)
 
     async def _guard(self, pending: Awaitable[Response]) -> Response:
+        self.in_flight += 1
         try:
             return await pending
         except Invalid as error:
             return json_response(error.errors, error.status)
         except ShardUnavailable as error:
             return json_response({"shard": [f"Shard {error.shard} is unavailable; retry"]}, 503)
+        finally:
+            self.in_flight -= 1
 
     def decorate(self, request: Request, response: Response) -> None:
         """CORS on every answer: browsers call /listen and /disconnect directly."""

@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import multiprocessing
 from multiprocessing.connection import Connection
@@ -27,7 +28,6 @@ from .worker import shard_main, standby_main, tune_gc
 
 log = logging.getLogger("shardcast.supervisor")
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
 # Shards are plain spawned processes running uvloop.run(): aiomultiprocess.Process would
 # add a SyncManager server process, and once that dies (a process-group SIGTERM kills it)
 # no shard can be restarted any more.
@@ -125,36 +125,53 @@ class Supervisor:
             if other != index and link is not None and not link.closed:
                 link.cast("peer_restarted", {"shard": index})
 
-    async def stop(self) -> None:
+    async def stop(self, idle: Callable[[], bool] = lambda: True) -> bool:
+        """Shards close their websockets (1001) and answer held long polls; API calls in flight
+        get their answers (``idle`` says when none is left); then every process exits, or is
+        killed at shutdown_timeout. True when all exited with code 0."""
         self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
         self.cluster.cast_all("shutdown", None)
-        processes = list(self.processes)
+        while not idle() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.cluster.cast_all("exit", None)
+        processes = [process for process in self.processes if process is not None]
         if self.spare is not None:      # it exits when its orders pipe closes
             spare, orders = self.spare
             orders.close()
             processes.append(spare)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(process.is_alive() for process in processes) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        clean = True
         for process in processes:
-            while process is not None and process.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if process is not None and process.is_alive():
+            if process.is_alive():
+                log.error("%s did not stop within shutdown_timeout; killing it", process.name)
                 process.kill()
+            process.join(1)
+            if process.exitcode != 0:
+                log.error("%s exited with code %s", process.name, process.exitcode)
+                clean = False
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
-
+        return clean
 
 def serve(config: Config) -> None:
     """Run the supervisor until SIGINT or SIGTERM."""
     tune_gc()
     try:
-        uvloop.run(_serve(config))
+        clean = uvloop.run(_serve(config))
     except StartupError as error:
         log.error("%s", error)
         sys.exit(1)
+    if not clean:
+        sys.exit(1)
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config) -> bool:
+    """Serve until SIGINT or SIGTERM; True when every process then stopped cleanly."""
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config)
+    api: HttpApi | None = None
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -170,9 +187,11 @@ async def _serve(config: Config) -> None:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
         _announce(config)
         await stop.wait()
-        server.close()
+        server.close()          # no new connections; requests on open ones get 503
+        api.closing = True
     finally:
-        await supervisor.stop()
+        clean = await supervisor.stop(lambda: api is None or api.in_flight == 0)
+    return clean
 
 
 def _announce(config: Config) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -17,10 +18,10 @@ from picows import ws_create_server
 
 from . import ipc, limits, logs
 from .config import Config
-from .connection import Connection
+from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
 from .shard import Shard
-from .transport import SLOW_CONSUMER, LongPoll, WebSocketClient, upgrade
+from .transport import CLOSE_GRACE, SLOW_CONSUMER, LongPoll, WebSocketClient, upgrade
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
@@ -79,6 +80,8 @@ class Worker:
         self.parent = os.getppid()
         self.long_polls = 0     # /listen requests held open
         self.stopped: asyncio.Future | None = None
+        self.ws_server: asyncio.AbstractServer | None = None
+        self.closing: list | None = None    # websockets closing at shutdown (picows transports)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,7 +90,7 @@ class Worker:
         if os.path.exists(path):
             os.unlink(path)
         ipc_server = await loop.create_unix_server(lambda: Link(self.on_frame), path)
-        ws_server = await ws_create_server(
+        self.ws_server = await ws_create_server(
             self.ws_route, self.config.host, self.config.ws_port_base + self.index,
             enable_auto_ping=True,
             auto_ping_idle_timeout=self.config.ws_ping_interval,
@@ -99,12 +102,33 @@ class Worker:
         loop.call_later(SWEEP_INTERVAL, self.sweep)
         loop.call_later(self.config.heartbeat_interval, self.heartbeat)
         await self.stopped
-        ws_server.close()
+        self.shut_down()
         ipc_server.close()
+        deadline = loop.time() + min(CLOSE_GRACE, self.config.shutdown_timeout / 2)
+        while loop.time() < deadline and any(not s.is_disconnected for s in self.closing):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)   # let the last IPC replies leave
+        with contextlib.suppress(OSError):     # the supervisor may be gone: tidy up after it
+            os.unlink(path)
+            os.rmdir(self.ipc_dir)             # by the last shard out
+
+    def shut_down(self) -> None:
+        """Stop taking websockets, close each with 1001 and answer held long polls; IPC goes
+        on until the supervisor says ``exit`` (its calls in flight may still need this shard)."""
+        if self.closing is not None:
+            return
+        self.closing = []
+        self.ws_server.close()
         for conn in list(self.actor.conns.values()):
-            if conn.transport is not None:
-                conn.transport.close(GOING_AWAY)
-        await asyncio.sleep(0.05)   # let close frames leave
+            transport = conn.transport
+            if isinstance(transport, WebSocketClient) and transport.transport is not None:
+                self.closing.append(transport.transport)
+            if transport is not None:
+                transport.close(GOING_AWAY)
+
+    def stop(self) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(None)
 
     # -- Net ------------------------------------------------------------------------
 
@@ -155,7 +179,9 @@ class Worker:
             if command == "listen":
                 self.listen(link, request_id, args)
             elif command == "shutdown":
-                self.stopped.set_result(None)
+                self.shut_down()
+            elif command == "exit":
+                self.stop()
             else:
                 result = self.handlers[command](args)
                 if kind == Kind.REQUEST:
@@ -169,6 +195,9 @@ class Worker:
         conn = self.actor.conns.get(args["conn_id"])
         if conn is None:
             link.reply(request_id, b"")
+            return
+        if self.closing is not None:    # shutting down: answer at once
+            link.reply(request_id, HEARTBEAT)
             return
         if not isinstance(conn.transport, LongPoll):    # a repeated poll replaces its own
             refusal = limits.long_polls(self.index, self.long_polls, self.config.max_long_polls)
@@ -209,7 +238,7 @@ class Worker:
     def sweep(self) -> None:
         if os.getppid() != self.parent:
             log.error("supervisor is gone; shard %d exits", self.index)
-            self.stopped.set_result(None)
+            self.stop()
             return
         self.actor.sweep(time.monotonic())
         asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self.sweep)
