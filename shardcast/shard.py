@@ -17,10 +17,9 @@ from .config import Config
 from .connection import HEARTBEAT, Connection, Transport
 from .recovery import Recovery
 from .routing import owner
-from .user import User
+from .user import UserOwner
 
 UNKNOWN_CONNECTION = {"error": {"conn_id": ["Unknown connection"]}}
-UNKNOWN_USER = {"error": {"user": ["Unknown user"]}}
 AMENDS = {"message:edit": "edit", "message:delete": "delete"}
 
 
@@ -32,7 +31,7 @@ class Net(Protocol):
     def schedule_flush(self) -> None: ...
 
 
-class Shard(Recovery):
+class Shard(UserOwner, Recovery):
     COMMANDS = (
         "conn_open", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
@@ -164,68 +163,6 @@ class Shard(Recovery):
         if conn.transport is transport:
             conn.transport = None
             conn.last_active = time.monotonic()
-
-    # -- users owned here -------------------------------------------------------
-
-    def user_connect(self, args: dict) -> dict:
-        user = self.users.get(args["user"])
-        refusal = (limits.user_connections(user.conns if user else set(), args["conn_id"],
-                                           self.config.max_connections_per_user)
-                   or limits.state_keys(user.state if user else args["fresh_state"],
-                                        args["state"], self.config.max_state_keys))
-        if refusal is not None:
-            return refusal
-        if user is None:
-            user = self.users[args["user"]] = User(args["user"], args["fresh_state"])
-        user.merge(args["state"])
-        user.public_keys = args["public_keys"]
-        user.conns.add(args["conn_id"])
-        return {"state": user.state, "public_state": user.public_state()}
-
-    def user_public(self, args: dict) -> dict:
-        user = self.users.get(args["user"])
-        return user.public_state() if user is not None else {}
-
-    def user_state(self, args: dict) -> dict:
-        user = self.users.get(args["user"])
-        if user is None:
-            return UNKNOWN_USER
-        refusal = limits.state_keys(user.state, args["state"], self.config.max_state_keys)
-        if refusal is not None:
-            return refusal
-        before = user.public_state()
-        changed = user.merge(args["state"])
-        if "public_keys" in args:
-            user.public_keys = args["public_keys"]
-        public = user.public_state()
-        return {
-            "user_state": user.state,
-            "changed_state": changed,
-            "public_keys": user.public_keys,
-            "public_state": public,
-            "changed_public": [item for item in changed if item["key"] in user.public_keys],
-            "refresh": bool(changed) or public != before,
-            "conns": sorted(user.conns),
-        }
-
-    def user_states(self, args: dict) -> list[dict]:
-        found = []
-        for name in args["users"]:
-            user = self.users.get(name)
-            if user is None:
-                continue
-            state = user.public_state() if args["public"] else user.state
-            entry = {"user": name, "state": state}
-            if args.get("connections"):
-                entry["connections"] = sorted(user.conns)
-            found.append(entry)
-        return found
-
-    def user_conn_gone(self, args: dict) -> None:
-        user = self.users.get(args["user"])
-        if user is not None:
-            user.conns.discard(args["conn_id"])
-            user.last_active = time.monotonic()
 
     # -- channels owned here ----------------------------------------------------
 

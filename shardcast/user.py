@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from . import limits
+
+if TYPE_CHECKING:
+    from .config import Config
+
+UNKNOWN_USER = {"error": {"user": ["Unknown user"]}}
 
 def _same(old: Any, new: Any) -> bool:
     # 1, 1.0 and True compare equal in Python but are different JSON values.
@@ -32,3 +39,70 @@ class User:
                 changed.append({"key": key, "value": value})
         self.last_active = time.monotonic()
         return changed
+
+
+class UserOwner:
+    """The commands a shard answers for the users it owns (a part of the ``Shard`` actor)."""
+
+    users: dict[str, User]
+    config: Config
+
+    def user_connect(self, args: dict) -> dict:
+        user = self.users.get(args["user"])
+        refusal = (limits.user_connections(user.conns if user else set(), args["conn_id"],
+                                           self.config.max_connections_per_user)
+                   or limits.state_keys(user.state if user else args["fresh_state"],
+                                        args["state"], self.config.max_state_keys))
+        if refusal is not None:
+            return refusal
+        if user is None:
+            user = self.users[args["user"]] = User(args["user"], args["fresh_state"])
+        user.merge(args["state"])
+        user.public_keys = args["public_keys"]
+        user.conns.add(args["conn_id"])
+        return {"state": user.state, "public_state": user.public_state()}
+
+    def user_public(self, args: dict) -> dict:
+        user = self.users.get(args["user"])
+        return user.public_state() if user is not None else {}
+
+    def user_state(self, args: dict) -> dict:
+        user = self.users.get(args["user"])
+        if user is None:
+            return UNKNOWN_USER
+        refusal = limits.state_keys(user.state, args["state"], self.config.max_state_keys)
+        if refusal is not None:
+            return refusal
+        before = user.public_state()
+        changed = user.merge(args["state"])
+        if "public_keys" in args:
+            user.public_keys = args["public_keys"]
+        public = user.public_state()
+        return {
+            "user_state": user.state,
+            "changed_state": changed,
+            "public_keys": user.public_keys,
+            "public_state": public,
+            "changed_public": [item for item in changed if item["key"] in user.public_keys],
+            "refresh": bool(changed) or public != before,
+            "conns": sorted(user.conns),
+        }
+
+    def user_states(self, args: dict) -> list[dict]:
+        found = []
+        for name in args["users"]:
+            user = self.users.get(name)
+            if user is None:
+                continue
+            state = user.public_state() if args["public"] else user.state
+            entry = {"user": name, "state": state}
+            if args.get("connections"):
+                entry["connections"] = sorted(user.conns)
+            found.append(entry)
+        return found
+
+    def user_conn_gone(self, args: dict) -> None:
+        user = self.users.get(args["user"])
+        if user is not None:
+            user.conns.discard(args["conn_id"])
+            user.last_active = time.monotonic()
