@@ -248,15 +248,22 @@ def _bad_signature(hint: str) -> Response:
     return json_response({"request": "Bad Signature", "hint": hint}, 401)
 
 
-def _networks(entries: tuple[str, ...]) -> tuple | None:
+class Networks(tuple):
+    """Allowed networks, hashed by identity: the allow-list cache looks it up per call."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+def _networks(entries: tuple[str, ...]) -> Networks | None:
     """Allowed networks; None allows everyone (the ``0.0.0.0`` entry)."""
     if "0.0.0.0" in entries:
         return None
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+    return Networks(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
 @functools.lru_cache(maxsize=4096)   # a backend calls from a few addresses, very often
-def _client_allowed(client: str, networks: tuple | None) -> bool:
+def _client_allowed(client: str, networks: Networks | None) -> bool:
     if networks is None:
         return True
     try:

@@ -69,15 +69,18 @@ def verify_compat(
         expected = _signature(secret, message)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             return False
-        return max_age is None or _fresh(token, max_age, now)
+        return max_age is None or _fresh(_signed_at(token), max_age, now)
     except (ValueError, TypeError, AttributeError):  # binascii/Unicode errors are ValueErrors
         return False
 
 
-def _fresh(token: str, max_age: float, now: float | None = None) -> bool:
-    """The timestamp of an authentic token is within max_age of now."""
+def _signed_at(token: str) -> int:
     stamp = token.rpartition(_SEP)[0].rpartition(_SEP)[2]
-    age = int(time.time() if now is None else now) - int.from_bytes(_b64decode(stamp), "big")
+    return int.from_bytes(_b64decode(stamp), "big")
+
+
+def _fresh(signed_at: int, max_age: float, now: float | None = None) -> bool:
+    age = int(time.time() if now is None else now) - signed_at
     return -max_age <= age <= max_age
 
 
@@ -91,16 +94,17 @@ class CompatVerifier:
     def __init__(self, secret: str, max_age: float | None) -> None:
         self.secret = secret
         self.max_age = max_age
-        self.authentic: set[str] = set()
+        self.authentic: dict[str, int] = {}     # token -> when it was signed
 
     def __call__(self, token: str) -> bool:
-        if token not in self.authentic:
+        signed_at = self.authentic.get(token)
+        if signed_at is None:
             if not verify_compat(token, self.secret, None):
                 return False
             if len(self.authentic) >= self.MEMO_SIZE:
                 self.authentic.clear()
-            self.authentic.add(token)
-        return self.max_age is None or _fresh(token, self.max_age)
+            signed_at = self.authentic[token] = _signed_at(token)
+        return self.max_age is None or _fresh(signed_at, self.max_age)
 
 
 # -- signed requests (the `x-shardcast-signature` header) -------------------------------
