@@ -1,0 +1,1 @@
+"""shardcast's load-testing suite: ``python -m bench SCENARIO`` (see docs/performance.md)."""

@@ -1,0 +1,146 @@
+"""docs/performance.md: the method, the results tables and the plot, all from one run."""
+from __future__ import annotations
+
+REGENERATE = ("python -m bench all --workers 1,2 --compare channelstream --retries 2 "
+              "--json docs/perf.json --plot docs/performance.png --markdown docs/performance.md")
+
+METHOD = """\
+## How to run
+
+From the repository root, with the bench extra installed (`pip install -e '.[bench]'`):
+
+```sh
+python -m bench SCENARIO [--api URL --secret S | --workers N[,N...]] [--clients N] [--channels N]
+                [--duration S] [--rate R] [--batch B] [--payload BYTES] [--loadgen-procs P]
+                [--publishers K] [--window W] [--compare channelstream] [--retries N]
+                [--json FILE] [--plot FILE.png] [--markdown FILE] [--no-progress]
+```
+
+Without `--api` the bench starts `python -m shardcast serve --workers N` on free loopback ports
+for each scenario and stops it afterwards (`--workers 1,2` runs every scenario once per count).
+`--api URL --secret S` measures a server that is already running; its CPU and memory are read
+only if it runs on this machine (found through the shard pids of `/admin/admin.json`).
+`--compare channelstream` installs Channelstream 0.7.1 from PyPI into a cached virtual
+environment (`~/.cache/shardcast-bench/channelstream-0.7.1`, once) and runs the same scenarios
+against it through `bench/channelstream_app.py`, which serves the application of its
+`channelstream` command (gevent, ws4py, HTTP API and `/ws` on one port) without the flash
+policy server on port 10843, and aliases `collections.Mapping` for Python ≥ 3.10.
+Channelstream has no `ws_url`: its clients open `ws://host:port/ws?conn_id=...`.
+
+`python -m bench fanout` alone takes about 15 s. `python -m bench.report docs/perf.json
+--markdown docs/performance.md --plot docs/performance.png` renders a saved run again.
+
+`/connect` answers with the member list (and states) of every channel it joins, as Channelstream
+does, so connecting N clients to one channel costs O(N²) on either server; `connect` spreads
+its clients over 100 channels to measure the connection itself (`--channels 1` shows the
+other case).
+
+## Scenarios
+
+| scenario | load | defaults |
+|---|---|---|
+| `fanout` | N subscribers of one channel; messages published as fast as the server takes them | 1,000 clients, 1 message per POST, 10 s |
+| `channels` | many channels, each client in 3 of them; publishes spread round-robin over the channels | 1,000 clients, 100 channels, 2 publishing connections |
+| `latency` | fixed publish rate (open loop), end-to-end latency percentiles | 100 clients × 200 msg/s on one channel |
+| `connect` | storm of `/connect` + websocket opens (64 in flight per generator process), each client joining one of the channels, then RSS per idle connection | 1,000 connections over 100 channels |
+| `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections, 1 message per POST, 10 s |
+| `churn` | 16 loops connect → open websocket → stay 0-10 ms → close + `/disconnect` on presence channels, while messages flow to stable subscribers | 200 subscribers, 10 channels, 50 msg/s |
+| `all` | all of the above, one after the other | |
+
+## How the figures are measured
+
+* **Load generators** are separate processes (aiomultiprocess + uvloop): `--loadgen-procs`
+  (default 2) subscriber processes holding picows websocket clients, one publisher process, and
+  for `churn` one churn process. They open their clients first; the coordinator then starts the
+  measured phase in all of them at once through shared memory. Each reports its own CPU time
+  (`getrusage`) over that phase; a process above 90 % of a core is flagged
+  (`loadgen_saturated`), as its figures may measure the generator rather than the server.
+* **Publishers** post with a small keep-alive HTTP/1.1 client on asyncio and httptools, one
+  request in flight per connection, `--batch` messages per `POST /message`. "As fast as the
+  server accepts" (`fanout`, `channels`) is a closed loop limited to `--window` messages
+  (default 50) in flight end to end, i.e. published but not yet received by all their
+  subscribers; without that bound the backlog, not the server, would set the figures and a run
+  could not drain in time. `--rate` switches to an open loop: messages leave on schedule and carry
+  their scheduled send time, so a server that falls behind shows it as latency.
+* **Every message is counted.** Each message carries `{"p": publisher, "s": sequence, "t": send
+  time}`; every client checks the sequence per (channel, publisher): `delivered` counts distinct
+  messages received, `duplicated` repeats, `out_of_order` late arrivals of a skipped number,
+  `lost` = expected − delivered, where expected = Σ over accepted messages of the subscribers of
+  their channel. After publishing stops the bench waits for the deliveries to drain (until all
+  arrived, 3 s without any, or 30 s).
+* **Throughput**: `delivered_msgs_per_s` = delivered messages (one per subscriber) / (last
+  receipt − first publish); `published_msgs_per_s` = accepted messages / publishing time;
+  `req_per_s` = answered requests / posting time.
+* **Coalescing**: `msgs_per_frame` = messages per websocket frame received. shardcast merges
+  what one connection gets in one event-loop tick into one frame; Channelstream sends a frame
+  per message. Under saturation bigger batches cost less CPU per message, so compare
+  `server_cpu_us_per_msg` of runs with similar `msgs_per_frame`.
+* **Latency**: receive time − send time, both CLOCK_MONOTONIC (shared by all processes of the
+  machine), in mergeable log buckets of 1 % width; p50/p90/p99/max.
+* **Server CPU**: user + system CPU time of the server process and all its descendants (the
+  supervisor and the shards; for Channelstream its one process), read with psutil at the start
+  and the end of the measured phase. `server_cpu_us_per_msg` = CPU µs / delivered messages (for
+  `api`: / accepted messages; for `connect`: `server_cpu_us_per_conn`). `server_cores` = CPU
+  seconds / wall seconds.
+* **RSS per idle connection** (`connect`): (RSS of all server processes 1 s after the last
+  websocket opened − RSS before the storm) / connections.
+* **TCP quick ACKs.** Channelstream's server (gevent pywsgi) writes a response's headers and
+  body in two segments without TCP_NODELAY, so on a keep-alive connection every response waits
+  for the client's delayed ACK: about 44 ms per request with curl, requests or any plain
+  client (~23 requests/s per connection). The bench client switches the socket to quick-ACK
+  mode after each request so that both servers are measured on their work, not on that timer.
+  Backends that talk to Channelstream over keep-alive connections do pay it.
+* **Noise**: the bench also reads the machine's total busy CPU time; what neither the server nor
+  the bench used is reported as `other_cores`, and a run where other processes kept more than
+  a quarter of a core busy is flagged in the notes. `--retries N` waits (up to 30 s) for a
+  quiet machine before each run and repeats a disturbed run up to N times, keeping the
+  quietest.
+* **Limits**: the open-file limit is raised to the hard limit in every process; every loop is
+  bounded by time (`--duration`, plus at most 180 s for start and drain) and by count (2 million
+  messages per publisher process, 200,000 churn cycles per churn process). All traffic stays on
+  127.0.0.1.
+
+The server and the load generators share the machine's cores, so absolute rates are a floor
+for a machine where the clients live elsewhere; `server_cpu_us_per_msg` is the figure that
+carries over. To see where a server process spends its time, run a long scenario and point
+py-spy at the supervisor or a shard (pids in `/admin/admin.json`):
+`py-spy record --native -d 10 -o profile.svg --pid PID` or `py-spy top --pid PID`.
+"""
+
+
+def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
+                plot: str | None) -> str:
+    machine = meta.get("machine", {})
+    failed = [r for r in results if "failed" in r]
+    lines = [
+        "# Performance",
+        "",
+        "<!-- Generated by bench/docs.py; regenerate with:",
+        REGENERATE,
+        "-->",
+        "",
+        f"Regenerate this page (about five minutes on a quiet machine) with `{REGENERATE}`.",
+        "",
+        METHOD,
+        "## Results",
+        "",
+        f"Run on {meta.get('date', '?')}: {machine.get('cores', '?')} cores "
+        f"({machine.get('cpu', '?')}), {machine.get('memory_gb', '?')} GiB, "
+        f"{machine.get('system', '?')}, Python {meta.get('python', '?')}, "
+        f"shardcast {meta.get('shardcast', '?')} (source `{meta.get('source') or '?'}`).",
+        f"Command: `{meta.get('command', '?')}`.",
+        "",
+        "↑ higher is better, ↓ lower is better. `w=N` is shardcast with N shards; `w=N / cs` "
+        "divides its figure by Channelstream's, `w=2 / w=1` shows what the second shard buys.",
+        "",
+        tables,
+        "",
+    ]
+    if plot:
+        lines += [f"![benchmark figures per target]({plot})", ""]
+    if notes or failed:
+        lines += ["### Notes", ""]
+        lines += [f"* {note}" for note in notes]
+        lines += [f"* {r['scenario']} @ {r['target']} failed: {r['failed']}" for r in failed]
+        lines.append("")
+    return "\n".join(lines)

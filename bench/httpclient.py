@@ -1,0 +1,162 @@
+"""A lean keep-alive HTTP/1.1 client (asyncio + httptools) for the server API.
+
+One ``HttpConnection`` carries one request at a time and reconnects by itself after the
+server closed it; ``ApiClient`` signs requests and hands out connections from a pool.
+
+After each request the socket is put in TCP quick-ACK mode. A server that writes a response's
+headers and body in two segments without TCP_NODELAY (gevent's pywsgi, under Channelstream,
+does) otherwise holds the body until the client's delayed ACK, 40 ms later, on every
+keep-alive request; curl and requests see the same stall. Quick ACKs make the bench measure
+the server's work instead of that timer; they change nothing for a server that answers in one
+write.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+import orjson
+
+from shardcast.signing import sign_compat
+
+REQUEST_TIMEOUT = 30.0
+SIGNATURE_HEADER = "x-channelstream-secret"
+
+
+class HttpError(Exception):
+    """A request failed: no answer, a broken connection, or an unexpected status."""
+
+
+class Signer:
+    """Channelstream-style signatures, made once per second rather than per request."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.second = -1
+        self.value = ""
+
+    def header(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.value = now, sign_compat(self.secret, now=now)
+        return self.value
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.transport: asyncio.Transport | None = None
+        self.socket: socket.socket | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future | None = None
+        self.body: list[bytes] = []
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpResponseParser(self)
+        await loop.create_connection(lambda: self, self.host, self.port)
+
+    async def request(self, data: bytes, timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
+        """Send one raw request; return (status, body)."""
+        if self.transport is None or self.transport.is_closing():
+            try:
+                await self._connect()
+            except OSError as error:
+                raise HttpError(f"cannot connect to {self.host}:{self.port}: {error}") from None
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        self.body = []
+        self.transport.write(data)
+        self._quick_ack()
+        timer = loop.call_later(timeout, self._fail, "no answer within %.0f s" % timeout)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _quick_ack(self) -> None:
+        if self.socket is not None:
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                self.socket = None
+
+    def _fail(self, reason: str) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(HttpError(reason))
+        self.close()
+
+    # asyncio.Protocol and httptools callbacks --------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.socket = transport.get_extra_info("socket")
+        if not hasattr(socket, "TCP_QUICKACK"):
+            self.socket = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail("connection closed by the server")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(f"bad HTTP response: {error}")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self.parser.get_status_code(), b"".join(self.body)))
+        if not self.parser.should_keep_alive():
+            self.close()
+
+
+class ApiClient:
+    """Signed JSON calls to one server over a pool of keep-alive connections."""
+
+    def __init__(self, api_url: str, secret: str, connections: int = 1) -> None:
+        parts = urlsplit(api_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.host_header = parts.netloc
+        self.signer = Signer(secret)
+        self.idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        self.connections = [HttpConnection(self.host, self.port) for _ in range(connections)]
+        for connection in self.connections:
+            self.idle.put_nowait(connection)
+
+    def encode(self, method: str, path: str, body: bytes = b"") -> bytes:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"{SIGNATURE_HEADER}: {self.signer.header()}\r\n\r\n")
+        return head.encode("latin-1") + body
+
+    async def call(self, method: str, path: str, payload: Any = None) -> Any:
+        """A JSON call that must answer 200; its decoded body."""
+        body = b"" if payload is None else orjson.dumps(payload)
+        connection = await self.idle.get()
+        try:
+            status, answer = await connection.request(self.encode(method, path, body))
+        finally:
+            self.idle.put_nowait(connection)
+        if status != 200:
+            raise HttpError(f"{method} {path} -> {status}: {answer[:300]!r}")
+        return orjson.loads(answer) if answer else None
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()

@@ -1,0 +1,222 @@
+"""Results out: the side-by-side table (terminal and Markdown), the JSON file, the docs page.
+
+``python -m bench.report RESULTS.json [--markdown FILE] [--plot FILE.png]`` renders a saved run
+again without re-measuring.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+UP, DOWN = "↑", "↓"   # higher is better, lower is better
+METRICS = {
+    "fanout": [("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP), ("lat_p50_ms", DOWN),
+               ("lat_p99_ms", DOWN), ("server_cpu_us_per_msg", DOWN), ("server_cores", None),
+               ("msgs_per_frame", None)],
+    "channels": [("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP),
+                 ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("server_cpu_us_per_msg", DOWN),
+                 ("server_cores", None), ("msgs_per_frame", None)],
+    "latency": [("lat_p50_ms", DOWN), ("lat_p90_ms", DOWN), ("lat_p99_ms", DOWN),
+                ("lat_max_ms", DOWN), ("delivered_msgs_per_s", UP),
+                ("server_cpu_us_per_msg", DOWN), ("server_cores", None)],
+    "connect": [("conn_per_s", UP), ("conn_p50_ms", DOWN), ("conn_p99_ms", DOWN),
+                ("rss_kb_per_conn", DOWN), ("server_cpu_us_per_conn", DOWN)],
+    "api": [("req_per_s", UP), ("msgs_per_s", UP), ("req_p50_ms", DOWN), ("req_p99_ms", DOWN),
+            ("server_cpu_us_per_msg", DOWN), ("server_cores", None)],
+    "churn": [("churn_per_s", UP), ("churn_cycle_p50_ms", DOWN), ("delivered_msgs_per_s", UP),
+              ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("presence_events", None),
+              ("churn_errors", None)],
+}
+INTEGRITY = ["lost", "duplicated", "out_of_order", "dropped_connections", "connect_errors",
+             "publish_errors", "request_errors",
+             "loadgen_cores", "loadgen_cpu_max_pct", "other_cores"]   # shown without ratios
+NOISY_CORES = 0.25   # other processes busier than this during a run make its figures suspect
+BASELINE = "channelstream"
+
+
+# ---------------------------------------------------------------------------- the rows
+
+
+def scenario_rows(results: list[dict], scenario: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one scenario's table: a column per target, then ratios."""
+    runs = [result for result in results if result["scenario"] == scenario]
+    baseline = next((run for run in runs if run["target"].startswith(BASELINE)), None)
+    others = [run for run in runs if run is not baseline]
+    header = ["metric", *(run["target"] for run in runs)]
+    if baseline is not None:
+        header += [f"{_short(run['target'])} / cs" for run in others]
+    scaling = len(others) >= 2   # e.g. w=2 / w=1: what one more shard buys
+    if scaling:
+        header.append(f"{_short(others[-1]['target'])} / {_short(others[0]['target'])}")
+    rows = []
+    for metric, better in METRICS.get(scenario, []) + [(name, None) for name in INTEGRITY]:
+        if all(run.get(metric) is None for run in runs):
+            continue
+        label = f"{metric} {better}" if better else metric
+        row = [label, *(_format(run.get(metric)) for run in runs)]
+        if baseline is not None:
+            row += [_ratio(run.get(metric), baseline.get(metric)) if better else ""
+                    for run in others]
+        if scaling:
+            row.append(_ratio(others[-1].get(metric), others[0].get(metric)) if better else "")
+        rows.append(row)
+    return header, rows
+
+
+def _short(target: str) -> str:
+    return target.replace("shardcast ", "")
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(value: object, base: object) -> str:
+    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
+        return "–"
+    return f"{value / base:.3g}×"
+
+
+def warnings(results: list[dict]) -> list[str]:
+    found = []
+    for result in results:
+        where = f"{result['scenario']} @ {result['target']}"
+        if (result.get("other_cores") or 0) > NOISY_CORES:
+            found.append(f"{where}: other processes kept {result['other_cores']} cores busy "
+                         f"during the run; its figures are noisy")
+        if result.get("loadgen_saturated"):
+            found.append(f"{where}: a load generator used {result['loadgen_cpu_max_pct']:.0f}% "
+                         f"of a core; the figures may measure it rather than the server")
+        for key in ("lost", "duplicated", "out_of_order", "dropped_connections",
+                    "publish_errors", "connect_errors", "request_errors", "churn_errors"):
+            if result.get(key):
+                found.append(f"{where}: {key} = {result[key]:,}")
+        for error in result.get("errors", [])[:3]:
+            found.append(f"{where}: {error}")
+    return found
+
+
+def scenarios_of(results: list[dict]) -> list[str]:
+    return list(dict.fromkeys(result["scenario"] for result in results))
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def print_tables(results: list[dict], console: Console | None = None) -> None:
+    console = console or Console()
+    for scenario in scenarios_of(results):
+        header, rows = scenario_rows(results, scenario)
+        table = Table(title=scenario, title_justify="left")
+        for index, name in enumerate(header):
+            table.add_column(name, justify="left" if index == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for line in warnings(results):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
+def markdown_tables(results: list[dict]) -> str:
+    parts = []
+    for scenario in scenarios_of(results):
+        header, rows = scenario_rows(results, scenario)
+        lines = [f"### {scenario}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def metadata(argv: list[str]) -> dict:
+    from shardcast import __version__
+
+    return {"command": "python -m bench " + " ".join(argv),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+                        "memory_gb": _memory_gb(), "system": platform.platform()},
+            "python": platform.python_version(), "shardcast": __version__,
+            "source": _git_state()}
+
+
+def _git_state() -> str | None:
+    """The commit measured, marked dirty when the work tree has changes."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        return None
+
+
+def write_json(path: str, meta: dict, results: list[dict]) -> None:
+    Path(path).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+
+
+def read_json(path: str) -> tuple[dict, list[dict]]:
+    data = json.loads(Path(path).read_text())
+    return data["meta"], data["results"]
+
+
+def write_markdown(path: str, meta: dict, results: list[dict], plot: str | None) -> None:
+    from .docs import render_page
+
+    text = render_page(meta, results, markdown_tables(results), warnings(results),
+                       os.path.relpath(plot, Path(path).parent) if plot else None)
+    Path(path).write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("json_file")
+    parser.add_argument("--markdown", metavar="FILE")
+    parser.add_argument("--plot", metavar="FILE.png")
+    args = parser.parse_args(argv)
+    meta, results = read_json(args.json_file)
+    print_tables(results)
+    if args.plot:
+        from .plot import plot
+
+        plot(results, args.plot)
+    if args.markdown:
+        write_markdown(args.markdown, meta, results, args.plot)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,148 @@
+"""Operating-system resources: open-file limits, our own CPU use, the server's CPU and RSS."""
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import psutil
+
+SATURATED_PCT = 90.0   # a load generator above this share of one core may be the bottleneck
+QUIET_CORES = 0.2      # the machine counts as quiet below this many busy cores
+QUIET_WAIT = 30.0      # longest wait for a quiet machine before a run
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard
+
+
+class SelfUsage:
+    """CPU time of this process over a window, as a share of one core."""
+
+    def __init__(self) -> None:
+        self.begin()
+
+    def begin(self) -> None:
+        self.wall0 = time.monotonic()
+        self.cpu0 = _own_cpu()
+
+    def report(self) -> dict:
+        wall = max(time.monotonic() - self.wall0, 1e-9)
+        cpu = _own_cpu() - self.cpu0
+        return {"pid": os.getpid(), "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+                "cpu_pct": round(100.0 * cpu / wall, 1)}
+
+
+def wait_until_quiet(limit: float, sample: float = 1.0) -> float:
+    """Wait (at most ``limit`` s) until the machine keeps fewer than QUIET_CORES cores busy;
+    return the busy cores last seen."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy0, wall0 = _machine_busy(), time.monotonic()
+        time.sleep(sample)
+        cores = (_machine_busy() - busy0) / (time.monotonic() - wall0)
+        if cores < QUIET_CORES or time.monotonic() > deadline:
+            return cores
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores spent on anything but idling, since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class ServerProbe:
+    """CPU time and RSS summed over a server process and all its descendants."""
+
+    def __init__(self, root_pid: int | None) -> None:
+        self.root_pid = root_pid
+
+    def processes(self) -> list[psutil.Process]:
+        if self.root_pid is None:
+            return []
+        try:
+            root = psutil.Process(self.root_pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def cpu_seconds(self) -> float | None:
+        """user + system CPU seconds of every server process (None: not measurable here)."""
+        total, found = 0.0, False
+        for process in self.processes():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+            found = True
+        return total if found else None
+
+    def rss_bytes(self) -> int | None:
+        total, found = 0, False
+        for process in self.processes():
+            try:
+                total += process.memory_info().rss
+                found = True
+            except psutil.Error:
+                continue
+        return total if found else None
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes()]
+
+
+class CpuWindow:
+    """Server CPU seconds spent between ``start()`` and ``stop()``."""
+
+    def __init__(self, probe: ServerProbe) -> None:
+        self.probe = probe
+        self.cpu0: float | None = None
+        self.wall0 = 0.0
+        self.cpu: float | None = None
+        self.wall = 0.0
+        self.busy0 = self.busy = self.own0 = self.own = 0.0
+
+    def start(self) -> None:
+        self.cpu0, self.wall0 = self.probe.cpu_seconds(), time.monotonic()
+        self.busy0, self.own0 = _machine_busy(), _own_cpu()
+
+    def stop(self) -> None:
+        cpu1 = self.probe.cpu_seconds()
+        self.wall = time.monotonic() - self.wall0
+        self.busy = _machine_busy() - self.busy0
+        self.own = _own_cpu() - self.own0
+        if self.cpu0 is not None and cpu1 is not None:
+            self.cpu = cpu1 - self.cpu0
+
+    def others_cores(self, loadgen_cpu: float) -> float | None:
+        """Cores kept busy by everything but the server and the bench's processes (noise)."""
+        if self.cpu is None or self.wall <= 0:
+            return None
+        others = self.busy - self.cpu - loadgen_cpu - self.own
+        return round(max(others, 0.0) / self.wall, 2)
+
+    def per_unit_us(self, units: int) -> float | None:
+        if self.cpu is None or not units:
+            return None
+        return round(self.cpu * 1e6 / units, 2)
+
+    def cores(self) -> float | None:
+        """Average number of cores the server kept busy."""
+        if self.cpu is None or self.wall <= 0:
+            return None
+        return round(self.cpu / self.wall, 2)

@@ -1,0 +1,362 @@
+"""The scenarios: what load each one makes, and which figures it reports.
+
+Every scenario takes a started target, the options and the progress bar, and returns one flat
+result dict. The message scenarios (fanout, channels, latency, churn) share one flow: open the
+subscribers, publish for ``duration`` seconds, wait for the deliveries to drain, count.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+
+from .httpclient import ApiClient
+from .progress import Progress
+from .resources import SATURATED_PCT, CpuWindow
+from .session import Session
+from .stats import Histogram, add_counts
+from .targets import Target
+
+DRAIN_IDLE = 3.0          # stop waiting for deliveries after this long without any
+DRAIN_LIMIT = 30.0
+SETTLE = 1.0              # idle connections settle this long before RSS is read
+WORKER_SLACK = 180.0      # how long workers outlive the planned duration at most
+CHURN_HOLD = 0.01         # a churning client stays up to this long (uniformly drawn)
+
+
+@dataclass(frozen=True)
+class Options:
+    clients: int = 1000
+    channels: int = 1
+    duration: float = 10.0
+    rate: float = 0.0               # messages/s over all publishers; 0 = as fast as accepted
+    batch: int = 1                  # messages per POST /message
+    payload: int = 64               # padding bytes in each message
+    loadgen_procs: int = 2          # subscriber (or api publisher) processes
+    publishers: int = 1             # keep-alive publishing connections
+    window: int = 50                # messages in flight end to end (as-fast-as-accepted runs)
+    channels_per_client: int = 3    # the channels scenario
+    churners: int = 16              # concurrent join/leave loops (churn)
+
+
+DEFAULTS = {
+    "fanout": Options(clients=1000, channels=1),
+    "channels": Options(clients=1000, channels=100, publishers=2),
+    "latency": Options(clients=100, channels=1, rate=200.0),
+    "connect": Options(clients=1000, channels=100),
+    "api": Options(clients=0, publishers=8),
+    "churn": Options(clients=200, channels=10, rate=50.0),
+}
+
+
+def options_for(scenario: str, overrides: dict) -> Options:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return replace(DEFAULTS[scenario], **given)
+
+
+@dataclass
+class Run:
+    """One scenario against one target."""
+
+    scenario: str
+    target: Target
+    options: Options
+    ui: Progress
+
+    def __post_init__(self) -> None:
+        self.tag = f"bench-{self.scenario}-{uuid.uuid4().hex[:8]}"
+        self.cpu = CpuWindow(self.target.probe())
+
+    def plan(self, **fields: object) -> dict:
+        return {"api": self.target.api, "secret": self.target.secret,
+                "ws_template": self.target.ws_template,
+                "max_seconds": self.options.duration + WORKER_SLACK, **fields}
+
+    def channel_names(self) -> list[str]:
+        return [f"{self.tag}-{index}" for index in range(max(self.options.channels, 1))]
+
+    async def configure(self, channels: list[str], **settings: object) -> None:
+        """Create channels up front (messages to unknown channels are discarded)."""
+        api = ApiClient(self.target.api, self.target.secret)
+        try:
+            await api.call("POST", "/channel_config", {name: dict(settings) for name in channels})
+        finally:
+            api.close()
+
+    def spawn_clients(self, session: Session, specs: list[dict], storm: bool) -> list[int]:
+        procs = max(1, min(self.options.loadgen_procs, len(specs)))
+        return [session.spawn("clients", self.plan(clients=specs[index::procs], storm=storm))
+                for index in range(procs)]
+
+    def header(self) -> dict:
+        return {"scenario": self.scenario, "target": self.target.name,
+                "workers": self.target.workers, "options": asdict(self.options)}
+
+
+# ------------------------------------------------------------------------ message flow
+
+
+def layout(run: Run, channels: list[str]) -> list[dict]:
+    """Client /connect bodies: the channels each client joins."""
+    rng = random.Random(7)
+    per_client = min(run.options.channels_per_client, len(channels))
+    specs = []
+    for index in range(run.options.clients):
+        if run.scenario == "channels":
+            joined = rng.sample(channels, per_client)
+        else:
+            joined = [channels[index % len(channels)]]
+        specs.append({"username": f"u{index}", "channels": joined})
+    return specs
+
+
+def fanout_of(specs: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for spec in specs:
+        for channel in spec["channels"]:
+            counts[channel] = counts.get(channel, 0) + 1
+    return counts
+
+
+def publisher_plan(run: Run, channels: list[str], fanout: dict[str, int]) -> dict:
+    options = run.options
+    average = sum(fanout.values()) / max(len(fanout), 1)
+    if fanout:   # publish only where someone listens: unknown channels discard messages
+        channels = [channel for channel in channels if fanout.get(channel)]
+    return run.plan(channels=channels, fanout=fanout, connections=options.publishers,
+                    batch=options.batch, payload=options.payload, rate=options.rate,
+                    duration=options.duration,
+                    window=int(options.window * max(average, 1)) if not options.rate else 0)
+
+
+async def message_flow(run: Run, channels: list[str], churn: dict | None = None) -> dict:
+    specs = layout(run, channels)
+    fanout = fanout_of(specs)
+    procs = max(1, min(run.options.loadgen_procs, len(specs)))
+    session = Session(procs + 1 + (churn is not None), run.ui)
+    try:
+        clients = run.spawn_clients(session, specs, storm=False)
+        publisher = session.spawn("publishers", publisher_plan(run, channels, fanout))
+        extra = [session.spawn("churn", run.plan(**churn))] if churn else []
+        run.ui.phase(f"opening {len(specs):,} websockets", len(specs))
+        await session.wait_opened(clients)
+        await session.wait_ready([publisher, *extra])
+        run.cpu.start()
+        session.go()
+        run.ui.phase("publishing", run.options.duration)
+        start = time.monotonic()
+        (published,) = await session.finish([publisher], run.options.duration + WORKER_SLACK,
+                                            lambda: time.monotonic() - start)
+        planned = expected_deliveries(published, fanout)
+        run.ui.phase("draining deliveries", planned)
+        await session.drain(planned, DRAIN_IDLE, DRAIN_LIMIT)
+        run.cpu.stop()
+        results = await session.close()
+    finally:
+        session.kill()
+    return flow_figures(run, published, results)
+
+
+def expected_deliveries(published: dict, fanout: dict[str, int]) -> int:
+    """Σ over accepted messages of the subscribers of their channel."""
+    return sum(count * fanout.get(channel, 0) for channel, _, count in published["published"])
+
+
+def flow_figures(run: Run, published: dict, results: list[dict]) -> dict:
+    clients = [result for result in results if result["role"] == "clients"]
+    joined: dict[str, int] = {}   # the clients that did connect (a failed /connect expects nothing)
+    for result in clients:
+        add_counts(joined, result["joined"])
+    expected = expected_deliveries(published, joined)
+    latency = Histogram()
+    for result in clients:
+        latency.merge(result["latency"])
+    delivered = sum(result["unique"] for result in clients)
+    sent = sum(count for _, _, count in published["published"])
+    first_tx = published["first_tx"] or published["last_tx"]
+    last_rx = max([result["last_rx"] for result in clients] + [first_tx])
+    figures = {
+        "clients_open": sum(result["opened"] for result in clients),
+        "connect_errors": sum(result["error_count"] for result in clients),
+        "published": sent,
+        "publish_errors": published["error_count"],
+        "published_msgs_per_s": _per(sent, published["last_tx"] - first_tx),
+        "expected": expected,
+        "delivered": delivered,
+        "lost": max(expected - delivered, 0),
+        "duplicated": sum(result["duplicated"] for result in clients),
+        "out_of_order": sum(result["out_of_order"] for result in clients),
+        "dropped_connections": sum(result["dropped"] for result in clients),
+        "delivered_msgs_per_s": _per(delivered, last_rx - first_tx),
+        "msgs_per_frame": _per(sum(r["received"] for r in clients),
+                                sum(r["frames"] for r in clients)),
+        **latency.summary_ms("lat"),
+        **server_figures(run, delivered, "msg"),
+        **loadgen_figures(run, results),
+        "errors": _errors(results),
+    }
+    churn = [result for result in results if result["role"] == "churn"]
+    if churn:
+        cycles = sum(result["cycles"] for result in churn)
+        cycle_latency = Histogram()
+        for result in churn:
+            cycle_latency.merge(result["cycle_latency"])
+        figures.update(churn_cycles=cycles, churn_per_s=_per(cycles, run.options.duration),
+                       churn_errors=sum(result["error_count"] for result in churn),
+                       presence_events=sum(result["presence"] for result in clients),
+                       **cycle_latency.summary_ms("churn_cycle"))
+    return figures
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+async def fanout(run: Run) -> dict:
+    return await message_flow(run, run.channel_names()[:1])
+
+
+async def channels(run: Run) -> dict:
+    return await message_flow(run, run.channel_names())
+
+
+async def latency(run: Run) -> dict:
+    return await message_flow(run, run.channel_names())
+
+
+async def churn(run: Run) -> dict:
+    names = run.channel_names()
+    await run.configure(names, notify_presence=True)
+    plan = {"channels": names, "concurrency": run.options.churners, "hold": CHURN_HOLD,
+            "duration": run.options.duration}
+    return await message_flow(run, names, churn=plan)
+
+
+async def connect(run: Run) -> dict:
+    """A storm of /connect + websocket opens; then the memory the idle connections hold."""
+    specs = layout(run, run.channel_names())
+    session = Session(max(1, min(run.options.loadgen_procs, len(specs))), run.ui)
+    probe = run.target.probe()
+    try:
+        clients = run.spawn_clients(session, specs, storm=True)
+        await session.wait_ready(clients)
+        rss_before = probe.rss_bytes()
+        run.cpu.start()
+        session.go()
+        run.ui.phase(f"opening {len(specs):,} connections", len(specs))
+        await session.wait_opened(clients, run.options.duration + WORKER_SLACK)
+        run.cpu.stop()
+        run.ui.phase("idle connections settling", 1)
+        await asyncio.sleep(SETTLE)
+        rss_after = probe.rss_bytes()
+        results = await session.close()
+    finally:
+        session.kill()
+    return connect_figures(run, results, rss_before, rss_after)
+
+
+def connect_figures(run: Run, results: list[dict], rss_before: int | None,
+                    rss_after: int | None) -> dict:
+    opened = sum(result["opened"] for result in results)
+    seconds = max(result["open_seconds"] or 0 for result in results)
+    latency = Histogram()
+    for result in results:
+        latency.merge(result["open_latency"])
+    rss = None
+    if rss_before is not None and rss_after is not None and opened:
+        rss = round((rss_after - rss_before) / opened / 1024, 2)
+    return {"connections": opened, "connect_errors": sum(r["error_count"] for r in results),
+            "conn_per_s": _per(opened, seconds), **latency.summary_ms("conn"),
+            "rss_kb_per_conn": rss, "server_rss_mb": _mb(rss_after),
+            "dropped_connections": sum(result["dropped"] for result in results),
+            **server_figures(run, opened, "conn"), **loadgen_figures(run, results),
+            "errors": _errors(results)}
+
+
+async def api(run: Run) -> dict:
+    """POST /message throughput: a channel with no subscribers, keep-alive connections."""
+    names = run.channel_names()[:1]
+    await run.configure(names)
+    options = run.options
+    procs = max(1, min(options.loadgen_procs, options.publishers))
+    session = Session(procs, run.ui)
+    try:
+        slots = []
+        for index in range(procs):
+            connections = len(range(index, options.publishers, procs))
+            plan = publisher_plan(run, names, {})
+            slots.append(session.spawn("publishers", {**plan, "connections": connections}))
+        await session.wait_ready(slots)
+        run.cpu.start()
+        session.go()
+        run.ui.phase(f"posting on {options.publishers} connections", options.duration)
+        start = time.monotonic()
+        results = await session.finish(slots, options.duration + WORKER_SLACK,
+                                       lambda: time.monotonic() - start)
+        run.cpu.stop()
+    finally:
+        session.kill()
+    return api_figures(run, results)
+
+
+def api_figures(run: Run, results: list[dict]) -> dict:
+    requests = sum(result["requests"] for result in results)
+    errors = sum(result["error_count"] for result in results)
+    accepted = sum(count for result in results for _, _, count in result["published"])
+    first = min(result["first_tx"] or result["last_tx"] for result in results)
+    seconds = max(result["last_tx"] for result in results) - first
+    latency = Histogram()
+    for result in results:
+        latency.merge(result["request_latency"])
+    return {"requests": requests, "request_errors": errors, "messages": accepted,
+            "req_per_s": _per(requests - errors, seconds), "msgs_per_s": _per(accepted, seconds),
+            **latency.summary_ms("req"), **server_figures(run, accepted, "msg"),
+            **loadgen_figures(run, results), "errors": _errors(results)}
+
+
+SCENARIOS = {"fanout": fanout, "channels": channels, "latency": latency, "connect": connect,
+             "api": api, "churn": churn}
+
+
+async def run_scenario(scenario: str, target: Target, options: Options, ui: Progress) -> dict:
+    run = Run(scenario, target, options, ui)
+    ui.run(f"{scenario} @ {target.name}")
+    figures = await SCENARIOS[scenario](run)
+    return {**run.header(), **figures}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def server_figures(run: Run, units: int, unit: str) -> dict:
+    cpu = run.cpu
+    return {"server_cpu_s": None if cpu.cpu is None else round(cpu.cpu, 3),
+            "server_cores": cpu.cores(),
+            f"server_cpu_us_per_{unit}": cpu.per_unit_us(units)}
+
+
+def loadgen_figures(run: Run, results: list[dict]) -> dict:
+    """The generators' own CPU use, and what the rest of the machine did meanwhile."""
+    processes = [{"role": result["role"], "pid": result["pid"], "cpu_pct": result["cpu_pct"]}
+                 for result in results]
+    busiest = max((process["cpu_pct"] for process in processes), default=0.0)
+    loadgen_cpu = sum(result["cpu_s"] for result in results)
+    return {"loadgen": processes, "loadgen_cpu_max_pct": busiest,
+            "loadgen_cores": round(loadgen_cpu / run.cpu.wall, 2) if run.cpu.wall else None,
+            "loadgen_saturated": busiest > SATURATED_PCT,
+            "other_cores": run.cpu.others_cores(loadgen_cpu)}
+
+
+def _errors(results: list[dict]) -> list[str]:
+    return [error for result in results for error in result.get("errors", [])][:10]
+
+
+def _per(count: int, per: float) -> float | None:
+    """count / per (a rate when ``per`` is seconds), or None when either is zero."""
+    return round(count / per, 1) if per > 0 and count else None
+
+
+def _mb(value: int | None) -> float | None:
+    return None if value is None else round(value / 2**20, 1)
+

@@ -1,0 +1,51 @@
+"""The load-test suite (bench/) runs end to end on a tiny load and accounts for every message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+for _module in ("psutil", "rich", "matplotlib"):
+    pytest.importorskip(_module, reason="the bench extra is not installed (pip install '.[bench]')")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_TIMEOUT = 180
+FLOW_FIELDS = ("delivered_msgs_per_s", "published_msgs_per_s", "lat_p50_ms", "lat_p99_ms",
+               "server_cpu_us_per_msg", "delivered", "expected", "lost", "duplicated",
+               "out_of_order", "loadgen_cpu_max_pct")
+API_FIELDS = ("req_per_s", "msgs_per_s", "req_p50_ms", "req_p99_ms", "server_cpu_us_per_msg",
+              "request_errors")
+
+
+def run_bench(tmp_path: Path, *args: str) -> list[dict]:
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--json", str(output), "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(output.read_text())["results"]
+
+
+def test_fanout_delivers_every_message_once_and_in_order(tmp_path: Path) -> None:
+    (result,) = run_bench(tmp_path, "fanout", "--workers", "2", "--clients", "20",
+                          "--duration", "2")
+    assert result["scenario"] == "fanout" and result["workers"] == 2
+    for field in FLOW_FIELDS:
+        assert field in result, field
+    assert result["published"] > 0
+    assert result["delivered"] == result["expected"] == result["published"] * 20
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
+    assert result["dropped_connections"] == result["publish_errors"] == 0
+
+
+def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
+    (result,) = run_bench(tmp_path, "api", "--workers", "2", "--publishers", "2",
+                          "--duration", "1")
+    for field in API_FIELDS:
+        assert field in result, field
+    assert result["req_per_s"] > 0 and result["request_errors"] == 0
+    assert result["server_cpu_us_per_msg"] > 0
