@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from .envelopes import TIME_FORMAT, new_uuid
+from .envelopes import TIME_FORMAT, history_entry, new_uuid
 from .schemas import ChannelConfig
 
 DEFAULT_SETTINGS: dict[str, Any] = msgspec.structs.asdict(ChannelConfig())
@@ -18,7 +18,7 @@ class Channel:
     """Members are tracked per connection so joins and leaves are idempotent."""
 
     __slots__ = ("name", "uuid", "settings", "history", "last_active", "conns",
-                 "user_conns", "shard_conns", "public_states")
+                 "user_conns", "shard_conns", "fanout", "public_states")
 
     def __init__(self, name: str, settings: dict[str, Any] | None, shards: int) -> None:
         self.name = name
@@ -29,7 +29,8 @@ class Channel:
         self.last_active = time.time()
         self.conns: dict[str, str] = {}            # conn_id -> username
         self.user_conns: dict[str, int] = {}       # username -> connections here
-        self.shard_conns = [0] * shards            # connections per shard (fan-out targets)
+        self.shard_conns = [0] * shards            # connections per shard
+        self.fanout: list[int] | None = None       # shards with connections; None: recount
         self.public_states: dict[str, dict] = {}   # username -> public state, for user lists
 
     def configure(self, settings: dict[str, Any]) -> None:
@@ -43,6 +44,7 @@ class Channel:
             return False
         self.conns[conn_id] = user
         self.shard_conns[shard] += 1
+        self.fanout = None
         count = self.user_conns.get(user, 0)
         self.user_conns[user] = count + 1
         self.touch()
@@ -54,6 +56,7 @@ class Channel:
         if user is None:
             return None
         self.shard_conns[shard] -= 1
+        self.fanout = None
         count = self.user_conns[user] - 1
         self.touch()
         if count:
@@ -71,12 +74,14 @@ class Channel:
                 for user in sorted(self.user_conns)]
 
     def targets(self) -> list[int]:
-        """Shards holding at least one connection of this channel."""
-        return [shard for shard, count in enumerate(self.shard_conns) if count]
+        """Shards holding at least one connection of this channel (kept between changes)."""
+        if self.fanout is None:
+            self.fanout = [shard for shard, count in enumerate(self.shard_conns) if count]
+        return self.fanout
 
     def record(self, item: dict) -> None:
         if self.settings["store_history"] and not item["no_history"]:
-            self.history.append(item)
+            self.history.append(history_entry(item))
         self.touch()
 
     def edit(self, item: dict) -> None:

@@ -114,7 +114,8 @@ class Commands:
     # -- messages -------------------------------------------------------------------
 
     def publish(self, items: list[MessageItem]) -> list[dict]:
-        accepted = [_message(item) for item in items if item.channel or item.pm_users]
+        now = envelopes.now_iso()
+        accepted = [_message(item, now) for item in items if item.channel or item.pm_users]
         self._route(accepted, "publish", envelopes.message)
         return accepted
 
@@ -222,14 +223,14 @@ def _routing(item: EditItem | DeleteItem) -> dict:
             "exclude_users": item.exclude_users}
 
 
-def _message(item: MessageItem) -> dict:
+def _message(item: MessageItem, now: str) -> dict:
     normal = {
         "pm_users": item.pm_users,
         "exclude_users": item.exclude_users,
         "channel": item.channel,
         "no_history": item.no_history,
         "uuid": str(item.uuid) if item.uuid else envelopes.new_uuid(),
-        "timestamp": envelopes.format_time(item.timestamp) if item.timestamp else envelopes.now_iso(),
+        "timestamp": envelopes.format_time(item.timestamp) if item.timestamp else now,
         "user": item.user,
         "edited": None,
     }

@@ -80,14 +80,21 @@ class Connection:
                 return True
         return False
 
-    def flush(self) -> int:
-        """Send what was queued as one frame; returns its size in bytes."""
+    def flush(self, merged: dict[tuple, bytes]) -> int:
+        """Send what was queued as one frame; returns its size in bytes. ``merged`` memoizes
+        merges within one flush: a channel's subscribers mostly queue the same frames."""
         frames, self.out = self.out, []
-        if frames and self.transport is not None:
-            data = merge_frames(frames)
-            self.transport.send(data)
-            return len(data)
-        return 0
+        if not frames or self.transport is None:
+            return 0
+        if len(frames) == 1:
+            data = frames[0]
+        else:
+            key = tuple(frames)     # bytes cache their hash, so this is cheap
+            data = merged.get(key)
+            if data is None:
+                data = merged[key] = merge_frames(frames)
+        self.transport.send(data)
+        return len(data)
 
     def take_catchup(self) -> bytes | None:
         """Held frames as one array marked ``catchup``: direct ones, then channels by name."""

@@ -25,9 +25,18 @@ def format_time(value: datetime) -> str:
     return value.strftime(TIME_FORMAT)
 
 
+_RANDOM_BATCH = 4096
+_random = {"bytes": b"", "used": 0}   # os.urandom read in batches: one syscall per 256 UUIDs
+
+
 def new_uuid() -> str:
-    """A random (version 4) UUID string; four times faster than str(uuid.uuid4())."""
-    h = os.urandom(16).hex()
+    """A random (version 4) UUID string (conn_ids too: from the OS's CSPRNG), several
+    times faster than str(uuid.uuid4())."""
+    used = _random["used"]
+    if used >= len(_random["bytes"]):
+        _random["bytes"], used = os.urandom(_RANDOM_BATCH), 0
+    _random["used"] = used + 16
+    h = _random["bytes"][used:used + 16].hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 

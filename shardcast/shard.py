@@ -224,7 +224,7 @@ class Shard(UserOwner, Recovery):
             if channel is None:
                 continue
             self.published += 1
-            channel.record(envelopes.history_entry(item))
+            channel.record(item)
             self._fanout(channel, envelopes.message(item), item["exclude_users"],
                          item["pm_users"])
 
@@ -309,9 +309,10 @@ class Shard(UserOwner, Recovery):
         dirty, self.dirty = self.dirty, []
         now = time.monotonic()      # a frame sent counts as activity
         sent = 0
+        merged: dict[tuple, bytes] = {}
         for conn in dirty:
             conn.last_active = now
-            sent += conn.flush()
+            sent += conn.flush(merged)
         self.bytes_sent += sent
 
     def heartbeat(self) -> None:

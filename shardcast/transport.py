@@ -30,7 +30,7 @@ def conn_id_from_path(path: bytes) -> str | None:
 class WebSocketClient(WSListener):
     """One browser websocket bound to one connection of this shard."""
 
-    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport")
+    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport", "buffered")
 
     def __init__(self, conn: Connection | None, on_open: Callable, on_close: Callable,
                  send_buffer_size: int) -> None:
@@ -42,6 +42,7 @@ class WebSocketClient(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.buffered = transport.underlying_transport.get_write_buffer_size
         if self.conn is None:
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
@@ -63,7 +64,7 @@ class WebSocketClient(WSListener):
         transport = self.transport
         if transport is None:
             return
-        if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
+        if self.buffered() > self.send_buffer_size:
             self.close(SLOW_CONSUMER)
             # The connection goes at once, not when the socket is done (it may never be); later,
             # as the caller may be iterating over the shard's connections.
