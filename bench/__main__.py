@@ -12,9 +12,12 @@ from .progress import Progress
 from .report import NOISY_CORES, metadata, print_tables, write_json, write_markdown
 from .resources import QUIET_WAIT, raise_open_file_limit, wait_until_quiet
 from .scenarios import SCENARIOS, options_for, run_scenario
+from .soak import LONG_SCENARIOS, SERVER_SETTINGS
 from .targets import Target, build_targets
 
 ALL = "all"
+PLAYS = {**SCENARIOS, **LONG_SCENARIOS}   # `all` runs SCENARIOS only
+SETTINGS = {"soak": SERVER_SETTINGS}      # server config keys a scenario needs
 LOG_TAIL = 3000   # characters of the server's log kept with a result that saw errors
 
 
@@ -22,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         epilog="Options left out take the scenario's defaults (see docs/performance.md).")
-    parser.add_argument("scenario", choices=[*SCENARIOS, ALL])
+    parser.add_argument("scenario", choices=[*PLAYS, ALL])
     where = parser.add_argument_group("server under test (default: start shardcast here)")
     where.add_argument("--api", metavar="URL", help="a running shardcast, e.g. http://127.0.0.1:8000")
     where.add_argument("--secret", help="its secret (with --api)")
@@ -100,9 +103,10 @@ async def run_quietest(scenario: str, target: Target, overrides: dict, ui: Progr
 async def run_once(scenario: str, target: Target, overrides: dict, ui: Progress) -> dict:
     ui.phase("starting the server", 1)
     try:
-        target.start()
-        result = await run_scenario(scenario, target, options_for(scenario, overrides), ui)
-        if result.get("errors"):
+        target.start(SETTINGS.get(scenario))
+        result = await run_scenario(scenario, PLAYS[scenario], target,
+                                    options_for(scenario, overrides), ui)
+        if result.get("errors") or result.get("errors_logged"):
             result["server_log"] = target.output()[-LOG_TAIL:]
         return result
     except Exception as error:   # one failed run must not lose the others

@@ -45,7 +45,8 @@ other case).
 | `connect` | storm of `/connect` + websocket opens (64 in flight per generator process), each client joining one of the channels, then RSS per idle connection | 1,000 connections over 100 channels |
 | `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections, 1 message per POST, 10 s |
 | `churn` | 16 loops connect → open websocket → stay 0-10 ms → close + `/disconnect` on presence channels, while messages flow to stable subscribers | 200 subscribers, 10 channels, 50 msg/s |
-| `all` | all of the above, one after the other | |
+| `soak` | `churn`'s join/leave loops and a steady publish rate, first for a warm-up (a quarter of `--duration`, at most 10 s), then for `--duration`; the server's RSS and open file descriptors after each, and the error lines in its log | 200 subscribers, 10 channels, 50 msg/s, 60 s |
+| `all` | all of the above except `soak` (it is long), one after the other | |
 
 ## How the figures are measured
 
@@ -82,6 +83,25 @@ other case).
   and the end of the measured phase. `server_cpu_us_per_msg` = CPU µs / delivered messages (for
   `api`: / accepted messages; for `connect`: `server_cpu_us_per_conn`). `server_cores` = CPU
   seconds / wall seconds.
+* **Soak** (`python -m bench soak`, about 80 s; `--duration` sets the measured phase): the
+  stable subscribers stay connected throughout; each phase's publisher and churner are processes
+  that exit with it, so at both readings the bench holds the same connections open. The
+  bench's own server runs with `gc_conns_after = 2`, `gc_users_after = 2` and
+  `heartbeat_interval = 1`: connections whose websocket never opened, and the users of the
+  churn (a new one per cycle, otherwise remembered for a day by design, about 0.5 KB each), are
+  forgotten within seconds. After each phase (and the drain) the bench waits, at most 30 s,
+  until `/admin/admin.json` counts only the stable connections and no user without one, waits
+  1 s more, then sums RSS and open file descriptors (psutil, i.e. `/proc/PID/status` and
+  `/proc/PID/fd`) over the supervisor and all its descendants: `rss_start_mb`, `fds_start`
+  after the warm-up, `rss_end_mb`, `fds_end` at the end, `rss_growth_mb` the difference (MiB;
+  `rss_growth_by_process_mb` per process).
+  `errors_logged` counts the lines of the server's log that contain `ERROR` or `Traceback`
+  (the first five are kept as `server_errors`, the log's tail as `server_log`).
+  `returned_to_baseline` is yes when the fds came back exactly and RSS within 8 MiB; otherwise,
+  and for a logged error or connections that did not go, the notes (and `baseline_warnings` in
+  the JSON) say what did not return. `delivered`, `lost`, `duplicated`, `out_of_order` count
+  the stable subscribers' messages of both phases; `churn_cycles` counts both phases' cycles.
+  A soak run needs `--rate` above 0.
 * **RSS per idle connection** (`connect`): (RSS of all server processes 1 s after the last
   websocket opened − RSS before the storm) / connections.
 * **TCP quick ACKs.** Channelstream's server (gevent pywsgi) writes a response's headers and
@@ -96,7 +116,8 @@ other case).
   quiet machine before each run and repeats a disturbed run up to N times, keeping the
   quietest.
 * **Limits**: the open-file limit is raised to the hard limit in every process; every loop is
-  bounded by time (`--duration`, plus at most 180 s for start and drain) and by count (2 million
+  bounded by time (`--duration`, plus at most 180 s for start, drain and, in `soak`, the
+  warm-up and the waits for the server to settle) and by count (2 million
   messages per publisher process, 200,000 churn cycles per churn process). All traffic stays on
   127.0.0.1.
 

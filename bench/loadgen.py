@@ -351,7 +351,8 @@ class Flow:
 async def run_publishers(plan: dict, worker: Worker) -> dict:
     api = ApiClient(plan["api"], plan["secret"], plan["connections"])
     flow = Flow(plan, worker.shared)
-    publishers = [Publisher(f"{worker.slot}.{index}", index, api, plan, flow)
+    prefix = plan.get("prefix", "")   # sets publishers of one run apart (soak phases)
+    publishers = [Publisher(f"{prefix}{worker.slot}.{index}", index, api, plan, flow)
                   for index in range(plan["connections"])]
     await worker.start_when_told(plan["max_seconds"])
     deadline = time.monotonic() + plan["duration"]

@@ -35,6 +35,10 @@ METRICS = {
     "churn": [("churn_per_s", UP), ("churn_cycle_p50_ms", DOWN), ("delivered_msgs_per_s", UP),
               ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("presence_events", None),
               ("churn_errors", None)],
+    "soak": [("churn_cycles", None), ("churn_per_s", UP), ("delivered", None),
+             ("lat_p99_ms", DOWN), ("rss_start_mb", None), ("rss_end_mb", None),
+             ("rss_growth_mb", DOWN), ("fds_start", None), ("fds_end", None),
+             ("returned_to_baseline", None), ("errors_logged", None), ("churn_errors", None)],
 }
 INTEGRITY = ["lost", "duplicated", "out_of_order", "dropped_connections", "connect_errors",
              "publish_errors", "request_errors",
@@ -110,6 +114,7 @@ def warnings(results: list[dict]) -> list[str]:
                 found.append(f"{where}: {key} = {result[key]:,}")
         for error in result.get("errors", [])[:3]:
             found.append(f"{where}: {error}")
+        found += [f"{where}: {note}" for note in result.get("baseline_warnings", [])]
     return found
 
 

@@ -1,9 +1,12 @@
-"""Operating-system resources: open-file limits, our own CPU use, the server's CPU and RSS."""
+"""Operating-system resources: open-file limits, our own CPU use, the server's CPU, RSS and
+open files."""
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
+from typing import Any, Callable
 
 import psutil
 
@@ -82,25 +85,34 @@ class ServerProbe:
 
     def cpu_seconds(self) -> float | None:
         """user + system CPU seconds of every server process (None: not measurable here)."""
-        total, found = 0.0, False
-        for process in self.processes():
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-            found = True
-        return total if found else None
+        return self._total(lambda process: sum(process.cpu_times()[:2]))
 
     def rss_bytes(self) -> int | None:
+        by_pid = self.rss_by_pid()
+        return sum(by_pid.values()) if by_pid else None
+
+    def open_fds(self) -> int | None:
+        """File descriptors open in all server processes (each one's /proc/PID/fd)."""
+        return self._total(lambda process: process.num_fds())
+
+    def _total(self, read: Callable[[psutil.Process], float]) -> Any:
+        """Σ ``read(process)`` over the server processes that are still there; None if none."""
         total, found = 0, False
         for process in self.processes():
             try:
-                total += process.memory_info().rss
+                total += read(process)
                 found = True
             except psutil.Error:
                 continue
         return total if found else None
+
+    def rss_by_pid(self) -> dict[int, int]:
+        """RSS bytes of each server process."""
+        found = {}
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                found[process.pid] = process.memory_info().rss
+        return found
 
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes()]

@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
+from typing import Awaitable, Callable
 
 from .httpclient import ApiClient
 from .progress import Progress
@@ -48,6 +49,7 @@ DEFAULTS = {
     "connect": Options(clients=1000, channels=100),
     "api": Options(clients=0, publishers=8),
     "churn": Options(clients=200, channels=10, rate=50.0),
+    "soak": Options(clients=200, channels=10, rate=50.0, duration=60.0),   # bench/soak.py
 }
 
 
@@ -164,7 +166,10 @@ def expected_deliveries(published: dict, fanout: dict[str, int]) -> int:
     return sum(count * fanout.get(channel, 0) for channel, _, count in published["published"])
 
 
-def flow_figures(run: Run, published: dict, results: list[dict]) -> dict:
+def flow_figures(run: Run, published: dict, results: list[dict],
+                 churn_seconds: float | None = None) -> dict:
+    """The figures of a message flow; ``churn_seconds`` (default: the duration) is how long
+    connections churned."""
     clients = [result for result in results if result["role"] == "clients"]
     joined: dict[str, int] = {}   # the clients that did connect (a failed /connect expects nothing)
     for result in clients:
@@ -203,7 +208,8 @@ def flow_figures(run: Run, published: dict, results: list[dict]) -> dict:
         cycle_latency = Histogram()
         for result in churn:
             cycle_latency.merge(result["cycle_latency"])
-        figures.update(churn_cycles=cycles, churn_per_s=_per(cycles, run.options.duration),
+        figures.update(churn_cycles=cycles,
+                       churn_per_s=_per(cycles, churn_seconds or run.options.duration),
                        churn_errors=sum(result["error_count"] for result in churn),
                        presence_events=sum(result["presence"] for result in clients),
                        **cycle_latency.summary_ms("churn_cycle"))
@@ -268,7 +274,7 @@ def connect_figures(run: Run, results: list[dict], rss_before: int | None,
         rss = round((rss_after - rss_before) / opened / 1024, 2)
     return {"connections": opened, "connect_errors": sum(r["error_count"] for r in results),
             "conn_per_s": _per(opened, seconds), **latency.summary_ms("conn"),
-            "rss_kb_per_conn": rss, "server_rss_mb": _mb(rss_after),
+            "rss_kb_per_conn": rss, "server_rss_mb": mib(rss_after),
             "dropped_connections": sum(result["dropped"] for result in results),
             **server_figures(run, opened, "conn"), **loadgen_figures(run, results),
             "errors": _errors(results)}
@@ -315,14 +321,16 @@ def api_figures(run: Run, results: list[dict]) -> dict:
             **loadgen_figures(run, results), "errors": _errors(results)}
 
 
-SCENARIOS = {"fanout": fanout, "channels": channels, "latency": latency, "connect": connect,
-             "api": api, "churn": churn}
+Play = Callable[[Run], Awaitable[dict]]
+SCENARIOS: dict[str, Play] = {"fanout": fanout, "channels": channels, "latency": latency,
+                              "connect": connect, "api": api, "churn": churn}   # `all` runs these
 
 
-async def run_scenario(scenario: str, target: Target, options: Options, ui: Progress) -> dict:
+async def run_scenario(scenario: str, play: Play, target: Target, options: Options,
+                       ui: Progress) -> dict:
     run = Run(scenario, target, options, ui)
     ui.run(f"{scenario} @ {target.name}")
-    figures = await SCENARIOS[scenario](run)
+    figures = await play(run)
     return {**run.header(), **figures}
 
 
@@ -357,6 +365,7 @@ def _per(count: int, per: float) -> float | None:
     return round(count / per, 1) if per > 0 and count else None
 
 
-def _mb(value: int | None) -> float | None:
+def mib(value: int | None) -> float | None:
+    """Bytes in MiB (the ``_mb`` figures), one decimal."""
     return None if value is None else round(value / 2**20, 1)
 

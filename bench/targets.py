@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from shardcast.config import env_var
 from shardcast.signing import sign_compat
 
 from .resources import ServerProbe, raise_open_file_limit
@@ -31,6 +32,7 @@ STOP_TIMEOUT = 10.0
 CHANNELSTREAM_VERSION = "0.7.1"
 CHANNELSTREAM_APP = Path(__file__).with_name("channelstream_app.py")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shardcast-bench"
+ERROR_MARKS = ("ERROR", "Traceback")   # a server log line with one of these reports an error
 
 
 def free_port() -> int:
@@ -82,7 +84,9 @@ class Target:
     ws_template: str | None = None   # None: /connect returns ws_url
     workers: int | None = None
 
-    def start(self) -> None: ...
+    def start(self, settings: dict[str, object] | None = None) -> None:
+        """Start (or reach) the server; ``settings`` are shardcast config keys for a server
+        the bench starts itself, ignored where it cannot set them."""
 
     def stop(self) -> None: ...
 
@@ -92,6 +96,10 @@ class Target:
     def output(self) -> str:
         """The tail of the server's log, where the bench has it."""
         return ""
+
+    def logged_errors(self) -> list[str] | None:
+        """Every line of the server's log that reports an error (None: no log here)."""
+        return None
 
     def probe(self) -> ServerProbe:
         return ServerProbe(self.root_pid())
@@ -111,19 +119,20 @@ class LocalServer(Target):
     def ports(self) -> list[int]:
         raise NotImplementedError
 
-    def start(self) -> None:
+    def start(self, settings: dict[str, object] | None = None) -> None:
         self.allocate_ports()
         self.log.seek(0)
         self.log.truncate()
         self.process = subprocess.Popen(
             self.command(), stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=raise_open_file_limit, env={**os.environ, **self.environment()})
+            preexec_fn=raise_open_file_limit,
+            env={**os.environ, **self.environment(settings or {})})
         self.wait_ready()
 
     def allocate_ports(self) -> None:
         raise NotImplementedError
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, settings: dict[str, object]) -> dict[str, str]:
         return {}
 
     def wait_ready(self) -> None:
@@ -143,8 +152,15 @@ class LocalServer(Target):
         raise RuntimeError(f"{self.name} not ready within {READY_TIMEOUT:.0f} s:\n{self.output()}")
 
     def output(self) -> str:
+        return self.log_text()[-5000:]
+
+    def log_text(self) -> str:
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-5000:]
+        return self.log.read().decode(errors="replace")
+
+    def logged_errors(self) -> list[str]:
+        return [line for line in self.log_text().splitlines()
+                if any(mark in line for mark in ERROR_MARKS)]
 
     def root_pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
@@ -188,6 +204,9 @@ class ShardcastServer(LocalServer):
                 "--workers", str(self.workers), "--secret", self.secret,
                 "--log-level", "warning"]
 
+    def environment(self, settings: dict[str, object]) -> dict[str, str]:
+        return {env_var(key): str(value) for key, value in settings.items()}
+
 
 class ChannelstreamServer(LocalServer):
     """Channelstream 0.7.1 from PyPI, in a cached virtual environment of its own."""
@@ -206,9 +225,9 @@ class ChannelstreamServer(LocalServer):
     def ports(self) -> list[int]:
         return [self.port]
 
-    def start(self) -> None:
+    def start(self, settings: dict[str, object] | None = None) -> None:
         ensure_channelstream(self.venv)
-        super().start()
+        super().start(settings)
 
     def command(self) -> list[str]:
         return [str(self.venv / "bin" / "python"), str(CHANNELSTREAM_APP), "--host", HOST,
@@ -236,7 +255,7 @@ class ExternalServer(Target):
         self.secret = secret
         self.name = "shardcast (external)"
 
-    def start(self) -> None:
+    def start(self, settings: dict[str, object] | None = None) -> None:
         admin = signed_get(f"{self.api}/admin/admin.json", self.secret)
         self.workers = len(admin.get("shards", []))
         self.name = f"shardcast w={self.workers} (external)"

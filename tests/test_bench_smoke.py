@@ -19,6 +19,9 @@ FLOW_FIELDS = ("delivered_msgs_per_s", "published_msgs_per_s", "lat_p50_ms", "la
                "out_of_order", "loadgen_cpu_max_pct")
 API_FIELDS = ("req_per_s", "msgs_per_s", "req_p50_ms", "req_p99_ms", "server_cpu_us_per_msg",
               "request_errors")
+SOAK_FIELDS = ("rss_start_mb", "rss_end_mb", "rss_growth_mb", "fds_start", "fds_end",
+               "errors_logged", "churn_cycles", "delivered", "lost", "duplicated",
+               "out_of_order", "returned_to_baseline", "baseline_warnings")
 
 
 def run_bench(tmp_path: Path, *args: str) -> list[dict]:
@@ -49,3 +52,16 @@ def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
         assert field in result, field
     assert result["req_per_s"] > 0 and result["request_errors"] == 0
     assert result["server_cpu_us_per_msg"] > 0
+
+
+def test_soak_returns_fds_to_baseline_and_loses_nothing(tmp_path: Path) -> None:
+    (result,) = run_bench(tmp_path, "soak", "--workers", "2", "--clients", "20",
+                          "--duration", "4")
+    for field in SOAK_FIELDS:
+        assert field in result, field
+    assert result["churn_cycles"] > 0
+    assert result["fds_end"] == result["fds_start"] > 0
+    assert result["rss_start_mb"] > 0 and result["rss_end_mb"] > 0
+    assert result["delivered"] == result["expected"] > 0
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
+    assert result["dropped_connections"] == result["churn_errors"] == 0
