@@ -161,8 +161,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None:
             return
         self._send(request, response)
-        self.transport.resume_reading()
-        self._next()
+        if self.transport is not None:      # None: the client asked to close after this
+            self.transport.resume_reading()
+            self._next()
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
