@@ -30,7 +30,8 @@ def conn_id_from_path(path: bytes) -> str | None:
 class WebSocketClient(WSListener):
     """One browser websocket bound to one connection of this shard."""
 
-    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport", "buffered")
+    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport", "buffered",
+                 "heard")
 
     def __init__(self, conn: Connection | None, on_open: Callable, on_close: Callable,
                  send_buffer_size: int) -> None:
@@ -39,6 +40,7 @@ class WebSocketClient(WSListener):
         self.on_close = on_close
         self.send_buffer_size = send_buffer_size
         self.transport: WSTransport | None = None
+        self.heard = time.monotonic()      # when the peer last sent a frame (pongs included)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -50,11 +52,22 @@ class WebSocketClient(WSListener):
         self.on_open(self.conn, self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.heard = time.monotonic()
         if frame.msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         elif self.conn is not None:
-            self.conn.last_active = time.monotonic()
+            self.conn.last_active = self.heard
+
+    def ping(self, since: float) -> bool:
+        """Ping the peer; False (and the socket dropped) if it sent nothing since ``since``."""
+        if self.transport is None:
+            return True
+        if self.heard < since:
+            self.transport.disconnect(False)
+            return False
+        self.transport.send_ping()
+        return True
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.conn is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from contract import unique
 from harness import Server
 from shardcast import ipc
+from wsclient import raw_handshake
 
 FUZZ_EXAMPLES = 150
 settings.register_profile("shardcast", max_examples=FUZZ_EXAMPLES, deadline=None,
@@ -202,20 +203,6 @@ def test_arbitrary_bytes_at_the_api_port_are_refused_cleanly(fuzzed, data):
 
 # -- the shards' websocket ports ------------------------------------------------------------
 
-def handshake(url: str) -> socket.socket:
-    parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-    sock.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                  "\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
 def frame(opcode: int, payload: bytes, fin: bool, mask: bytes | None, rsv: int) -> bytes:
     """A websocket frame as a client would write it, or with any of its rules broken."""
     first = (0x80 if fin else 0) | (rsv & 0x7) << 4 | opcode & 0xF
@@ -245,7 +232,7 @@ def test_garbage_before_the_handshake_is_refused_cleanly(fuzzed, data):
 @given(stream=st.lists(FRAMES, min_size=1, max_size=5).map(b"".join) | st.binary(max_size=400))
 def test_garbage_frames_after_the_handshake_close_only_that_socket(fuzzed, stream):
     reply = fuzzed.connect(unique("g"))
-    with handshake(reply["ws_url"]) as sock:
+    with raw_handshake(reply["ws_url"]) as sock:
         try:
             sock.sendall(stream)
         except (BrokenPipeError, ConnectionResetError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import socket
 import time
 from json import loads as json_loads
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from websockets.sync.client import ClientConnection, connect as ws_connect
 
@@ -94,3 +96,18 @@ def open_websocket(url: str) -> WsClient:
         legacy=True,  # a plain connection object; WsClient closes it
     )
     return WsClient(connection)
+
+
+def raw_handshake(url: str) -> socket.socket:
+    """A bare socket that completed the websocket handshake, and does nothing by itself."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  "\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
