@@ -2,7 +2,7 @@
 
 import pytest
 
-from contract import CHANNEL_INFO_KEYS, is_canonical_uuid, settings, unique
+from contract import CHANNEL_INFO_KEYS, DEFAULT_SETTINGS, is_canonical_uuid, settings, unique
 
 
 def test_channel_config_creates_channel_with_defaults_for_omitted_keys(server):
@@ -14,14 +14,7 @@ def test_channel_config_creates_channel_with_defaults_for_omitted_keys(server):
 def test_channel_config_empty_config_gives_documented_defaults(server):
     channel = unique("ch")
     reply = server.channel_config({channel: {}})
-    assert reply["channels"][channel]["settings"] == {
-        "notify_presence": False,
-        "store_history": False,
-        "history_size": 10,
-        "broadcast_presence_with_user_lists": False,
-        "notify_state": False,
-        "store_frames": True,
-    }
+    assert reply["channels"][channel]["settings"] == DEFAULT_SETTINGS
 
 
 def test_channel_config_reply_is_info_without_history_or_users(server):
