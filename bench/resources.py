@@ -114,9 +114,6 @@ class ServerProbe:
                 found[process.pid] = process.memory_info().rss
         return found
 
-    def pids(self) -> list[int]:
-        return [process.pid for process in self.processes()]
-
 
 class CpuWindow:
     """Server CPU seconds spent between ``start()`` and ``stop()``."""

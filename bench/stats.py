@@ -43,9 +43,6 @@ class Histogram:
                 return min(math.exp((index + 0.5) / BUCKETS_PER_E) / 1e6, self.max)
         return self.max
 
-    def mean(self) -> float | None:
-        return self.total / self.count if self.count else None
-
     def dump(self) -> dict:
         """A compact picklable form (only the filled buckets)."""
         filled = {index: count for index, count in enumerate(self.counts) if count}

@@ -22,15 +22,9 @@ def _checked(reply: Any) -> Any:
     return reply
 
 
-def _joins(names: list[str], conn_id: str, user: str, public_state: dict,
-           configs: dict) -> list[list]:
-    """Join entries for the channel owners (a missing channel is created with its config)."""
-    joins = []
-    for name in names:
-        config = configs.get(name)
-        settings = msgspec.structs.asdict(config) if config is not None else None
-        joins.append([name, settings, conn_id, user, public_state])
-    return joins
+def _settings(configs: dict, name: str) -> dict | None:
+    config = configs.get(name)
+    return msgspec.structs.asdict(config) if config is not None else None
 
 
 class Commands:
@@ -57,8 +51,8 @@ class Commands:
                 self.cluster.cast(shard, "conn_unsubscribe",
                                   {"conn_id": conn_id, "channels": opened["new"]})
             _checked(user)
-        joins = _joins(opened["new"], conn_id, body.username, user["public_state"],
-                       body.channel_configs)
+        self._join(opened["new"], conn_id, body.username, user["public_state"],
+                   body.channel_configs)
         channels = sorted(set(body.channels))
         return {
             "conn_id": conn_id,
@@ -66,9 +60,17 @@ class Commands:
             "state": user["state"],
             "public_state": user["public_state"],
             "channels": channels,
-            "channels_info": await self.info(body.info, channels, joins),
+            "channels_info": await self.info(body.info, channels),
             "ws_url": self.ws_url(host, shard, conn_id),
         }
+
+    def _join(self, names: list[str], conn_id: str, user: str, public_state: dict,
+              configs: dict) -> None:
+        """Casts: the info request that follows on the same links sees them applied."""
+        for shard, group in self.cluster.group(names).items():
+            self.cluster.cast(shard, "join", {"joins": [
+                [name, _settings(configs, name), conn_id, user, public_state]
+                for name in group]})
 
     def ws_url(self, host: str, shard: int, conn_id: str) -> str:
         base = self.config.ws_url_template.format(
@@ -82,9 +84,9 @@ class Commands:
             {"conn_id": conn_id, "channels": body.channels}))
         public = await self.cluster.call(self.cluster.owner(joined["user"]), "user_public",
                                          {"user": joined["user"]})
-        joins = _joins(joined["new"], conn_id, joined["user"], public, body.channel_configs)
+        self._join(joined["new"], conn_id, joined["user"], public, body.channel_configs)
         return {"channels": joined["all"],
-                "channels_info": await self.info(body.info, joined["all"], joins),
+                "channels_info": await self.info(body.info, joined["all"]),
                 "subscribed_to": joined["new"]}
 
     async def unsubscribe(self, body: SubscribeBody) -> dict:
@@ -136,8 +138,9 @@ class Commands:
             if item["channel"] is not None:
                 by_owner.setdefault(self.cluster.owner(item["channel"]), []).append(item)
             else:
+                direct = envelope(item)
                 for shard, users in self.cluster.group(item["pm_users"]).items():
-                    self.cluster.cast(shard, "direct", {"users": users, "envelope": envelope(item)})
+                    self.cluster.cast(shard, "direct", {"users": users, "envelope": direct})
         for shard, group in by_owner.items():
             self.cluster.cast(shard, command, group)
 
@@ -171,10 +174,8 @@ class Commands:
             channels.update(found)
         return {"channels": channels, "users": []}
 
-    async def info(self, flags: InfoFlags, names: list[str] | None = None,
-                   joins: list[list] | None = None) -> dict:
-        """The Info object; ``names`` None means every channel. ``joins`` (of channels in
-        ``names``) ride on the same requests: /connect and /subscribe take one round trip."""
+    async def info(self, flags: InfoFlags, names: list[str] | None = None) -> dict:
+        """The Info object; ``names`` None means every channel."""
         args = {"exclude": flags.exclude_channels, "history": flags.include_history,
                 "users": flags.include_users}
         if names is None:
@@ -182,8 +183,6 @@ class Commands:
         else:
             calls = {shard: {**args, "channels": group}
                      for shard, group in self.cluster.group(names).items()}
-        for join in joins or ():
-            calls[self.cluster.owner(join[0])].setdefault("joins", []).append(join)
         channels: dict = {}
         for found in await self.cluster.call_many(calls, "info"):
             channels.update(found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 import orjson
 
@@ -35,7 +35,6 @@ COMPAT_OFF = ("x-channelstream-secret is turned off here (allow_compat_signature
 SHUTTING_DOWN = {"server": ["Shutting down; retry in a moment"]}
 REPLAYED = "this signature was accepted before: sign every request afresh"
 
-Route = Callable[[Request], Any]
 
 
 class HttpApi:

@@ -17,7 +17,7 @@ from .config import Config
 from .connection import HEARTBEAT, Connection, Transport
 from .recovery import Recovery
 from .routing import owner
-from .user import UserOwner
+from .user import User, UserOwner
 
 UNKNOWN_CONNECTION = {"error": {"conn_id": ["Unknown connection"]}}
 AMENDS = {"message:edit": "edit", "message:delete": "delete"}
@@ -135,7 +135,7 @@ class Shard(UserOwner, Recovery):
             if not local:
                 del self.subscribers[name]
 
-    def remove_conn(self, conn: Connection, close_code: int = 1000) -> None:
+    def remove_conn(self, conn: Connection) -> None:
         """Forget a connection and tell the owners of its channels and user."""
         if self.conns.pop(conn.id, None) is None:
             return
@@ -146,7 +146,7 @@ class Shard(UserOwner, Recovery):
                       {"user": conn.user, "conn_id": conn.id})
         transport, conn.transport = conn.transport, None
         if transport is not None:
-            transport.close(close_code)
+            transport.close(1000)
 
     def attach(self, conn: Connection, transport: Transport) -> None:
         """A websocket or long poll takes over delivery; catch-up goes first."""
@@ -210,8 +210,6 @@ class Shard(UserOwner, Recovery):
         return result
 
     def info(self, args: dict) -> dict:
-        if "joins" in args:     # /connect and /subscribe join and ask in one round trip
-            self.join(args)
         names = args["channels"]
         chosen = self.channels.keys() if names is None else names
         exclude = set(args["exclude"])
