@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from http import HTTPStatus
 from typing import Awaitable, Callable, Union
@@ -12,6 +13,11 @@ import orjson
 
 log = logging.getLogger("shardcast.http")
 PHRASES = {status.value: status.phrase for status in HTTPStatus}
+# Header names as clients usually spell them, lowered once instead of on every request.
+KNOWN_NAMES = {spelling.encode(): spelling.lower() for name in (
+    "Host", "Content-Type", "Content-Length", "Connection", "User-Agent", "Accept",
+    "Accept-Encoding", "Origin", "Cookie", "X-Channelstream-Secret", "X-Shardcast-Signature",
+) for spelling in (name, name.lower())}
 DISCARD_FACTOR = 8   # read at most this many times the body limit of a refused request
 
 
@@ -45,6 +51,11 @@ class Response:
 
 def json_response(value: object, status: int = 200) -> Response:
     return Response(status, orjson.dumps(value))
+
+
+@functools.lru_cache(maxsize=None)   # a handful of statuses; PHRASES bounds it
+def _status_line(status: int) -> str:
+    return f"HTTP/1.1 {status} {PHRASES[status]}\r\n"
 
 
 Handler = Callable[[Request], Union[Response, Awaitable[Response]]]
@@ -97,7 +108,8 @@ class HttpProtocol(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key = KNOWN_NAMES.get(name) or name.decode("latin-1").lower()
+        self.headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         length = self.headers.get("content-length", "0")
@@ -167,15 +179,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
-        head = [f"HTTP/1.1 {response.status} {PHRASES[response.status]}\r\n"
-                f"content-type: {response.content_type}\r\n"
-                f"content-length: {len(response.body)}\r\n"]
-        head += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
+        head = (f"{_status_line(response.status)}content-type: {response.content_type}\r\n"
+                f"content-length: {len(response.body)}\r\n")
+        for name, value in response.headers.items():
+            head += f"{name}: {value}\r\n"
         if not request.keep_alive:
-            head.append("connection: close\r\n")
-        head.append("\r\n")
+            head += "connection: close\r\n"
         if self.transport is not None:
-            self.transport.write("".join(head).encode("latin-1") + response.body)
+            self.transport.write(f"{head}\r\n".encode("latin-1") + response.body)
             if not request.keep_alive:
                 self._close()
 

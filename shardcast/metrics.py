@@ -7,12 +7,15 @@ are counted in the supervisor as requests are answered.
 from __future__ import annotations
 
 import asyncio
+import itertools
+from bisect import bisect_left
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               disable_created_metrics, generate_latest)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
 
 from . import http_api
 from .cluster import ShardUnavailable
@@ -50,15 +53,14 @@ class Metrics:
         self.api = api
         self.supervisor = supervisor
         self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter("shardcast_api_requests", "API requests answered",
-                                ["endpoint", "method", "status"], registry=self.registry)
-        self.latency = Histogram("shardcast_api_request_duration_seconds",
-                                 "Time from a request's arrival to its answer",
-                                 ["endpoint", "method"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
         self.registry.register(_ShardCollector(self))
+        self.registry.register(_RequestCollector(self))
         self.stats: list[dict | None] = []
-        self._children: dict[tuple, tuple[Any, Any]] = {}
+        # Plain numbers, made metric families at scrape time: prometheus-client's own
+        # metrics take a lock per update, a measured microsecond of each request.
+        self.counts: dict[tuple[str, str, str], list[int]] = {}        # [answers]
+        self.latencies: dict[tuple[str, str], list[float]] = {}      # [sum, per bucket...]
+        self._cells: dict[tuple, tuple[list[int], list[float]]] = {}
 
     # -- API requests -------------------------------------------------------------------
 
@@ -84,17 +86,24 @@ class Metrics:
         return response
 
     def _observe(self, request: Request, status: int, start: float) -> None:
-        key = (request.path, request.method, status)
-        children = self._children.get(key)
-        if children is None:
-            endpoint = self._endpoint(request.path)
-            method = request.method if request.method in METHODS else "other"
-            children = (self.requests.labels(endpoint, method, str(status)),
-                        self.latency.labels(endpoint, method))
-            if endpoint != "other":   # unknown paths do not grow the cache
-                self._children[key] = children
-        children[0].inc()
-        children[1].observe(perf_counter() - start)
+        seconds = perf_counter() - start
+        cells = self._cells.get((request.path, request.method, status))
+        if cells is None:
+            cells = self._new_cells(request, status)
+        cells[0][0] += 1
+        latency = cells[1]
+        latency[0] += seconds
+        latency[1 + bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def _new_cells(self, request: Request, status: int) -> tuple[list[int], list[float]]:
+        endpoint = self._endpoint(request.path)
+        method = request.method if request.method in METHODS else "other"
+        cells = (self.counts.setdefault((endpoint, method, str(status)), [0]),
+                 self.latencies.setdefault((endpoint, method),
+                                           [0.0] * (len(LATENCY_BUCKETS) + 2)))
+        if endpoint != "other":   # unknown paths do not grow the cache
+            self._cells[(request.path, request.method, status)] = cells
+        return cells
 
     def _endpoint(self, path: str) -> str:
         if path.startswith(STATIC):
@@ -119,6 +128,27 @@ class Metrics:
                                                       timeout=SCRAPE_TIMEOUT)
         except ShardUnavailable:
             return None
+
+
+class _RequestCollector:
+    """The API's request counts and latency histograms, from the supervisor's plain numbers."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        counts = CounterMetricFamily("shardcast_api_requests", "API requests answered",
+                                     labels=["endpoint", "method", "status"])
+        for labels, (answered,) in self.metrics.counts.items():
+            counts.add_metric(list(labels), answered)
+        latency = HistogramMetricFamily("shardcast_api_request_duration_seconds",
+                                        "Time from a request's arrival to its answer",
+                                        labels=["endpoint", "method"])
+        for labels, (total, *per_bucket) in self.metrics.latencies.items():
+            cumulative = list(itertools.accumulate(per_bucket))
+            bounds = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+            latency.add_metric(list(labels), list(zip(bounds, cumulative)), total)
+        yield from (counts, latency)
 
 
 class _ShardCollector:
