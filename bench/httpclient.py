@@ -13,6 +13,7 @@ write.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from typing import Any
@@ -88,6 +89,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             except OSError:
+                self.socket.close()
                 self.socket = None
 
     def _fail(self, reason: str) -> None:
@@ -100,11 +102,16 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.socket = transport.get_extra_info("socket")
-        if not hasattr(socket, "TCP_QUICKACK"):
-            self.socket = None
+        self.socket = None
+        if hasattr(socket, "TCP_QUICKACK"):
+            # A duplicate of the descriptor as a plain socket: uvloop's own socket object
+            # builds and drops a socket per setsockopt (measured: 9% of a publisher's CPU).
+            self.socket = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
         self.transport = None
         self._fail("connection closed by the server")
 

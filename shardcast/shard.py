@@ -223,8 +223,9 @@ class Shard(UserOwner, Recovery):
                 continue
             self.published += 1
             channel.record(item)
-            self._fanout(channel, envelopes.message(item), item["exclude_users"],
-                         item["pm_users"])
+            if channel.targets():   # no subscriber anywhere: nothing to serialize
+                self._fanout(channel, envelopes.message(item), item["exclude_users"],
+                             item["pm_users"])
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
