@@ -23,23 +23,26 @@ class Channel:
     def __init__(self, name: str, settings: dict[str, Any] | None, shards: int) -> None:
         self.name = name
         self.uuid = new_uuid()
-        self.settings = dict(DEFAULT_SETTINGS)
-        self.history: deque[dict] = deque()
-        self.configure(settings or DEFAULT_SETTINGS)
+        # Made at the first entry kept: an empty deque takes 0.75 KB.
+        self.history: deque[dict] | None = None
+        self.configure(settings or {})
         self.last_active = time.time()
         self.conns: dict[str, str] = {}            # conn_id -> username
         self.user_conns: dict[str, int] = {}       # username -> connections here
         self.shard_conns = [0] * shards            # connections per shard
         self.fanout: list[int] | None = None       # shards with connections; None: recount
-        self.public_states: dict[str, dict] = {}   # username -> public state, for user lists
+        # username -> public state, for user lists; only non-empty ones (most users have none)
+        self.public_states: dict[str, dict] = {}
 
     def configure(self, settings: dict[str, Any]) -> None:
-        self.settings = {**DEFAULT_SETTINGS, **settings}
-        self.history = deque(self.history, maxlen=self.settings["history_size"])
+        # Replaced, never changed in place: so channels on the defaults share their dict.
+        self.settings = {**DEFAULT_SETTINGS, **settings} if settings else DEFAULT_SETTINGS
+        if self.history is not None:
+            self.history = deque(self.history, maxlen=self.settings["history_size"])
 
     def join(self, conn_id: str, user: str, shard: int, public_state: dict) -> bool:
         """Add a connection; True when it is the user's first one here."""
-        self.public_states[user] = public_state
+        self.set_public_state(user, public_state)
         if conn_id in self.conns:
             return False
         self.conns[conn_id] = user
@@ -63,14 +66,20 @@ class Channel:
             self.user_conns[user] = count
             return None
         del self.user_conns[user]
-        del self.public_states[user]
+        self.public_states.pop(user, None)
         return user
+
+    def set_public_state(self, user: str, state: dict) -> None:
+        if state:
+            self.public_states[user] = state
+        else:
+            self.public_states.pop(user, None)
 
     def touch(self) -> None:
         self.last_active = time.time()
 
     def member_list(self) -> list[dict]:
-        return [{"user": user, "state": self.public_states[user]}
+        return [{"user": user, "state": self.public_states.get(user) or {}}
                 for user in sorted(self.user_conns)]
 
     def targets(self) -> list[int]:
@@ -81,11 +90,13 @@ class Channel:
 
     def record(self, item: dict) -> None:
         if self.settings["store_history"] and not item["no_history"]:
+            if self.history is None:
+                self.history = deque(maxlen=self.settings["history_size"])
             self.history.append(history_entry(item))
         self.touch()
 
     def edit(self, item: dict) -> None:
-        for entry in self.history:
+        for entry in self.history or ():
             if entry["uuid"] == item["uuid"]:
                 for key in ("message", "user", "timestamp", "edited"):
                     if key in item:
@@ -93,6 +104,8 @@ class Channel:
                 return
 
     def delete(self, uuid: str) -> None:
+        if self.history is None:
+            return
         for entry in self.history:
             if entry["uuid"] == uuid:
                 self.history.remove(entry)
@@ -106,7 +119,7 @@ class Channel:
             "name": self.name,
             "long_name": None,
             "settings": dict(self.settings),
-            "history": list(self.history) if include_history else [],
+            "history": list(self.history or ()) if include_history else [],
             "last_active": stamp.strftime(TIME_FORMAT),
             "total_connections": len(self.conns),
             "total_users": len(users),

@@ -6,7 +6,7 @@ better (503: the shard is full, a retry may land elsewhere or later). A limit of
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 SHARD_FULL = 503
 
@@ -22,15 +22,15 @@ def _refusal(field: str, message: str, status: int | None = None) -> dict:
     return reply
 
 
-def channels(current: set[str], names: Iterable[str], limit: int) -> dict | None:
-    total = len(current.union(names))
+def channels(current: Collection[str], names: Iterable[str], limit: int) -> dict | None:
+    total = len({*current, *names})
     if not over(total, limit):
         return None
     return _refusal("channels", f"A connection may be in {limit} channels at most "
                     f"(max_channels_per_connection); this would make {total}")
 
 
-def user_connections(conns: set[str], conn_id: str, limit: int) -> dict | None:
+def user_connections(conns: Collection[str], conn_id: str, limit: int) -> dict | None:
     if conn_id in conns or not over(len(conns) + 1, limit):
         return None
     return _refusal("username", f"This user holds {len(conns)} connections, the most allowed "

@@ -25,7 +25,7 @@ class Recovery:
             for conn_id in [c for c in channel.conns if owner(c, self.shards) == lost]:
                 self.leave({"channel": channel.name, "conn_id": conn_id})
         for user in self.users.values():
-            user.conns = {c for c in user.conns if owner(c, self.shards) != lost}
+            user.conns = {c: None for c in user.conns if owner(c, self.shards) != lost}
         joins = []
         for conn in self.conns.values():
             if owner(conn.user, self.shards) == lost:

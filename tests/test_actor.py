@@ -122,7 +122,7 @@ def test_remove_conn_tells_channel_and_user_owners(shard):
     commands = [(command, args) for _, command, args in shard.net.casts]
     assert ("leave", {"channel": "room", "conn_id": "c1"}) in commands
     assert ("user_conn_gone", {"user": "a", "conn_id": "c1"}) in commands
-    assert "c1" not in shard.conns and conn.channels == set()
+    assert "c1" not in shard.conns and not conn.channels
 
 
 def test_sweep_drops_connections_idle_longer_than_gc_conns_after(shard):
