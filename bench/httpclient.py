@@ -52,15 +52,17 @@ class HttpConnection(asyncio.Protocol):
         self.host = host
         self.port = port
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.socket: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
         self.body: list[bytes] = []
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Kept: Python 3.11's get_running_loop() makes a getpid syscall each time.
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
-        await loop.create_connection(lambda: self, self.host, self.port)
+        await self.loop.create_connection(lambda: self, self.host, self.port)
 
     async def request(self, data: bytes, timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
         """Send one raw request; return (status, body)."""
@@ -69,12 +71,11 @@ class HttpConnection(asyncio.Protocol):
                 await self._connect()
             except OSError as error:
                 raise HttpError(f"cannot connect to {self.host}:{self.port}: {error}") from None
-        loop = asyncio.get_running_loop()
-        self.waiter = waiter = loop.create_future()
+        self.waiter = waiter = self.loop.create_future()
         self.body = []
         self.transport.write(data)
         self._quick_ack()
-        timer = loop.call_later(timeout, self._fail, "no answer within %.0f s" % timeout)
+        timer = self.loop.call_later(timeout, self._fail, "no answer within %.0f s" % timeout)
         try:
             return await waiter
         finally:

@@ -44,8 +44,9 @@ class Cluster:
                 timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
         """The shard's answer; fails with ShardUnavailable after ``timeout`` (a timer, not
         a task per request as asyncio.wait_for would make) or ConnectionError on link loss."""
-        future = self.link(shard).request(command, args, raw)
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, shard)
+        link = self.link(shard)
+        future = link.request(command, args, raw)
+        timer = link.loop.call_later(timeout, _expire, future, shard)
         future.add_done_callback(lambda _: timer.cancel())
         return future
 

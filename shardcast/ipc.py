@@ -102,6 +102,8 @@ class Link(asyncio.Protocol):
         self.closed = False
         self.requests: dict[int, tuple[asyncio.Future, bool]] = {}
         self.next_id = 0
+        # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -139,7 +141,7 @@ class Link(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled and self.outgoing and self.transport is not None:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -149,7 +151,7 @@ class Link(asyncio.Protocol):
 
     def request(self, command: str, args: Any, raw: bool = False) -> asyncio.Future:
         """Send a request; the future resolves to the decoded reply (or raw bytes)."""
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         if self.closed:
             future.set_exception(ConnectionError("shard link closed"))
             return future

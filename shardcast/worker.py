@@ -55,10 +55,14 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tune_gc()
     try:
-        uvloop.run(Worker(index, config, ipc_dir).run())
+        uvloop.run(_serve(index, config, ipc_dir))
     except OSError as error:    # e.g. its websocket port is taken; the supervisor reports it
         log.error("shard %d cannot start: %s", index, error)
         sys.exit(1)
+
+
+async def _serve(index: int, config: Config, ipc_dir: str) -> None:
+    await Worker(index, config, ipc_dir).run()   # made inside the loop it keeps
 
 
 def standby_main(orders: mp_connection.Connection, config: Config, ipc_dir: str) -> None:
@@ -89,6 +93,8 @@ class Worker:
         self.parent = os.getppid()
         self.long_polls = 0     # /listen requests held open
         self.flush_after = 0.0  # perf_counter time before which no flush starts
+        # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
+        self.loop = asyncio.get_running_loop()
         self.stopped: asyncio.Future | None = None
         self.ws_server: asyncio.AbstractServer | None = None
         self.closing: list | None = None    # websockets closing at shutdown (picows transports)
@@ -98,7 +104,7 @@ class Worker:
                                            send_buffer_size=config.send_buffer_size)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.stopped = loop.create_future()
         path = ipc.socket_path(self.ipc_dir, self.index)
         if os.path.exists(path):
@@ -159,12 +165,11 @@ class Worker:
             self.peer(shard).write(ipc.pack_route(route, frame))
 
     def schedule_flush(self) -> None:
-        loop = asyncio.get_running_loop()
         wait = self.flush_after - time.perf_counter()
         if wait > 0:
-            loop.call_later(wait, self.flush)
+            self.loop.call_later(wait, self.flush)
         else:
-            loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         start = time.perf_counter()
@@ -181,10 +186,9 @@ class Worker:
         return link
 
     async def connect(self, link: Link, shard: int) -> None:
-        loop = asyncio.get_running_loop()
         for _ in range(100):
             try:
-                await loop.create_unix_connection(lambda: link,
+                await self.loop.create_unix_connection(lambda: link,
                                                   ipc.socket_path(self.ipc_dir, shard))
                 return
             except OSError:
@@ -262,7 +266,7 @@ class Worker:
             self.stop()
             return
         self.actor.sweep(time.monotonic())
-        asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self.sweep)
+        self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def ping(self, last_round: float) -> None:
         """Dead-peer detection: one timer pings every websocket each ws_ping_interval, and
@@ -271,9 +275,9 @@ class Worker:
         for conn in list(self.actor.conns.values()):
             if isinstance(conn.transport, WebSocketClient):
                 conn.transport.ping(last_round)
-        asyncio.get_running_loop().call_later(self.config.ws_ping_interval, self.ping,
+        self.loop.call_later(self.config.ws_ping_interval, self.ping,
                                               time.monotonic())
 
     def heartbeat(self) -> None:
         self.actor.heartbeat()
-        asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self.heartbeat)
+        self.loop.call_later(self.config.heartbeat_interval, self.heartbeat)
