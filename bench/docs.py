@@ -43,7 +43,7 @@ other case).
 | `channels` | many channels, each client in 3 of them; publishes spread round-robin over the channels | 1,000 clients, 100 channels, 2 publishing connections |
 | `latency` | fixed publish rate (open loop), end-to-end latency percentiles | 100 clients × 200 msg/s on one channel |
 | `connect` | storm of `/connect` + websocket opens (64 in flight per generator process), each client joining one of the channels, then RSS per idle connection | 1,000 connections over 100 channels |
-| `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections, 1 message per POST, 10 s |
+| `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections from one generator process, 1 message per POST, 10 s |
 | `churn` | 16 loops connect → open websocket → stay 0-10 ms → close + `/disconnect` on presence channels, while messages flow to stable subscribers | 200 subscribers, 10 channels, 50 msg/s |
 | `soak` | `churn`'s join/leave loops and a steady publish rate, first for a warm-up (a quarter of `--duration`, at most 10 s), then for `--duration`; the server's RSS and open file descriptors after each, and the error lines in its log | 200 subscribers, 10 channels, 50 msg/s, 60 s |
 | `all` | all of the above except `soak` (it is long), one after the other | |
@@ -52,7 +52,9 @@ other case).
 
 * **Load generators** are separate processes (aiomultiprocess + uvloop): `--loadgen-procs`
   (default 2) subscriber processes holding picows websocket clients, one publisher process, and
-  for `churn` one churn process. They open their clients first; the coordinator then starts the
+  for `churn` one churn process; `api` posts from one process (`--loadgen-procs` splits its
+  connections over more), as one drives 8 connections with about 0.65 of a core while two
+  took 0.85 between them, CPU the server then lacked on a small machine. They open their clients first; the coordinator then starts the
   measured phase in all of them at once through shared memory. Each reports its own CPU time
   (`getrusage`) over that phase; a process above 90 % of a core is flagged
   (`loadgen_saturated`), as its figures may measure the generator rather than the server.
@@ -103,7 +105,10 @@ other case).
   the stable subscribers' messages of both phases; `churn_cycles` counts both phases' cycles.
   A soak run needs `--rate` above 0.
 * **RSS per idle connection** (`connect`): (RSS of all server processes 1 s after the last
-  websocket opened − RSS before the storm) / connections.
+  websocket opened − RSS before the storm) / connections. Memory freed before the storm is
+  reused by it, so a server that compiled its modules at start (no `.pyc` files, e.g. an
+  editable install with `PYTHONDONTWRITEBYTECODE`) reads about 0.7 KB lower; the figures here
+  are taken with the bytecode compiled, as after `pip install`.
 * **TCP quick ACKs.** Channelstream's server (gevent pywsgi) writes a response's headers and
   body in two segments without TCP_NODELAY, so on a keep-alive connection every response waits
   for the client's delayed ACK: about 44 ms per request with curl, requests or any plain
