@@ -10,7 +10,7 @@ import asyncio
 import itertools
 from bisect import bisect_left
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics,
                                generate_latest)
