@@ -13,7 +13,7 @@ from . import __version__, envelopes
 from .cluster import Cluster
 from .config import Config
 from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, MessageItem,
-                      SubscribeBody, UserStateBody)
+                      SubscribeBody, UserStateBody, encode_checked)
 
 
 def _checked(reply: Any) -> Any:
@@ -115,16 +115,19 @@ class Commands:
 
     # -- messages -------------------------------------------------------------------
 
-    def publish(self, items: list[MessageItem]) -> list[dict]:
+    def publish(self, items: list[MessageItem]) -> bytes:
+        """The accepted items as the JSON answer; they are sent on once their messages pass."""
         now = envelopes.now_iso()
         accepted = [_message(item, now) for item in items if item.channel or item.pm_users]
+        answer = encode_checked(items, accepted, self.config.max_message_size)
         self._route(accepted, "publish", envelopes.message)
-        return accepted
+        return answer
 
-    def edit(self, items: list[EditItem]) -> list[dict]:
+    def edit(self, items: list[EditItem]) -> bytes:
         accepted = [_edit(item) for item in items if item.channel or item.pm_users]
+        answer = encode_checked(items, accepted, self.config.max_message_size)
         self._route(accepted, "edit", envelopes.edit)
-        return accepted
+        return answer
 
     def delete(self, items: list[DeleteItem]) -> list[dict]:
         accepted = [_routing(item) for item in items if item.channel or item.pm_users]

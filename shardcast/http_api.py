@@ -166,14 +166,11 @@ class HttpApi:
         return json_response(await self.commands.unsubscribe(body))
 
     def message(self, request: Request) -> Response:
-        items = schemas.decode(request.body, schemas.MessageList)
-        schemas.check_messages(items, self.config.max_message_size)
-        return json_response(self.commands.publish(items))
+        return Response(200, self.commands.publish(schemas.decode(request.body,
+                                                                  schemas.MessageList)))
 
     def edit(self, request: Request) -> Response:
-        items = schemas.decode(request.body, schemas.EditList)
-        schemas.check_messages(items, self.config.max_message_size)
-        return json_response(self.commands.edit(items))
+        return Response(200, self.commands.edit(schemas.decode(request.body, schemas.EditList)))
 
     def delete(self, request: Request) -> Response:
         return json_response(self.commands.delete(schemas.decode(request.body,

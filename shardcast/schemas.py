@@ -171,6 +171,20 @@ def check_messages(items: list, limit: int) -> None:
         raise Invalid(errors)
 
 
+def encode_checked(items: list, accepted: list[dict], limit: int) -> bytes:
+    """``accepted`` (the normalised ``items`` that will be sent) as JSON, once ``items``
+    pass ``check_messages``. One encoding serves the answer and the check: when the whole
+    fits in ``limit`` bytes and holds every item, no message in it can be over the limit."""
+    try:
+        body = orjson.dumps(accepted)
+    except orjson.JSONEncodeError:
+        check_messages(items, limit)    # a message is what cannot be written: this names it
+        raise
+    if len(body) > limit or len(accepted) < len(items):
+        check_messages(items, limit)
+    return body
+
+
 def _locate(text: str, value: Any, kind: type) -> dict:
     """Turn msgspec's "... - at `$.a[0].b`" into {"a": {"0": {"b": [text]}}}."""
     message = text

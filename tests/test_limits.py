@@ -73,6 +73,20 @@ def test_message_at_max_message_size_is_accepted(limited):
     limited.message({"user": "u", "channel": unique("c"), "message": text_of(MESSAGE_LIMIT)})
 
 
+def test_the_limit_is_per_message_not_per_batch(limited):
+    channel = unique("batch")
+    limited.channel_config({channel: {"store_history": True}})
+    items = [{"user": "u", "channel": channel, "message": text_of(MESSAGE_LIMIT)}] * 3
+    limited.message(*items)
+    assert len(limited.history(channel)) == 3
+
+
+def test_a_dropped_item_over_max_message_size_is_still_422(limited):
+    items = [{"user": "u", "message": text_of(MESSAGE_LIMIT + 1)}]   # no channel, no pm_users
+    body = refused(limited.post("/message", items))
+    assert "max_message_size" in body["0"]["message"][0]
+
+
 def test_message_over_max_message_size_is_422_and_nothing_is_applied(limited):
     channel = unique("big")
     limited.channel_config({channel: {"store_history": True}})
