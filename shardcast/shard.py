@@ -228,9 +228,8 @@ class Shard(UserOwner, Recovery):
                 continue
             self.published += 1
             channel.record(item)
-            if channel.targets():   # no subscriber anywhere: nothing to serialize
-                self._fanout(channel, envelopes.message(item), item["exclude_users"],
-                             item["pm_users"])
+            self._fanout(channel, envelopes.message(item), item["exclude_users"],
+                         item["pm_users"])
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
@@ -261,10 +260,13 @@ class Shard(UserOwner, Recovery):
 
     def _fanout(self, channel: Channel, envelope: dict, exclude: list, pm: list,
                 amend: list | None = None) -> None:
-        """Serialize once; one frame per shard that has subscribers."""
+        """Serialize once; one frame per shard that has subscribers (none: nothing to do)."""
+        targets = channel.targets()
+        if not targets:
+            return
         frame = orjson.dumps([envelope])
         route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend]
-        for shard in channel.targets():
+        for shard in targets:
             self.net.deliver(shard, route, frame)
 
     def direct(self, args: dict) -> None:
