@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from typing import Callable
 from urllib.parse import parse_qs
@@ -18,8 +17,6 @@ SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centr
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
 CLOSE_GRACE = 2.0        # seconds a closing websocket may take to flush before it is reset
-# The websocket URL exactly as /connect hands it out (a canonical UUID, nothing else).
-CANONICAL_WS_PATH = re.compile(rb"/ws\?conn_id=([0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12})")
 
 
 def conn_id_from_query(query: str) -> str | None:
@@ -109,9 +106,6 @@ class WebSocketClient(WSListener):
 def upgrade(request: WSUpgradeRequest, find: Callable[[str], Connection | None],
             make: Callable[[Connection | None], WebSocketClient]):
     """picows router: refuse other paths and bad ids; unknown ids get a listener that closes."""
-    canonical = CANONICAL_WS_PATH.fullmatch(request.path)
-    if canonical is not None:   # the URL /connect handed out: no general parse (4 us)
-        return make(find(canonical.group(1).decode()))
     # Split as http_server does: urlsplit would cache the last 128 URLs, each socket's unique.
     path, _, query = request.path.decode("latin-1").partition("?")
     if path != "/ws":
