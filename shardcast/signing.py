@@ -172,12 +172,6 @@ def check_request(header: str, secret: str, method: str, target: str, body: byte
         return MALFORMED
 
 
-def verify_request(header: str, secret: str, method: str, target: str, body: bytes,
-                   window: float, now: float | None = None) -> bool:
-    """True if `header` signs this very request with `secret` within ±window seconds."""
-    return check_request(header, secret, method, target, body, window, now) is None
-
-
 class ReplayGuard:
     """Signatures already accepted, each kept until its timestamp leaves the window.
 

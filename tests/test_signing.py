@@ -12,8 +12,7 @@ import pytest
 from contract import unique
 from harness import Server
 from shardcast import signing
-from shardcast.signing import (REQUEST_HEADER, ReplayGuard, check_request, sign_request,
-                               verify_request)
+from shardcast.signing import REQUEST_HEADER, ReplayGuard, check_request, sign_request
 
 SECRET = "request-signing-secret"
 WINDOW = 60.0
@@ -51,7 +50,7 @@ def test_signature_header_reads_t_and_v1():
 
 def test_signature_verifies_the_request_it_was_made_for():
     header = sign_request(SECRET, "post", "/info?x=1", BODY)
-    assert verify_request(header, SECRET, "POST", "/info?x=1", BODY, WINDOW)
+    assert check_request(header, SECRET, "POST", "/info?x=1", BODY, WINDOW) is None
 
 
 @pytest.mark.parametrize(("change", "value"), [
@@ -67,7 +66,6 @@ def test_signature_refuses_any_other_request(change, value):
                "method": "POST", "target": "/message", "body": BODY, "window": WINDOW}
     request[change] = value
     assert check_request(**request) == "mismatch"
-    assert not verify_request(**request)
 
 
 @pytest.mark.parametrize("skew", [-WINDOW - 1, WINDOW + 1], ids=["past", "future"])
@@ -82,7 +80,6 @@ def test_signature_outside_the_window_is_stale(skew):
 ])
 def test_garbage_signature_is_refused_without_error(garbage):
     assert check_request(garbage, SECRET, "GET", "/info", b"", WINDOW) == "malformed"
-    assert not verify_request(garbage, SECRET, "GET", "/info", b"", WINDOW)
 
 
 def test_replay_guard_refuses_a_second_use_until_the_window_passes():
