@@ -50,14 +50,19 @@ def test_gc_removes_idle_connection_in_no_channel(gc_server):
     assert server.get("/disconnect", params={"conn_id": conn_id}, sign=False).json() is False
 
 
-def test_gc_of_idle_connection_emits_parted(gc_server, open_ws):
-    server = gc_server
+def watched_idle_connection(server, open_ws) -> tuple:
+    """An observer's websocket on a presence channel, then a connection that joins it and stays
+    idle: (observer, the idle user, the /connect answer, when it connected)."""
     channel = unique("presence")
     server.channel_config({channel: {"notify_presence": True}})
     observer = open_ws(server.connect(unique("observer"), [channel]))
     idle = unique("idle")
     started = time.monotonic()
-    server.connect(idle, [channel])
+    return observer, idle, server.connect(idle, [channel]), started
+
+
+def test_gc_of_idle_connection_emits_parted(gc_server, open_ws):
+    observer, idle, _, started = watched_idle_connection(gc_server, open_ws)
     joined = observer.next()
     assert (joined["type"], joined["user"], joined["message"]) == ("presence", idle, {"action": "joined"})
     parted = observer.next(timeout=REMOVED_BY)
@@ -108,12 +113,7 @@ def wait_closed_by_server(client, timeout, keep_alive):
 
 def test_gc_closes_websocket_of_idle_connection(silent_gc_server, open_ws):
     server = silent_gc_server
-    channel = unique("presence")
-    server.channel_config({channel: {"notify_presence": True}})
-    observer = open_ws(server.connect(unique("observer"), [channel]))
-    idle = unique("idle")
-    started = time.monotonic()
-    reply = server.connect(idle, [channel])
+    observer, idle, reply, started = watched_idle_connection(server, open_ws)
     wait_closed_by_server(open_ws(reply), REMOVED_BY, keep_alive=[observer])
     assert time.monotonic() - started > GC_CONNS_AFTER * 0.9
     assert not server.is_connected(reply["conn_id"])
