@@ -15,6 +15,7 @@ class Transport(Protocol):
     """What a connection writes to: a websocket or a held long-poll request."""
 
     def send(self, frame: bytes) -> None: ...
+    def send_frames(self, frames: list[bytes], memo: dict) -> int: ...
     def close(self, code: int = 1000) -> None: ...
 
 
@@ -88,21 +89,13 @@ class Connection:
                 return True
         return False
 
-    def flush(self, merged: dict[tuple, bytes]) -> int:
-        """Send what was queued as one frame; returns its size in bytes. ``merged`` memoizes
-        merges within one flush: a channel's subscribers mostly queue the same frames."""
+    def flush(self, memo: dict) -> int:
+        """Send what was queued as one frame; returns its size in bytes. ``memo`` is shared by
+        the connections flushed together: a channel's subscribers mostly queue the same frames."""
         frames, self.out = self.out, None
         if frames is None or self.transport is None:
             return 0
-        if len(frames) == 1:
-            data = frames[0]
-        else:
-            key = tuple(frames)     # bytes cache their hash, so this is cheap
-            data = merged.get(key)
-            if data is None:
-                data = merged[key] = merge_frames(frames)
-        self.transport.send(data)
-        return len(data)
+        return self.transport.send_frames(frames, memo)
 
     def take_catchup(self) -> bytes | None:
         """Held frames as one array marked ``catchup``: direct ones, then channels by name."""

@@ -315,19 +315,19 @@ class Shard(UserOwner, Recovery):
         dirty, self.dirty = self.dirty, []
         now = time.monotonic()      # a frame sent counts as activity
         sent = 0
-        merged: dict[tuple, bytes] = {}
+        memo: dict = {}
         for conn in dirty:
             conn.last_active = now
-            sent += conn.flush(merged)
+            sent += conn.flush(memo)
         self.bytes_sent += sent
 
     def heartbeat(self) -> None:
         now = time.monotonic()
+        memo: dict = {}
         for conn in self.conns.values():
             if conn.transport is not None:
                 conn.last_active = now
-                conn.transport.send(HEARTBEAT)
-                self.bytes_sent += len(HEARTBEAT)
+                self.bytes_sent += conn.transport.send_frames([HEARTBEAT], memo)
 
     # -- housekeeping ---------------------------------------------------------------
 

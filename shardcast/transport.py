@@ -17,6 +17,19 @@ SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centr
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
 CLOSE_GRACE = 2.0        # seconds a closing websocket may take to flush before it is reset
+# Room for a websocket header (14 bytes at most) in front of each payload we send: picows writes
+# the header there and sends the buffer as it is, copying only what the socket does not take at
+# once. Its send() instead, for payloads over 8 KB, handed uvloop a view of a header buffer it
+# reuses; uvloop keeps such a view while the socket is full, so the next frame's header
+# overwrote it and clients read spliced frames under load (issue 9).
+HEADROOM = 14
+
+
+def wire(frames: list[bytes]) -> bytearray:
+    """JSON-array frames merged into one payload, with room in front for its header."""
+    data = bytearray(HEADROOM)
+    data += merge_frames(frames)
+    return data
 
 
 def conn_id_from_query(query: str) -> str | None:
@@ -82,6 +95,19 @@ class WebSocketClient(WSListener):
             self.on_close(self.conn, self)
 
     def send(self, frame: bytes) -> None:
+        self._write(wire([frame]))
+
+    def send_frames(self, frames: list[bytes], memo: dict) -> int:
+        """Send queued frames as one; ``memo`` shares the encoding between the subscribers
+        that queued the same frames in one flush (a frame's bytes cache their hash)."""
+        key = frames[0] if len(frames) == 1 else tuple(frames)
+        data = memo.get(key)
+        if data is None:
+            data = memo[key] = wire(frames)
+        self._write(data)
+        return len(data) - HEADROOM
+
+    def _write(self, data: bytearray) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -92,7 +118,9 @@ class WebSocketClient(WSListener):
             # as the caller may be iterating over the shard's connections.
             asyncio.get_running_loop().call_soon(self.on_close, self.conn, self, SLOW_CONSUMER)
             return
-        transport.send(WSMsgType.TEXT, frame)
+        # The header written in place is the same for every socket sent this buffer (server
+        # frames are not masked), so one buffer serves them all.
+        transport.send_reuse_external_bytearray(WSMsgType.TEXT, data, HEADROOM)
 
     def close(self, code: int = 1000) -> None:
         transport, self.transport = self.transport, None
@@ -150,6 +178,11 @@ class LongPoll:
             return
         self.timer.cancel()
         self.timer = self.loop.call_later(min(LISTEN_QUIET, self.last_call - now), self.finish)
+
+    def send_frames(self, frames: list[bytes], memo: dict) -> int:
+        data = merge_frames(frames)
+        self.send(data)
+        return len(data)
 
     def finish(self) -> None:
         if self.done:

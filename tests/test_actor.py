@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from shardcast.config import Config
-from shardcast.connection import Connection
+from shardcast.connection import Connection, merge_frames
 from shardcast.routing import owner
 from shardcast.shard import Shard
 
@@ -42,6 +42,10 @@ class Socket:
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def send_frames(self, frames: list[bytes], memo: dict) -> int:
+        self.send(merge_frames(frames))
+        return len(self.frames[-1])
 
     def close(self, code: int = 1000) -> None:
         self.closed = code

@@ -8,13 +8,9 @@ read everything, all in one channel, while a publisher posts batches for a few s
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import socket
-import struct
 import threading
 import time
-from urllib.parse import urlsplit
 
 import pytest
 import orjson
@@ -23,6 +19,7 @@ from websockets.asyncio.client import connect as ws_connect
 from contract import unique, wait_until
 from harness import Server
 from processes import descendant_pids
+from rawws import handshake, last_close_code
 
 WORKERS = 2
 READERS = 50
@@ -76,20 +73,7 @@ class StalledClient:
     """A websocket that completes its handshake, then never reads (a tiny receive buffer)."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.settimeout(5)
-        self.sock.connect((parts.hostname, parts.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self.sock.recv(1)       # byte by byte: not a byte of the stream beyond it
-        assert head.startswith(b"HTTP/1.1 101"), head
+        self.sock = handshake(url, rcvbuf=4096)
 
     def close_code(self) -> int | None:
         """Read all that is left: the close frame's code, or None if the socket was reset."""
@@ -102,24 +86,6 @@ class StalledClient:
         finally:
             self.sock.close()
         return last_close_code(bytes(stream))
-
-
-def last_close_code(stream: bytes) -> int | None:
-    """The code of the close frame in a server's (unmasked) websocket byte stream."""
-    offset = 0
-    while offset + 2 <= len(stream):
-        opcode, size = stream[offset] & 0x0F, stream[offset + 1] & 0x7F
-        offset += 2
-        if size == 126:
-            (size,) = struct.unpack_from("!H", stream, offset)
-            offset += 2
-        elif size == 127:
-            (size,) = struct.unpack_from("!Q", stream, offset)
-            offset += 8
-        if opcode == 0x8:
-            return struct.unpack_from("!H", stream, offset)[0]
-        offset += size
-    return None
 
 
 class Readers(threading.Thread):
