@@ -129,21 +129,26 @@ class Commands:
         self._route(accepted, "edit", envelopes.edit)
         return answer
 
-    def delete(self, items: list[DeleteItem]) -> list[dict]:
+    def delete(self, items: list[DeleteItem]) -> bytes:
         accepted = [_routing(item) for item in items if item.channel or item.pm_users]
+        answer = orjson.dumps(accepted)
         self._route(accepted, "delete", envelopes.delete)
-        return accepted
+        return answer
 
     def _route(self, items: list[dict], command: str, envelope) -> None:
-        """Channel items to their channel's owner (in order); direct ones to the users' owners."""
+        """Channel items to their channel's owner (in order); direct ones to the users' owners.
+        Each carries a ``stamp`` of when it was posted: catch-up replays in that order whichever
+        way the items travel (the channel owner takes it off before keeping the item)."""
         by_owner: dict[int, list[dict]] = {}
         for item in items:
+            item["stamp"] = envelopes.publication_stamp()
             if item["channel"] is not None:
                 by_owner.setdefault(self.cluster.owner(item["channel"]), []).append(item)
             else:
                 direct = envelope(item)
                 for shard, users in self.cluster.group(item["pm_users"]).items():
-                    self.cluster.cast(shard, "direct", {"users": users, "envelope": direct})
+                    self.cluster.cast(shard, "direct", {"users": users, "envelope": direct,
+                                                        "stamp": item["stamp"]})
         for shard, group in by_owner.items():
             self.cluster.cast(shard, command, group)
 

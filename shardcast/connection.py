@@ -38,9 +38,9 @@ class Connection:
         self.transport: Transport | None = None
         # ``pending`` and ``out`` stay None until used: most connections sit idle, and an
         # empty dict or list would cost each of them 64 or 56 B.
-        # Frames that arrived while no transport was attached, replayed as catch-up:
-        # per channel name ("" for direct messages), the newest ones.
-        self.pending: dict[str, deque[bytes]] | None = None
+        # Frames that arrived while no transport was attached, replayed as catch-up: per
+        # channel name ("" for direct messages), the newest ones, with their publication stamps.
+        self.pending: dict[str, deque[tuple[int, bytes]]] | None = None
         self.catchup_size = catchup_size
         # Frames queued in this loop tick; flushed together as one frame.
         self.out: list[bytes] | None = None
@@ -53,7 +53,8 @@ class Connection:
         self.out.append(frame)
         return False
 
-    def hold(self, frame: bytes, channel: str | None, replay: bool, amend: list | None) -> None:
+    def hold(self, frame: bytes, channel: str | None, replay: bool, amend: list | None,
+             stamp: int) -> None:
         """No transport attached: keep the frame for catch-up, or apply an edit/delete
         to the held original so the client later sees the message as it now stands."""
         if amend is not None and self.pending and self._amend(self.pending, amend, frame):
@@ -66,13 +67,13 @@ class Connection:
             if held is None:
                 size = self.catchup_size if channel else DIRECT_CATCHUP
                 held = self.pending[key] = deque(maxlen=size)
-            held.append(frame)
+            held.append((stamp, frame))
 
     @staticmethod
-    def _amend(pending: dict[str, deque[bytes]], amend: list, frame: bytes) -> bool:
+    def _amend(pending: dict[str, deque[tuple[int, bytes]]], amend: list, frame: bytes) -> bool:
         operation, uuid = amend
         for key, held in pending.items():
-            for index, kept in enumerate(held):
+            for index, (stamp, kept) in enumerate(held):
                 envelope = orjson.loads(kept)[0]
                 if envelope["type"] != "message" or envelope["uuid"] != uuid:
                     continue
@@ -85,7 +86,7 @@ class Connection:
                     for key in ("message", "user", "timestamp", "edited"):
                         if key in change:
                             envelope[key] = change[key]
-                    held[index] = orjson.dumps([envelope])
+                    held[index] = (stamp, orjson.dumps([envelope]))
                 return True
         return False
 
@@ -98,15 +99,15 @@ class Connection:
         return self.transport.send_frames(frames, memo)
 
     def take_catchup(self) -> bytes | None:
-        """Held frames as one array marked ``catchup``: direct ones, then channels by name."""
+        """Held frames as one array marked ``catchup``, in the order they were published
+        (channel and direct ones alike, as Channelstream's per-connection queue keeps them)."""
         pending, self.pending = self.pending, None
         if not pending:
             return None
         envelopes = []
-        for key in sorted(pending):
-            for frame in pending[key]:
-                for envelope in orjson.loads(frame):
-                    if "catchup" in envelope:
-                        envelope["catchup"] = True
-                    envelopes.append(envelope)
+        for _, frame in sorted(held for kept in pending.values() for held in kept):
+            for envelope in orjson.loads(frame):
+                if "catchup" in envelope:
+                    envelope["catchup"] = True
+                envelopes.append(envelope)
         return orjson.dumps(envelopes)

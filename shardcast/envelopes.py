@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 _second = [-1, ""]   # the formatted current second, reused within that second
+_last_stamp = [0]
 
 
 def now_iso() -> str:
@@ -20,9 +21,22 @@ def now_iso() -> str:
 
 
 def format_time(value: datetime) -> str:
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value.strftime(TIME_FORMAT)
+    """A client-given time as Channelstream answers it: ISO-8601 as given, re-serialised
+    (no fraction when it is zero, the zone kept: "+00:00" for UTC)."""
+    return value.isoformat()
+
+
+def delivered_time(value: str) -> str:
+    """A time as Channelstream writes it to clients: UTC's "+00:00" becomes "Z"."""
+    return value[:-6] + "Z" if value.endswith("+00:00") else value
+
+
+def publication_stamp() -> int:
+    """Orders envelopes by when they were published, across the processes of one host (they
+    share CLOCK_MONOTONIC); stamps taken in one process never repeat."""
+    stamp = max(time.monotonic_ns(), _last_stamp[0] + 1)
+    _last_stamp[0] = stamp
+    return stamp
 
 
 _RANDOM_BATCH = 4096
@@ -48,7 +62,7 @@ def message(item: dict[str, Any]) -> dict[str, Any]:
         "channel": item["channel"],
         "user": item["user"],
         "uuid": item["uuid"],
-        "timestamp": item["timestamp"],
+        "timestamp": delivered_time(item["timestamp"]),
         "catchup": False,
         "edited": None,
     }
@@ -64,10 +78,12 @@ def history_entry(item: dict[str, Any]) -> dict[str, Any]:
 
 def edit(item: dict[str, Any]) -> dict[str, Any]:
     envelope = {"type": "message:edit", "uuid": item["uuid"], "channel": item["channel"],
-                "edited": item["edited"]}
-    for key in ("message", "user", "timestamp"):
+                "edited": delivered_time(item["edited"])}
+    for key in ("message", "user"):
         if key in item:
             envelope[key] = item[key]
+    if "timestamp" in item:
+        envelope["timestamp"] = delivered_time(item["timestamp"])
     return envelope
 
 

@@ -173,7 +173,7 @@ class HttpApi:
         return Response(200, self.commands.edit(schemas.decode(request.body, schemas.EditList)))
 
     def delete(self, request: Request) -> Response:
-        return json_response(self.commands.delete(schemas.decode(request.body,
+        return Response(200, self.commands.delete(schemas.decode(request.body,
                                                                  schemas.DeleteList)))
 
     async def user_state(self, request: Request) -> Response:

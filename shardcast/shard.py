@@ -201,7 +201,7 @@ class Shard(UserOwner, Recovery):
         users = (channel.member_list()
                  if channel.settings["broadcast_presence_with_user_lists"] else [])
         envelope = envelopes.presence(channel.name, user, state is not None, state, users)
-        self._fanout(channel, envelope, [user], [])
+        self._fanout(channel, envelope, [user], [], envelopes.publication_stamp())
 
     def configure(self, args: dict) -> dict:
         result = {}
@@ -223,29 +223,32 @@ class Shard(UserOwner, Recovery):
 
     def publish(self, items: list[dict]) -> None:
         for item in items:
+            stamp = item.pop("stamp")
             channel = self.channels.get(item["channel"])
             if channel is None:
                 continue
             self.published += 1
             channel.record(item)
             self._fanout(channel, envelopes.message(item), item["exclude_users"],
-                         item["pm_users"])
+                         item["pm_users"], stamp)
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
+            stamp = item.pop("stamp")
             channel = self.channels.get(item["channel"])
             if channel is not None:
                 channel.edit(item)
                 self._fanout(channel, envelopes.edit(item), item["exclude_users"],
-                             item["pm_users"], ["edit", item["uuid"]])
+                             item["pm_users"], stamp, ["edit", item["uuid"]])
 
     def delete(self, items: list[dict]) -> None:
         for item in items:
+            stamp = item.pop("stamp")
             channel = self.channels.get(item["channel"])
             if channel is not None:
                 channel.delete(item["uuid"])
                 self._fanout(channel, envelopes.delete(item), item["exclude_users"],
-                             item["pm_users"], ["delete", item["uuid"]])
+                             item["pm_users"], stamp, ["delete", item["uuid"]])
 
     def state_change(self, args: dict) -> None:
         for name in args["channels"]:
@@ -256,16 +259,17 @@ class Shard(UserOwner, Recovery):
             if args["notify"] and channel.settings["notify_state"]:
                 envelope = envelopes.state_change(name, args["user"], args["public_state"],
                                                   args["changed"])
-                self._fanout(channel, envelope, [], [])
+                self._fanout(channel, envelope, [], [], envelopes.publication_stamp())
 
-    def _fanout(self, channel: Channel, envelope: dict, exclude: list, pm: list,
+    def _fanout(self, channel: Channel, envelope: dict, exclude: list, pm: list, stamp: int,
                 amend: list | None = None) -> None:
-        """Serialize once; one frame per shard that has subscribers (none: nothing to do)."""
+        """Serialize once; one frame per shard that has subscribers (none: nothing to do).
+        ``stamp`` orders the frame among those a connection holds for catch-up."""
         targets = channel.targets()
         if not targets:
             return
         frame = orjson.dumps([envelope])
-        route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend]
+        route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend, stamp]
         for shard in targets:
             self.net.deliver(shard, route, frame)
 
@@ -285,16 +289,16 @@ class Shard(UserOwner, Recovery):
                 for conn_id in user.conns:
                     by_shard.setdefault(owner(conn_id, self.shards), []).append(conn_id)
         for shard, conn_ids in by_shard.items():
-            self.net.deliver(shard, ["u", conn_ids, amend], frame)
+            self.net.deliver(shard, ["u", conn_ids, amend, args["stamp"]], frame)
 
     # -- delivery to local connections -------------------------------------------
 
     def deliver(self, route: list, frame: bytes) -> None:
         if route[0] == "u":
             targets = [self.conns[c] for c in route[1] if c in self.conns]
-            channel, replay, amend = None, True, route[2]
+            channel, replay, amend, stamp = None, True, route[2], route[3]
         else:
-            _, channel, exclude, pm, replay, amend = route
+            _, channel, exclude, pm, replay, amend, stamp = route
             targets = self.subscribers.get(channel) or ()
             if exclude or pm:
                 skip, only = set(exclude), set(pm)
@@ -304,7 +308,7 @@ class Shard(UserOwner, Recovery):
         was_clean = not dirty
         for conn in targets:
             if conn.transport is None:
-                conn.hold(frame, channel, replay, amend)
+                conn.hold(frame, channel, replay, amend, stamp)
             elif conn.push(frame):
                 dirty.append(conn)
         self.delivered += len(targets)

@@ -72,7 +72,7 @@ def test_fanout_serializes_once_per_target_shard(shard):
     open_conn(shard, "c1", "a", ["room"])
     open_conn(shard, "c2", "b", ["room"])
     shard.net.delivered.clear()
-    shard.publish([{"channel": "room", "user": "x", "uuid": "u1", "timestamp": "t",
+    shard.publish([{"channel": "room", "user": "x", "uuid": "u1", "timestamp": "t", "stamp": 1,
                     "pm_users": [], "exclude_users": [], "no_history": False, "edited": None}])
     assert len(shard.net.delivered) == 1
     _, route, frame = shard.net.delivered[0]
@@ -83,7 +83,7 @@ def test_frames_in_one_tick_are_coalesced_into_one_write(shard):
     conn = open_conn(shard, "c1", "a", ["room"])
     socket = Socket()
     shard.attach(conn, socket)
-    route = ["c", "room", [], [], True, None]
+    route = ["c", "room", [], [], True, None, 1]
     for n in range(3):
         shard.deliver(route, orjson.dumps([{"n": n}]))
     assert shard.net.flushes == 1
@@ -93,7 +93,7 @@ def test_frames_in_one_tick_are_coalesced_into_one_write(shard):
 
 def test_frames_without_transport_are_replayed_as_catchup(shard):
     conn = open_conn(shard, "c1", "a", ["room"])
-    shard.deliver(["c", "room", [], [], True, None],
+    shard.deliver(["c", "room", [], [], True, None, 1],
                   orjson.dumps([{"type": "message", "uuid": "u", "catchup": False}]))
     socket = Socket()
     shard.attach(conn, socket)
@@ -102,9 +102,9 @@ def test_frames_without_transport_are_replayed_as_catchup(shard):
 
 def test_delete_removes_held_frame_instead_of_queueing(shard):
     conn = open_conn(shard, "c1", "a", ["room"])
-    shard.deliver(["c", "room", [], [], True, None],
+    shard.deliver(["c", "room", [], [], True, None, 1],
                   orjson.dumps([{"type": "message", "uuid": "u", "catchup": False}]))
-    shard.deliver(["c", "room", [], [], True, ["delete", "u"]],
+    shard.deliver(["c", "room", [], [], True, ["delete", "u"], 2],
                   orjson.dumps([{"type": "message:delete", "uuid": "u", "channel": "room"}]))
     assert conn.take_catchup() is None
 
@@ -114,7 +114,7 @@ def test_exclude_and_pm_filter_recipients(shard):
     sockets = {user: Socket() for user in conns}
     for user, conn in conns.items():
         shard.attach(conn, sockets[user])
-    shard.deliver(["c", "room", ["b"], ["a", "b"], True, None], b'[{"n":1}]')
+    shard.deliver(["c", "room", ["b"], ["a", "b"], True, None, 1], b'[{"n":1}]')
     shard.flush()
     assert [user for user in "abc" if sockets[user].frames] == ["a"]
 
@@ -149,7 +149,7 @@ def test_presence_joined_only_for_first_connection_of_user(shard):
 def test_connection_gets_no_frame_sent_before_its_join_reached_the_owner(shard):
     open_conn(shard, "c1", "a", ["room"])
     shard.conn_open({"conn_id": "c2", "user": "b", "channels": ["room"]})
-    shard.deliver(["c", "room", [], [], True, None], b'[{"n":1}]')
+    shard.deliver(["c", "room", [], [], True, None, 1], b'[{"n":1}]')
     assert shard.conns["c2"].take_catchup() is None
     assert shard.conns["c1"].take_catchup() is not None
 

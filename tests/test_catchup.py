@@ -67,16 +67,36 @@ def test_catchup_off_when_store_frames_false(server, open_ws, witness):
     assert client.next() == delivered(live)
 
 
-def test_catchup_orders_channels_by_name(server, open_ws, witness):
-    alpha, beta = "a-" + unique("ch"), "b-" + unique("ch")
-    reply = server.connect(unique("u"), [beta, alpha])
+def post_across_channels_and_user(server, username: str, alpha: str, beta: str) -> list[dict]:
+    """Channel and direct messages interleaved, in one request and over several."""
+    posted = server.message({"user": "b", "channel": beta, "message": {"n": 1}},
+                            {"user": "b", "pm_users": [username], "message": {"n": "pm"}})
+    posted += [server.say(alpha, "2"), server.say(beta, "3")]
+    posted += server.message({"user": "b", "pm_users": [username], "message": {"n": "pm 2"}},
+                             {"user": "b", "channel": alpha, "message": {"n": 4}})
+    return posted
+
+
+def test_catchup_replays_channels_and_direct_messages_in_publication_order(server, open_ws,
+                                                                           witness):
+    username, alpha, beta = unique("u"), "a-" + unique("ch"), "b-" + unique("ch")
+    reply = server.connect(username, [beta, alpha])
     seen = witness(server, reply)
-    in_beta = [server.say(beta, f"beta {n}") for n in range(2)]
-    in_alpha = [server.say(alpha, f"alpha {n}") for n in range(2)]
-    seen.take(4)
+    posted = post_across_channels_and_user(server, username, alpha, beta)
+    seen.take(len(posted))
     client = open_ws(reply)
-    expected = [delivered(item, catchup=True) for item in in_alpha + in_beta]
-    assert client.take(4) == expected
+    assert client.take(len(posted)) == [delivered(item, catchup=True) for item in posted]
+
+
+def test_listen_replays_channel_then_direct_message_as_posted(server, witness):
+    """Channelstream answers [1, "pm"] to a /listen after POST [channel message 1, "pm"]."""
+    username, alpha, beta = unique("u"), "a-" + unique("ch"), "b-" + unique("ch")
+    reply = server.connect(username, [beta, alpha])
+    seen = witness(server, reply)
+    posted = post_across_channels_and_user(server, username, alpha, beta)
+    seen.take(len(posted))
+    assert server.listen(reply["conn_id"]).json() == [delivered(item, catchup=True)
+                                                      for item in posted]
 
 
 def test_catchup_replays_direct_messages(server, open_ws, witness):

@@ -8,14 +8,14 @@ from shardcast import ipc
 
 def test_frames_survive_arbitrary_chunking():
     stream = (ipc.pack_command(ipc.Kind.REQUEST, 7, "stats", None)
-              + ipc.pack_route(["c", "room", [], [], True, None], b'[{"n":1}]'))
+              + ipc.pack_route(["c", "room", [], [], True, None, 1], b'[{"n":1}]'))
     decoder = ipc.FrameDecoder()
     frames = []
     for byte in stream:
         frames += decoder.feed(bytes([byte]))
     assert [(kind, rid) for kind, rid, _ in frames] == [(ipc.Kind.REQUEST, 7), (ipc.Kind.DELIVER, 0)]
     route, payload = ipc.unpack_route(frames[1][2])
-    assert route == ["c", "room", [], [], True, None] and payload == b'[{"n":1}]'
+    assert route == ["c", "room", [], [], True, None, 1] and payload == b'[{"n":1}]'
 
 
 @pytest.mark.parametrize("garbage", [

@@ -68,18 +68,29 @@ def test_message_uuid_is_made_canonical(server):
     assert compact["uuid"] == str(message_uuid)
 
 
-def test_message_timestamp_is_reserialised_as_naive_utc_with_microseconds(server):
+def test_message_timestamp_round_trips_as_channelstream_writes_it(server, join):
+    """Channelstream 0.7.1 answers (and keeps in history) a client-given time re-serialised by
+    isoformat(): no fraction when it is zero, the zone kept; it delivers UTC as "Z"."""
     channel = unique("ch")
-    server.channel_config({channel: {}})
-    cases = {
-        "2021-03-04T05:06:07": "2021-03-04T05:06:07.000000",
-        "2021-03-04T05:06:07.5": "2021-03-04T05:06:07.500000",
-        "2021-03-04T05:06:07Z": "2021-03-04T05:06:07.000000",
-        "2021-03-04T05:06:07.000001+02:00": "2021-03-04T03:06:07.000001",
+    server.channel_config({channel: {"store_history": True, "history_size": 100}})
+    _, client = join(server, unique("u"), [channel])
+    cases = {   # sent: (answered and kept, delivered)
+        "2021-03-04T05:06:07": ("2021-03-04T05:06:07", "2021-03-04T05:06:07"),
+        "2021-03-04T05:06:07.000000": ("2021-03-04T05:06:07", "2021-03-04T05:06:07"),
+        "2021-03-04T05:06:07.5": ("2021-03-04T05:06:07.500000", "2021-03-04T05:06:07.500000"),
+        "2021-03-04T05:06:07.123456": ("2021-03-04T05:06:07.123456",
+                                       "2021-03-04T05:06:07.123456"),
+        "2021-03-04 05:06:07": ("2021-03-04T05:06:07", "2021-03-04T05:06:07"),
+        "2021-03-04T05:06:07Z": ("2021-03-04T05:06:07+00:00", "2021-03-04T05:06:07Z"),
+        "2021-03-04T05:06:07+00:00": ("2021-03-04T05:06:07+00:00", "2021-03-04T05:06:07Z"),
+        "2021-03-04T05:06:07.000001+02:00": ("2021-03-04T05:06:07.000001+02:00",
+                                             "2021-03-04T05:06:07.000001+02:00"),
     }
-    for sent, echoed in cases.items():
-        (item,) = server.message({"user": "a", "channel": channel, "timestamp": sent})
-        assert item["timestamp"] == echoed, sent
+    answered = [server.message({"user": "a", "channel": channel, "timestamp": sent})[0]
+                for sent in cases]
+    assert [item["timestamp"] for item in answered] == [kept for kept, _ in cases.values()]
+    assert [e["timestamp"] for e in client.take(len(cases))] == [out for _, out in cases.values()]
+    assert [e["timestamp"] for e in server.history(channel)] == [kept for kept, _ in cases.values()]
 
 
 def test_message_invalid_uuid_or_timestamp_is_422(server):
