@@ -1,6 +1,6 @@
 """The browser client, clients/js/shardcast.js: its unit tests, and it in headless Chromium
-against a real server (websocket, reconnect and re-subscribe, long-polling fallback,
-heartbeats, disconnect)."""
+against a real server (websocket, reconnect and re-subscribe, long-polling fallback and the
+return to the websocket, heartbeats, disconnect)."""
 
 import pytest
 

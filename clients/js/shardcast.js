@@ -4,8 +4,9 @@
  * Your page talks to your own backend (connectUrl, subscribeUrl, ...), which authorizes the
  * user and calls shardcast with its secret; the page then receives messages over the websocket
  * whose `ws_url` the connect answer carries, or by long polling `/listen` on the shardcast API
- * when websockets fail. Lost transports come back by themselves, with capped exponential
- * backoff and jitter, and the connection's channels are subscribed again.
+ * when websockets fail, trying the websocket again now and then to move back to it. Lost
+ * transports come back by themselves, with capped exponential backoff and jitter, and the
+ * connection's channels are subscribed again.
  *
  * The interface follows Channelstream's ChannelStreamConnection, so a frontend written for it
  * ports with small changes (see README.md in this folder).
@@ -65,6 +66,22 @@ function withConnId(url, connId) {
   return `${url}${separator}conn_id=${encodeURIComponent(connId)}`;
 }
 
+/** initial * factor ** attempt, capped at max, jittered to between half and all of that (ms). */
+function backoffDelay({initial, factor, max}, attempt, random) {
+  const ceiling = Math.min(max, initial * factor ** attempt);
+  return ceiling / 2 + random() * ceiling / 2;
+}
+
+/** Close ``socket`` after silencing its handlers; it may be closed already. */
+function closeQuietly(socket, code) {
+  socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
+  try {
+    socket.close(code);
+  } catch (error) {
+    // already closed
+  }
+}
+
 function sameList(a, b) {
   return a.length === b.length && a.every((item, index) => item === b[index]);
 }
@@ -117,13 +134,17 @@ export class ShardcastConnection {
     this.websocketAttempts = 2;
     /** Reconnect delays: initial * factor ** attempt, capped at max, with jitter (ms). */
     this.backoff = {initial: 500, factor: 2, max: 30000};
+    /** Delays, shaped like `backoff`, between tries of the websocket while long polling;
+     *  null: stay on long polling until the next connect(). */
+    this.websocketRetry = {initial: 5000, factor: 2, max: 60000};
 
     /** Functions that may change a request `{url, method, headers, body, credentials}`. */
     this.mutators = Object.fromEntries(MUTATOR_TYPES.map((type) => [type, []]));
 
     // Callbacks; the Channelstream-style methods (listenMessageCallback, ...) are called too.
     this.onMessage = null;        // (envelopes: object[]) for every non-empty frame
-    this.onOpen = null;           // ({transport}) when a websocket or long poll is attached
+    this.onOpen = null;           // ({transport}) when a websocket or long poll is attached,
+                                  // and when the client moves from long polling to a websocket
     this.onClose = null;          // (event) when it is lost or closed
     this.onError = null;          // (error) transport and request errors
     this.onChannelsUpdate = null; // (channels: string[]) when the channel list changes
@@ -135,6 +156,8 @@ export class ShardcastConnection {
     this._generation = 0;     // bumps on every new transport: older callbacks are ignored
     this._attempt = 0;        // reconnects since the last successful open
     this._websocketFailures = 0;
+    this._websocketRetries = 0;  // websocket tries since the client last had one open
+    this._probe = null;       // {socket, open, frames}: a websocket tried while long polling
     this._closing = false;
     this._timers = {};
     this._poll = null;
@@ -253,13 +276,15 @@ export class ShardcastConnection {
   _listen() {
     this._dropTransport(null);
     const generation = ++this._generation;
-    const websocket = !this.noWebsocket && this._env.WebSocket && this._wsUrl
-      && this._websocketFailures < this.websocketAttempts;
-    if (websocket) {
+    if (this._websocketPossible() && this._websocketFailures < this.websocketAttempts) {
       this._openWebsocket(generation);
     } else {
       this._longPoll(generation);
     }
+  }
+
+  _websocketPossible() {
+    return Boolean(!this.noWebsocket && this._env.WebSocket && this._wsUrl);
   }
 
   _openWebsocket(generation) {
@@ -273,28 +298,35 @@ export class ShardcastConnection {
       return;
     }
     this.websocket = socket;
-    let opened = false;
     socket.onopen = () => {
-      if (generation !== this._generation) return;
-      opened = true;
-      this._websocketFailures = 0;
-      this._opened('websocket');
-      this._startHeartbeats(generation);
-      this._alive(generation);
-    };
-    socket.onmessage = (event) => {
-      if (generation !== this._generation) return;
-      this._alive(generation);
-      this._receive(event.data);
+      if (generation === this._generation) this._useWebsocket(socket, generation);
     };
     socket.onerror = (event) => {
       if (generation === this._generation) this._emit('error', event);
     };
     socket.onclose = (event) => {
       if (generation !== this._generation) return;
-      if (!opened) this._websocketFailures += 1;
+      this._websocketFailures += 1;  // it never opened
       this._lost(generation, event);
     };
+  }
+
+  /** The open ``socket`` carries the connection from now on. */
+  _useWebsocket(socket, generation) {
+    this.websocket = socket;
+    this._websocketFailures = 0;
+    this._websocketRetries = 0;
+    socket.onmessage = (event) => {
+      if (generation !== this._generation) return;
+      this._alive(generation);
+      this._receive(event.data);
+    };
+    socket.onclose = (event) => {
+      if (generation === this._generation) this._lost(generation, event);
+    };
+    this._opened('websocket');
+    this._startHeartbeats(generation);
+    this._alive(generation);
   }
 
   _receive(data) {
@@ -339,33 +371,114 @@ export class ShardcastConnection {
       return;
     }
     this._opened('longpoll');
+    this._retryWebsocketLater(generation);
+    const url = withConnId(base, this.connectionId);
     while (generation === this._generation) {
-      const controller = new AbortController();
-      this._poll = controller;
-      const request = {method: 'GET', url: withConnId(base, this.connectionId)};
-      let response;
-      let text;
-      try {
-        response = await this._env.fetch(request.url,
-          {signal: controller.signal, cache: 'no-store'});
-        text = await response.text();
-      } catch (error) {
-        if (generation !== this._generation) return;
-        this._emit('error', new RequestError(request, 0, null, error));
-        this._lost(generation, {reason: 'long poll failed', error});
-        return;
-      }
+      const failure = await this._pollOnce(generation, url);
       if (generation !== this._generation) return;
-      if (!response.ok) {
-        // 401: the server no longer knows the connection; connect again.
-        if (response.status !== UNAUTHORIZED) {
-          this._emit('error', new RequestError(request, response.status, text));
-        }
-        this._lost(generation, {reason: `long poll answered ${response.status}`});
-        return;
+      if (this._probe && this._probe.open) {
+        // The shard answered this poll when the websocket attached: it was the last one.
+        this._switchToWebsocket(this._probe);
+      } else if (failure) {
+        this._lost(generation, failure);
       }
-      this._receive(text);
     }
+  }
+
+  /** One /listen; resolves to null once its answer is delivered, else to why it failed. */
+  async _pollOnce(generation, url) {
+    const controller = new AbortController();
+    this._poll = controller;
+    const request = {method: 'GET', url};
+    let response;
+    let text;
+    try {
+      response = await this._env.fetch(url, {signal: controller.signal, cache: 'no-store'});
+      text = await response.text();
+    } catch (error) {
+      if (generation === this._generation) {
+        this._emit('error', new RequestError(request, 0, null, error));
+      }
+      return {reason: 'long poll failed', error};
+    } finally {
+      if (this._poll === controller) this._poll = null;
+    }
+    if (generation !== this._generation) return null;
+    if (!response.ok) {
+      // 401: the server no longer knows the connection; connect again.
+      if (response.status !== UNAUTHORIZED) {
+        this._emit('error', new RequestError(request, response.status, text));
+      }
+      return {reason: `long poll answered ${response.status}`};
+    }
+    this._receive(text);
+    return null;
+  }
+
+  // -- moving back from long polling to a websocket ---------------------------------------
+
+  _retryWebsocketLater(generation) {
+    if (!this.websocketRetry || !this._websocketPossible()) return;
+    const delay = backoffDelay(this.websocketRetry, this._websocketRetries, this._env.random);
+    this._websocketRetries += 1;
+    this._timers.websocketRetry = this._env.setTimeout(() => {
+      this._timers.websocketRetry = null;
+      if (generation === this._generation) this._probeWebsocket(generation);
+    }, delay);
+  }
+
+  /**
+   * Open a websocket beside the long poll. When it opens, the shard answers the poll in flight
+   * at once and delivers on the websocket from then on; frames that arrive on it before that
+   * answer wait in ``frames``, so the app gets everything in the order it was sent.
+   */
+  _probeWebsocket(generation) {
+    let socket;
+    try {
+      socket = new this._env.WebSocket(this._wsUrl);
+    } catch (error) {
+      this._emit('error', error);
+      this._retryWebsocketLater(generation);
+      return;
+    }
+    const probe = {socket, open: false, frames: []};
+    this._probe = probe;
+    // A websocket that neither opens nor fails (a proxy that swallows it) is given up.
+    this._timers.probe = this._env.setTimeout(() => {
+      this._timers.probe = null;
+      this._endProbe();
+      this._retryWebsocketLater(generation);
+    }, this.livenessTimeout);
+    socket.onopen = () => {
+      probe.open = true;
+      this._cancel('probe');
+    };
+    socket.onmessage = (event) => probe.frames.push(event.data);
+    socket.onerror = (event) => this._emit('error', event);
+    socket.onclose = () => {
+      this._cancel('probe');
+      this._probe = null;
+      // Closed before it took over: failed to open, or a poll that reached the shard after
+      // it took delivery back; whatever the websocket carried came before that poll's answer.
+      probe.frames.forEach((data) => this._receive(data));
+      this._retryWebsocketLater(generation);
+    };
+  }
+
+  /** The poll in flight when ``probe`` opened is answered: the websocket takes over. */
+  _switchToWebsocket(probe) {
+    this._probe = null;
+    const generation = ++this._generation;  // ends the poll loop
+    this._useWebsocket(probe.socket, generation);
+    probe.frames.forEach((data) => this._receive(data));
+  }
+
+  /** Close the websocket being tried, if any, without a word to its handlers. */
+  _endProbe() {
+    const probe = this._probe;
+    this._probe = null;
+    this._cancel('probe');
+    if (probe) closeQuietly(probe.socket, 1000);
   }
 
   _opened(transport) {
@@ -387,15 +500,13 @@ export class ShardcastConnection {
     this._generation += 1;
     this._cancel('heartbeat');
     this._cancel('liveness');
+    this._cancel('websocketRetry');
+    this._endProbe();
     const socket = this.websocket;
     this.websocket = null;
     if (socket) {
-      socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
-      try {
-        socket.close(event && event.code === LIVENESS_CLOSE_CODE ? LIVENESS_CLOSE_CODE : 1000);
-      } catch (error) {
-        // already closed
-      }
+      closeQuietly(socket,
+        event && event.code === LIVENESS_CLOSE_CODE ? LIVENESS_CLOSE_CODE : 1000);
     }
     if (this._poll) {
       this._poll.abort();
@@ -411,10 +522,8 @@ export class ShardcastConnection {
 
   _reconnectLater() {
     if (this._closing || !this.shouldReconnect || this._timers.reconnect) return;
-    const {initial, factor, max} = this.backoff;
-    const ceiling = Math.min(max, initial * factor ** this._attempt);
+    const delay = backoffDelay(this.backoff, this._attempt, this._env.random);
     this._attempt += 1;
-    const delay = ceiling / 2 + this._env.random() * ceiling / 2;
     this._timers.reconnect = this._env.setTimeout(() => {
       this._timers.reconnect = null;
       this.connect().catch(() => {});  // reported through onConnectError

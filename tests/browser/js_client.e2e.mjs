@@ -2,11 +2,14 @@
 // The server is silent (no [] heartbeats) and collects connections idle for 3 s, so only the
 // client's own heartbeats keep a websocket alive.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import {after, before, test} from 'node:test';
 
-import {API, api, apiOk, launch, newPage, unique, waitFor} from './lib.mjs';
+import {API, api, apiOk, launch, newPage, sleep, unique, waitFor} from './lib.mjs';
 
 const APP = 'http://app.test';
+const POLL_ANSWER_LAG = 200;  // ms
+const STREAM_PAUSE = 20;  // ms between streamed messages
 let browser;
 
 before(async () => {
@@ -86,6 +89,106 @@ function say(channel, text) {
   return apiOk('POST', '/message', [{channel, user: 'backend', message: {text}}]);
 }
 
+/** Posts to `channel` one message at a time and remembers the texts, in order. */
+function messenger(channel) {
+  const sent = [];
+  const post = (text) => {
+    sent.push(text);
+    return say(channel, text);
+  };
+  return {
+    sent,
+    async burst(prefix, count) {
+      for (let i = 0; i < count; i++) await post(`${prefix} ${i}`);
+    },
+    /** Post `${prefix} 0`, `${prefix} 1`, ... until the returned function is called. */
+    stream(prefix) {
+      let streaming = true;
+      const done = (async () => {
+        for (let i = 0; streaming; i++) {
+          await post(`${prefix} ${i}`);
+          await sleep(STREAM_PAUSE);
+        }
+      })();
+      return () => {
+        streaming = false;
+        return done;
+      };
+    },
+  };
+}
+
+/** /listen answers reach the page late, so what a websocket carries can overtake them. */
+function delayPollAnswers(page) {
+  return page.route(`${API}/listen?*`, async (route) => {
+    const response = await route.fetch();
+    await sleep(POLL_ANSWER_LAG);
+    await route.fulfill({response});
+  });
+}
+
+/** `window.pollsOnWebsocket`: polls the page starts while its client is on the websocket. */
+function countPollsOnWebsocket(page) {
+  return page.evaluate(() => {
+    const fetch = window.fetch;
+    window.pollsOnWebsocket = 0;
+    window.fetch = (url, init) => {
+      if (new URL(url, location.href).pathname === '/listen'
+          && window.conn.transport === 'websocket') {
+        window.pollsOnWebsocket += 1;
+      }
+      return fetch(url, init);
+    };
+  });
+}
+
+/**
+ * A loopback TCP proxy in front of a shard's websocket port: `forward(wsUrl)` points the URL at
+ * it; while `blocked`, it drops each connection as soon as it is made.
+ */
+class TcpGate {
+  constructor() {
+    this.blocked = true;
+    this.refused = 0;
+    this.target = null;
+    this.sockets = new Set();
+    this.server = net.createServer((client) => this._accept(client));
+  }
+
+  async listen() {
+    await new Promise((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return this;
+  }
+
+  forward(wsUrl) {
+    const url = new URL(wsUrl);
+    this.target = Number(url.port);
+    url.port = String(this.server.address().port);
+    return url.href;
+  }
+
+  _accept(client) {
+    if (this.blocked) {
+      this.refused += 1;
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(this.target, '127.0.0.1');
+    for (const [from, to] of [[client, upstream], [upstream, client]]) {
+      this.sockets.add(from);
+      from.on('close', () => this.sockets.delete(from));
+      from.pipe(to);
+      from.on('error', () => to.destroy());
+      from.on('close', () => to.destroy());
+    }
+  }
+
+  close() {
+    this.server.close();
+    this.sockets.forEach((socket) => socket.destroy());
+  }
+}
+
 test('connects over the websocket of ws_url and receives messages', async () => {
   const {page} = await appPage();
   const room = unique('room');
@@ -130,6 +233,48 @@ test('falls back to long polling /listen when websockets fail', async () => {
   await say(room, 'by long poll');
   await waitFor(async () => (await texts(page)).includes('by long poll'),
     'a message by long poll');
+  await page.close();
+});
+
+test('returns from long polling to the websocket once it opens, losing nothing', async (t) => {
+  const gate = await new TcpGate().listen();
+  t.after(() => gate.close());
+  const {page, backend} = await appPage({rewriteWsUrl: (url) => gate.forward(url)});
+  await delayPollAnswers(page);
+  await countPollsOnWebsocket(page);
+  const room = unique('room');
+  await startClient(page, {username: unique('grace'), channels: [room], serverUrl: API,
+    websocketRetry: {initial: 300, factor: 2, max: 600}});
+  await waitFor(() => page.evaluate(() => window.conn.transport === 'longpoll'),
+    'the long-poll fallback');
+  const messages = messenger(room);
+  await messages.burst('before', 5);
+  await waitFor(async () => (await texts(page)).length === 5, 'messages by long poll');
+  const attempts = await page.evaluate(() => window.conn.websocketAttempts);
+  await waitFor(() => gate.refused >= attempts + 2, 'the client to retry the websocket');
+  const connects = backend.connects.length;
+
+  const stopStream = messages.stream('during');
+  await sleep(300);
+  gate.blocked = false;
+  await waitFor(() => page.evaluate(() => window.conn.transport === 'websocket'),
+    'the move back to the websocket');
+  await sleep(300);
+  await stopStream();
+  await messages.burst('after', 5);
+
+  await waitFor(async () => (await texts(page)).length >= messages.sent.length, 'every message');
+  await sleep(1500);  // longer than the server holds a poll (1 s): a poll would have come back
+  assert.deepEqual(await texts(page), messages.sent);  // each exactly once, in order
+  const state = await page.evaluate(() => ({port: new URL(window.conn.websocket.url).port,
+    opens: window.events.filter((e) => e[0] === 'open').map((e) => e[1]),
+    closes: window.events.filter((e) => e[0] === 'close').length,
+    pollsOnWebsocket: window.pollsOnWebsocket}));
+  assert.equal(state.port, String(gate.server.address().port));
+  assert.deepEqual(state.opens, ['longpoll', 'websocket']);
+  assert.equal(state.closes, 0);
+  assert.equal(state.pollsOnWebsocket, 0);
+  assert.equal(backend.connects.length, connects);  // moved back without a new connect
   await page.close();
 });
 

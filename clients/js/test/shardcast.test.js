@@ -212,6 +212,123 @@ describe('long polling', () => {
   });
 });
 
+/** A client that fell back to long polling; `polls` are the /listen calls, answered at will. */
+async function polling(settings, routes) {
+  const polls = [];
+  const world = setup({'http://api/listen': (call) => {
+    const answer = deferred();
+    polls.push({call, answer});
+    return answer.promise;
+  }, ...routes}, {websocketRetry: {initial: 1000, factor: 2, max: 4000}, ...settings});
+  await world.client.connect();
+  for (let i = 0; i < world.client.websocketAttempts; i++) {
+    world.sockets.at(-1).fail();
+    await world.clock.advance(world.clock.pending()[0]);
+  }
+  assert.equal(world.client.transport, 'longpoll');
+  return {...world, polls};
+}
+
+const envelope = (n) => ({type: 'message', channel: 'a', uuid: `u${n}`, message: {n}});
+
+describe('moving back to the websocket', () => {
+  test('while long polling, the websocket is tried again with capped, jittered backoff',
+    async () => {
+      const {clock, sockets, polls} = await polling();
+      const delays = [];
+      for (let i = 0; i < 4; i++) {
+        delays.push(clock.pending()[0]);
+        const before = sockets.length;
+        await clock.advance(clock.pending()[0]);
+        assert.equal(sockets.length, before + 1);
+        assert.equal(sockets.at(-1).url, WS_URL);
+        sockets.at(-1).fail();
+        await settle();
+      }
+      // random() = 0.5: each delay is 3/4 of its ceiling 1000, 2000, 4000, 4000
+      assert.deepEqual(delays, [750, 1500, 3000, 3000]);
+      assert.equal(polls.length, 1);  // the long poll went on meanwhile
+    });
+
+  test('once the websocket opens, the poll in flight is the last; its answer comes first',
+    async () => {
+      const {client, clock, sockets, polls, events} = await polling({heartbeatInterval: 1000});
+      await clock.advance(clock.pending()[0]);
+      const socket = sockets.at(-1);
+      socket.open();
+      socket.receive([envelope(2)]);  // the shard sent these after answering the poll
+      assert.equal(client.transport, 'longpoll');
+      polls[0].answer.resolve({body: [envelope(1)]});
+      await settle();
+      socket.receive([envelope(3)]);
+      assert.deepEqual(events.slice(-4), [['message', [envelope(1)]], ['open', 'websocket'],
+        ['message', [envelope(2)]], ['message', [envelope(3)]]]);
+      assert.equal(events.filter((e) => e[0] === 'close').length, 0);
+      assert.equal(client.transport, 'websocket');
+      assert.equal(client.websocket, socket);
+      await clock.advance(2500);
+      assert.equal(polls.length, 1);
+      assert.deepEqual(socket.sent, Array(2).fill('{"type":"heartbeat"}'));
+    });
+
+  test('a poll that fails after the websocket opened still hands over to it', async () => {
+    const {client, clock, sockets, polls, fetch} = await polling();
+    const calls = fetch.calls.length;
+    await clock.advance(clock.pending()[0]);
+    sockets.at(-1).open();
+    polls[0].answer.reject(new TypeError('network'));
+    await settle();
+    assert.equal(client.transport, 'websocket');
+    await clock.advance(10000);
+    assert.equal(fetch.calls.length, calls);  // neither a reconnect nor another poll
+  });
+
+  test('a websocket closed before the poll was answered gives delivery back to the poll',
+    async () => {
+      const {client, clock, sockets, polls, events} = await polling();
+      await clock.advance(clock.pending()[0]);
+      const socket = sockets.at(-1);
+      socket.open();
+      socket.receive([envelope(1)]);
+      socket.drop(1000);  // the poll reached the shard after the websocket and took over
+      assert.deepEqual(events.at(-1), ['message', [envelope(1)]]);
+      polls[0].answer.resolve({body: [envelope(2)]});
+      await settle();
+      assert.deepEqual(events.at(-1), ['message', [envelope(2)]]);
+      assert.equal(client.transport, 'longpoll');
+      assert.equal(polls.length, 2);
+      assert.deepEqual(clock.pending(), [1500]);  // and tries again later
+    });
+
+  test('a websocket that never opens is given up after livenessTimeout', async () => {
+    const {clock, sockets} = await polling({livenessTimeout: 3000});
+    await clock.advance(clock.pending()[0]);
+    const socket = sockets.at(-1);
+    await clock.advance(2900);
+    assert.equal(socket.closedWith, null);
+    await clock.advance(100);
+    assert.equal(socket.closedWith, 1000);
+    assert.deepEqual(clock.pending(), [1500]);
+  });
+
+  test('disconnect() stops the tries and closes the websocket being tried', async () => {
+    const {client, clock, sockets} = await polling({},
+      {'http://api/disconnect': () => ({body: true})});
+    await clock.advance(clock.pending()[0]);
+    const socket = sockets.at(-1);
+    await client.disconnect();
+    assert.equal(socket.closedWith, 1000);
+    await clock.advance(60000);
+    assert.equal(sockets.at(-1), socket);
+  });
+
+  test('websocketRetry: null stays on long polling', async () => {
+    const {clock, sockets} = await polling({websocketRetry: null});
+    await clock.advance(60000);
+    assert.equal(sockets.length, 2);
+  });
+});
+
 describe('backend calls', () => {
   test('subscribe and unsubscribe post conn_id and keep channels from the answers', async () => {
     const {client, fetch, events} = await connected({
