@@ -112,16 +112,23 @@ class Channel:
                 return
 
     def info(self, include_history: bool, include_users: bool) -> dict[str, Any]:
-        users = sorted(self.user_conns) if include_users else []
-        stamp = datetime.fromtimestamp(self.last_active, timezone.utc)
-        return {
-            "uuid": self.uuid,
-            "name": self.name,
-            "long_name": None,
-            "settings": dict(self.settings),
-            "history": list(self.history or ()) if include_history else [],
-            "last_active": stamp.strftime(TIME_FORMAT),
-            "total_connections": len(self.conns),
-            "total_users": len(users),
-            "users": users,
-        }
+        return describe(self.name, self.uuid, self.settings,
+                        list(self.history or ()) if include_history else [], self.last_active,
+                        len(self.conns), sorted(self.user_conns) if include_users else [])
+
+
+def describe(name: str, uuid: str, settings: dict, history: list, last_active: float,
+             connections: int, users: list[str]) -> dict[str, Any]:
+    """A channel's Info entry (API.md); ``last_active`` in unix seconds."""
+    stamp = datetime.fromtimestamp(last_active, timezone.utc)
+    return {
+        "uuid": uuid,
+        "name": name,
+        "long_name": None,
+        "settings": dict(settings),
+        "history": history,
+        "last_active": stamp.strftime(TIME_FORMAT),
+        "total_connections": connections,
+        "total_users": len(users),
+        "users": users,
+    }

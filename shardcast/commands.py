@@ -16,6 +16,10 @@ from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, Mes
                       SubscribeBody, UserStateBody, encode_checked)
 
 
+NOT_ELSEWHERE = object()    # _elsewhere(): this node answers
+GONE = object()             # a directory's forward(): the holding node is gone
+
+
 def _checked(reply: Any) -> Any:
     if isinstance(reply, dict) and "error" in reply:
         raise Invalid(reply["error"], reply.get("status", 422))
@@ -27,15 +31,69 @@ def _settings(configs: dict, name: str) -> dict | None:
     return msgspec.structs.asdict(config) if config is not None else None
 
 
+class LocalDirectory:
+    """Where things are on one node: every connection here, every channel owned by one of its
+    shards. A cluster node uses ``redis.node.Node``, which answers the same questions."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def down(self) -> bool:
+        return False
+
+    async def holder(self, conn_id: str) -> str | None:
+        """The node holding ``conn_id`` if it is another one: never, here."""
+        return None
+
+    async def forward(self, node: str, op: str, args: dict, timeout: float = 0) -> Any:
+        raise AssertionError("one node has no other node to forward to")
+
+    async def conn_channels(self, conn_ids: list[str]) -> list[str]:
+        calls = {shard: {"conn_ids": ids} for shard, ids in self.cluster.group(conn_ids).items()}
+        return sorted({name for found in await self.cluster.call_many(calls, "conn_channels")
+                       for name in found})
+
+    async def channel_names(self) -> list[str] | None:
+        """None: each shard lists the channels it owns."""
+        return None
+
+    async def figures(self, shards: list[dict]) -> dict:
+        return {
+            "remembered_user_count": sum(s["users"] for s in shards),
+            "unique_user_count": sum(s["users_connected"] for s in shards),
+            "total_connections": sum(s["connections"] for s in shards),
+            "total_channels": sum(s["channels"] for s in shards),
+            "total_messages": sum(s["messages_delivered"] for s in shards),
+            "total_unique_messages": sum(s["messages_published"] for s in shards),
+        }
+
+
 class Commands:
-    def __init__(self, cluster: Cluster, config: Config) -> None:
+    def __init__(self, cluster: Cluster, config: Config, directory: Any = None) -> None:
         self.cluster = cluster
         self.config = config
+        self.directory = directory or LocalDirectory(cluster)
         self.started = time.time()
+
+    async def _elsewhere(self, conn_id: str, op: str, args: dict,
+                         timeout: float | None = None) -> Any:
+        """The answer of the node holding ``conn_id`` when that is another node, else
+        NOT_ELSEWHERE (then this node answers: it holds the connection, or nobody does)."""
+        node = await self.directory.holder(conn_id)
+        if node is None:
+            return NOT_ELSEWHERE
+        extra = {} if timeout is None else {"timeout": timeout}
+        answer = await self.directory.forward(node, op, args, **extra)
+        return NOT_ELSEWHERE if answer is GONE else answer
 
     # -- connections ----------------------------------------------------------------
 
     async def connect(self, body: ConnectBody, host: str) -> dict:
+        if body.conn_id:
+            answer = await self._elsewhere(str(body.conn_id), "connect",
+                                           {"body": msgspec.to_builtins(body), "host": host})
+            if answer is not NOT_ELSEWHERE:
+                return answer
         conn_id = str(body.conn_id) if body.conn_id else envelopes.new_uuid()
         shard = self.cluster.owner(conn_id)
         opened = _checked(await self.cluster.call(shard, "conn_open", {
@@ -79,11 +137,14 @@ class Commands:
 
     async def subscribe(self, body: SubscribeBody) -> dict:
         conn_id = str(body.conn_id)
+        answer = await self._elsewhere(conn_id, "subscribe", msgspec.to_builtins(body))
+        if answer is not NOT_ELSEWHERE:
+            return answer
         joined = _checked(await self.cluster.call(
             self.cluster.owner(conn_id), "conn_subscribe",
             {"conn_id": conn_id, "channels": body.channels}))
-        public = await self.cluster.call(self.cluster.owner(joined["user"]), "user_public",
-                                         {"user": joined["user"]})
+        public = _checked(await self.cluster.call(self.cluster.owner(joined["user"]),
+                                                  "user_public", {"user": joined["user"]}))
         self._join(joined["new"], conn_id, joined["user"], public, body.channel_configs)
         return {"channels": joined["all"],
                 "channels_info": await self.info(body.info, joined["all"]),
@@ -91,6 +152,9 @@ class Commands:
 
     async def unsubscribe(self, body: SubscribeBody) -> dict:
         conn_id = str(body.conn_id)
+        answer = await self._elsewhere(conn_id, "unsubscribe", msgspec.to_builtins(body))
+        if answer is not NOT_ELSEWHERE:
+            return answer
         left = _checked(await self.cluster.call(
             self.cluster.owner(conn_id), "conn_unsubscribe",
             {"conn_id": conn_id, "channels": body.channels}))
@@ -101,11 +165,18 @@ class Commands:
                 "unsubscribed_from": left["left"]}
 
     async def disconnect(self, conn_id: str) -> bool:
+        answer = await self._elsewhere(conn_id, "disconnect", {"conn_id": conn_id})
+        if answer is not NOT_ELSEWHERE:
+            return answer
         return await self.cluster.call(self.cluster.owner(conn_id), "conn_close",
                                        {"conn_id": conn_id})
 
     async def listen(self, conn_id: str) -> bytes | None:
         """The next batch of envelopes as a JSON array; None for an unknown connection."""
+        wait = self.config.wake_connections_after + 10
+        answer = await self._elsewhere(conn_id, "listen", {"conn_id": conn_id}, wait)
+        if answer is not NOT_ELSEWHERE:
+            return answer
         frames = await self.cluster.call(self.cluster.owner(conn_id), "listen",
                                          {"conn_id": conn_id}, raw=True,
                                          timeout=self.config.wake_connections_after + 10)
@@ -166,9 +237,7 @@ class Commands:
 
     async def _spread_state(self, user: str, result: dict) -> None:
         """Refresh the user's public state in its channels; notify where configured."""
-        calls = {shard: {"conn_ids": ids} for shard, ids in self.cluster.group(result["conns"]).items()}
-        names = sorted({name for found in await self.cluster.call_many(calls, "conn_channels")
-                        for name in found})
+        names = await self.directory.conn_channels(result["conns"])
         for shard, group in self.cluster.group(names).items():
             self.cluster.cast(shard, "state_change", {
                 "channels": group, "user": user, "public_state": result["public_state"],
@@ -179,7 +248,7 @@ class Commands:
                  for shard, names in self.cluster.group(configs).items()}
         channels: dict = {}
         for found in await self.cluster.call_many(calls, "configure"):
-            channels.update(found)
+            channels.update(_checked(found))
         return {"channels": channels, "users": []}
 
     async def info(self, flags: InfoFlags, names: list[str] | None = None) -> dict:
@@ -187,13 +256,15 @@ class Commands:
         args = {"exclude": flags.exclude_channels, "history": flags.include_history,
                 "users": flags.include_users}
         if names is None:
+            names = await self.directory.channel_names()
+        if names is None:
             calls = {shard: {**args, "channels": None} for shard in range(self.cluster.shards)}
         else:
             calls = {shard: {**args, "channels": group}
                      for shard, group in self.cluster.group(names).items()}
         channels: dict = {}
         for found in await self.cluster.call_many(calls, "info"):
-            channels.update(found)
+            channels.update(_checked(found))
         users: list = []
         if flags.include_users:
             members = sorted({user for channel in channels.values() for user in channel["users"]})
@@ -201,7 +272,7 @@ class Commands:
                              "connections": flags.include_connections}
                      for shard, group in self.cluster.group(members).items()}
             for found in await self.cluster.call_many(calls, "user_states"):
-                users.extend(found)
+                users.extend(_checked(found))
             users.sort(key=lambda entry: entry["user"])
         return {"channels": dict(sorted(channels.items())), "users": users}
 
@@ -211,12 +282,7 @@ class Commands:
             figures["restarts"] = restarts
         info = await self.info(InfoFlags(include_history=False, include_connections=True))
         return {
-            "remembered_user_count": sum(s["users"] for s in shards),
-            "unique_user_count": sum(s["users_connected"] for s in shards),
-            "total_connections": sum(s["connections"] for s in shards),
-            "total_channels": sum(s["channels"] for s in shards),
-            "total_messages": sum(s["messages_delivered"] for s in shards),
-            "total_unique_messages": sum(s["messages_published"] for s in shards),
+            **await self.directory.figures(shards),
             "channels": list(info["channels"].values()),
             "users": info["users"],
             "uptime": str(timedelta(seconds=int(time.time() - self.started))),

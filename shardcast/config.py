@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -108,8 +109,37 @@ class Config:
     shutdown_timeout: float = _key(
         5.0, "seconds SIGTERM waits for in-flight calls and shards before killing what is left"
     )
+    redis_url: str = _key(
+        "", "Redis that joins nodes into one cluster (redis://[:password@]host[:port][/db]); "
+        "empty: this node alone, in memory"
+    )
+    redis_prefix: str = _key(
+        "shardcast", "prefix of every Redis key, so that several clusters can share one Redis"
+    )
+    node_id: str = _key(
+        "", "this node's name in the cluster (logs, admin, metrics); empty: host name and API "
+        "port", default_text="host:port"
+    )
+    node_timeout: float = _key(
+        10.0, "seconds after which a node that stopped reporting is declared dead and one "
+        "other node removes its connections"
+    )
+    redis_timeout: float = _key(
+        2.0, "seconds a Redis call may take: calls that need Redis answer 503 after this while "
+        "it is unreachable"
+    )
+    history_ttl: float = _key(
+        86400.0, "seconds Redis keeps a channel's history, and a channel without members, "
+        "after its last use"
+    )
     log_level: str = _key("info", "one of debug, info, warning, error")
     log_format: str = _key("text", "text, or json: one JSON object per log line")
+
+
+    @property
+    def node(self) -> str:
+        """This node's id in the cluster."""
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
 
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -120,6 +150,7 @@ _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
     "heartbeat_interval", "ws_ping_interval", "signature_window", "shutdown_timeout",
+    "node_timeout", "redis_timeout", "history_ttl",
 )
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
           "max_message_size", "replay_cache_size")
@@ -280,6 +311,12 @@ def _range_problems(config: Config) -> dict[str, str]:
     for address in config.allow_posting_from:
         if not _is_ip(address):
             problems["allow_posting_from"] = "IP addresses (0.0.0.0 allows all)"
+    if config.redis_url and not _valid_redis_url(config.redis_url):
+        problems["redis_url"] = "redis://[:password@]host[:port][/db], or empty for one node"
+    if config.node_id and not _NAME.fullmatch(config.node_id):
+        problems["node_id"] = "letters, digits and . _ - : only"
+    if not _NAME.fullmatch(config.redis_prefix):
+        problems["redis_prefix"] = "letters, digits and . _ - : only"
     return problems
 
 
@@ -299,6 +336,18 @@ def _valid_ws_url_template(template: str) -> bool:
     except (KeyError, IndexError, ValueError, AttributeError):
         return False
     return url.startswith(("ws://", "wss://"))
+
+
+_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _valid_redis_url(url: str) -> bool:
+    from .redis.resp import Address      # imported only when a cluster is configured
+    try:
+        Address.parse(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_ip(address: str) -> bool:

@@ -76,6 +76,14 @@ def history_entry(item: dict[str, Any]) -> dict[str, Any]:
     return {"type": "message", "catchup": False, **item}
 
 
+def from_history(entry: dict[str, Any]) -> dict[str, Any]:
+    """The envelope of a message as its history entry now stands (edits applied)."""
+    envelope = message(entry)
+    if entry.get("edited") is not None:
+        envelope["edited"] = delivered_time(entry["edited"])
+    return envelope
+
+
 def edit(item: dict[str, Any]) -> dict[str, Any]:
     envelope = {"type": "message:edit", "uuid": item["uuid"], "channel": item["channel"],
                 "edited": delivered_time(item["edited"])}

@@ -33,6 +33,7 @@ SIGNATURE_HINTS = {
 COMPAT_OFF = ("x-channelstream-secret is turned off here (allow_compat_signatures = false): "
               "sign with x-shardcast-signature")
 SHUTTING_DOWN = {"server": ["Shutting down; retry in a moment"]}
+REDIS_DOWN = {"error": "Redis is unreachable; retry in a moment"}
 REPLAYED = "this signature was accepted before: sign every request afresh"
 
 
@@ -64,6 +65,7 @@ class HttpApi:
         }
         self.routes = {path: (methods, True) for path, methods in signed.items()}
         self.routes.update({path: (methods, False) for path, methods in public.items()})
+        self.needs_state = frozenset(self.routes)   # what a cluster node cannot answer alone
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -88,6 +90,8 @@ class HttpApi:
             refusal = self.authorize(request)
             if refusal is not None:
                 return refusal
+        if request.path in self.needs_state and self.commands.directory.down():
+            return json_response(REDIS_DOWN, 503)      # a cluster node without its Redis
         try:
             result = handler(request)
         except Invalid as error:

@@ -33,7 +33,11 @@ def channels(current: Collection[str], names: Iterable[str], limit: int) -> dict
 def user_connections(conns: Collection[str], conn_id: str, limit: int) -> dict | None:
     if conn_id in conns or not over(len(conns) + 1, limit):
         return None
-    return _refusal("username", f"This user holds {len(conns)} connections, the most allowed "
+    return user_connections_full(len(conns), limit)
+
+
+def user_connections_full(held: int, limit: int) -> dict:
+    return _refusal("username", f"This user holds {held} connections, the most allowed "
                     "(max_connections_per_user); disconnect one first")
 
 
@@ -41,6 +45,10 @@ def state_keys(state: dict, updates: dict, limit: int) -> dict | None:
     total = len(state.keys() | updates.keys())
     if not over(total, limit):
         return None
+    return state_keys_over(total, limit)
+
+
+def state_keys_over(total: int, limit: int) -> dict:
     return _refusal("user_state", f"A user's state may hold {limit} keys at most "
                     f"(max_state_keys); this would make {total}")
 

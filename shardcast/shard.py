@@ -61,6 +61,9 @@ class Shard(UserOwner, Recovery):
     def handlers(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.COMMANDS}
 
+    def start(self) -> None:
+        """Called once the shard's loop runs: on one node there is nothing else to open."""
+
     # -- connections owned here -------------------------------------------------
 
     def conn_open(self, args: dict) -> dict:

@@ -47,6 +47,7 @@ class Supervisor:
         self.ipc_dir = tempfile.mkdtemp(prefix="shardcast-")
         self.stopping = False
         self.spare: tuple[BaseProcess, Connection] | None = None
+        self.node = None        # this node in its cluster (redis.node.Node), when there is one
 
     async def start(self) -> None:
         await asyncio.gather(*(self._start_shard(i) for i in range(self.config.workers)))
@@ -112,6 +113,8 @@ class Supervisor:
 
     async def _restart(self, index: int) -> None:
         self.restarts[index] += 1
+        if self.node is not None:       # its connections are gone: so they must be in Redis
+            asyncio.ensure_future(self.node.remove_connections(self.node.id, index))
         try:
             await self._start_shard(index)
         except (StartupError, OSError) as error:
@@ -177,7 +180,14 @@ async def _serve(config: Config) -> bool:
         loop.add_signal_handler(signum, stop.set)
     try:
         await supervisor.start()
-        api = HttpApi(config, Commands(supervisor.cluster, config))
+        if config.redis_url:
+            from .redis.node import Node
+            supervisor.node = Node(config, supervisor.cluster)
+            await supervisor.node.start()
+        commands = Commands(supervisor.cluster, config, supervisor.node)
+        if supervisor.node is not None:
+            supervisor.node.commands = commands
+        api = HttpApi(config, commands)
         site = Site(api, supervisor)
         try:
             server = await loop.create_server(
@@ -191,6 +201,8 @@ async def _serve(config: Config) -> bool:
         api.closing = True
     finally:
         clean = await supervisor.stop(lambda: api is None or api.in_flight == 0)
+        if supervisor.node is not None:
+            supervisor.node.close()
     return clean
 
 

@@ -79,6 +79,18 @@ def standby_main(orders: mp_connection.Connection, config: Config, ipc_dir: str)
     shard_main(index, config, ipc_dir)
 
 
+FAILED = b'{"error": {"_server": ["shard failed on this command"]}}'
+
+
+def _reply_when_done(link: Link, request_id: int, result: asyncio.Future) -> None:
+    if result.cancelled() or result.exception() is not None:
+        if not result.cancelled():
+            log.error("a shard command failed", exc_info=result.exception())
+        link.reply(request_id, FAILED)
+    else:
+        link.reply(request_id, orjson.dumps(result.result()))
+
+
 class Worker:
     """Implements the actor's ``Net``: local calls for itself, IPC links to peers."""
 
@@ -86,7 +98,11 @@ class Worker:
         self.index = index
         self.config = config
         self.ipc_dir = ipc_dir
-        self.actor = Shard(index, config.workers, config, self)
+        if config.redis_url:     # a cluster node: channels and users live in Redis
+            from .redis.shard import ClusterShard
+            self.actor = ClusterShard(index, config.workers, config, self, config.node)
+        else:
+            self.actor = Shard(index, config.workers, config, self)
         self.handlers = self.actor.handlers()
         self.handlers["stats"] = self.stats
         self.peers: list[Link | None] = [None] * config.workers
@@ -118,6 +134,7 @@ class Worker:
             use_aiofastnet=False,   # measured: 20 KB vs 11 KB RSS per idle websocket, same CPU
             logger_name=PICOWS_LOG,
         )
+        self.actor.start()
         loop.call_later(SWEEP_INTERVAL, self.sweep)
         loop.call_later(self.config.heartbeat_interval, self.heartbeat)
         loop.call_later(self.config.ws_ping_interval, self.ping, time.monotonic())
@@ -213,12 +230,17 @@ class Worker:
                 self.stop()
             else:
                 result = self.handlers[command](args)
-                if kind == Kind.REQUEST:
+                if kind != Kind.REQUEST:
+                    return
+                if isinstance(result, asyncio.Future):   # answered by Redis (cluster)
+                    result.add_done_callback(functools.partial(_reply_when_done, link,
+                                                               request_id))
+                else:
                     link.reply(request_id, orjson.dumps(result))
         except Exception:
             log.exception("failed to handle an IPC frame")
             if kind == Kind.REQUEST:
-                link.reply(request_id, b'{"error": {"_server": ["shard failed on this command"]}}')
+                link.reply(request_id, FAILED)
 
     def listen(self, link: Link, request_id: int, args: dict) -> None:
         conn = self.actor.conns.get(args["conn_id"])

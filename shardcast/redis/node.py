@@ -1,0 +1,253 @@
+"""This node in the cluster, as its supervisor runs it.
+
+* **Registration**: every ``node_timeout / 5`` the node reports itself (a key that expires,
+  and its entry in the nodes hash: address, shards, connections, counters).
+* **Janitor**: a node whose key expired is dead; one live node (a lock in Redis) removes its
+  connections, which parts them from their channels (presence) and users. A node only acts as
+  janitor once it has itself been connected for ``node_timeout``: after a Redis outage the
+  live nodes get the time to report again first.
+* **Directory**: where a connection lives, and the connection commands (/subscribe,
+  /unsubscribe, /disconnect, /listen, /connect with a live conn_id) forwarded through Redis to
+  the node that holds it, which answers as if it had been called itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import msgspec
+import orjson
+
+from ..cluster import Cluster
+from ..commands import GONE
+from ..config import Config
+from ..schemas import ConnectBody, Invalid, SubscribeBody
+from .keys import Keys
+from .owner import REDIS_DOWN, RedisOwner
+from .resp import Redis, RedisUnavailable
+from .scripts import Scripts
+
+if TYPE_CHECKING:
+    from ..commands import Commands
+
+log = logging.getLogger("shardcast.node")
+FORWARD_TIMEOUT = 10.0      # seconds a forwarded command may take (a long poll: more)
+REPORTS_PER_TIMEOUT = 5     # reports per node_timeout; a node key lives 3 of them
+UNAVAILABLE = Invalid(REDIS_DOWN["error"], 503)
+
+
+class Node:
+    def __init__(self, config: Config, shards: Cluster) -> None:
+        self.config = config
+        self.id = config.node
+        self.shards = shards
+        self.keys = keys = Keys(config.redis_prefix)
+        self.scripts = Scripts()
+        self.redis = Redis(config.redis_url, config.redis_timeout, "supervisor",
+                           on_ready=self.scripts.load)
+        self.inbox = keys.node_inbox(self.id)
+        self.listener = Redis(config.redis_url, config.redis_timeout, "supervisor inbox",
+                              on_push=self.on_push, on_ready=self._listen)
+        self.owner = RedisOwner(config, self.id, 0, shards.shards, self.redis, self.scripts,
+                                keys)
+        self.commands: Commands | None = None       # set once made (they use this node)
+        self.pending: dict[bytes, asyncio.Future] = {}
+        self.ids = itertools.count()
+        self.interval = config.node_timeout / REPORTS_PER_TIMEOUT
+        self.up_since: float | None = None
+        self.cleaned = 0            # connections removed after dead nodes and shards
+
+    async def start(self) -> None:
+        self.redis.start()
+        self.listener.start()
+        if not await self.redis.wait_up(self.config.redis_timeout * 5):
+            log.warning("Redis at %s is not reachable yet; calls answer 503 until it is",
+                        self.config.redis_url)
+        asyncio.ensure_future(self._keep_reporting())
+
+    def down(self) -> bool:
+        return not self.redis.ready
+
+    # -- directory ------------------------------------------------------------------------
+
+    async def holder(self, conn_id: str) -> str | None:
+        """The node holding ``conn_id`` if it is another one."""
+        try:
+            node = await self.redis.call("HGET", self.keys.conn(conn_id), "node")
+        except (RedisUnavailable, RuntimeError):
+            raise UNAVAILABLE from None
+        return node.decode() if node is not None and node.decode() != self.id else None
+
+    async def forward(self, node: str, op: str, args: dict, timeout: float = FORWARD_TIMEOUT):
+        """``op`` run by ``node``; GONE when no such node listens any more."""
+        request_id = str(next(self.ids)).encode()
+        future = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        try:
+            receivers = await self.redis.call(
+                "PUBLISH", self.keys.node_inbox(node),
+                b"Q %s %s\n%s" % (request_id, self.inbox.encode(), orjson.dumps([op, args])))
+            if not receivers:
+                return GONE
+            status, body = await asyncio.wait_for(future, timeout)
+        except (RedisUnavailable, RuntimeError, asyncio.TimeoutError):
+            raise UNAVAILABLE from None
+        finally:
+            self.pending.pop(request_id, None)
+        if status == b"raw":
+            return body or None
+        answer = orjson.loads(body)
+        if status == b"invalid":
+            raise Invalid(answer["errors"], answer["status"])
+        return answer
+
+    async def conn_channels(self, conn_ids: list[str]) -> list[str]:
+        try:
+            names = await self.redis.call("SUNION", *(self.keys.conn_channels(c)
+                                                      for c in conn_ids))
+        except (RedisUnavailable, RuntimeError):
+            raise UNAVAILABLE from None
+        return sorted(name.decode() for name in names)
+
+    async def channel_names(self) -> list[str]:
+        try:
+            names = await self.redis.call("ZRANGE", self.keys.channels, 0, -1)
+        except (RedisUnavailable, RuntimeError):
+            raise UNAVAILABLE from None
+        return [name.decode() for name in names]
+
+    async def figures(self, shards: list[dict]) -> dict:
+        """admin.json's totals, over the whole cluster, and its nodes."""
+        call = self.redis.call
+        try:
+            reports, channels, users, online = await asyncio.gather(
+                call("HGETALL", self.keys.nodes), call("ZCARD", self.keys.channels),
+                call("ZCARD", self.keys.users), call("SCARD", self.keys.online))
+            nodes = [orjson.loads(reports[i + 1]) for i in range(0, len(reports), 2)]
+        except (RedisUnavailable, RuntimeError):
+            raise UNAVAILABLE from None
+        nodes.sort(key=lambda node: node["node_id"])
+        return {
+            "remembered_user_count": users,
+            "unique_user_count": online,
+            "total_connections": sum(node["connections"] for node in nodes),
+            "total_channels": channels,
+            "total_messages": sum(node["messages_delivered"] for node in nodes),
+            "total_unique_messages": sum(node["messages_published"] for node in nodes),
+            "nodes": nodes,
+        }
+
+    # -- serving other nodes -----------------------------------------------------------------
+
+    def _listen(self, listener: Redis) -> None:
+        listener.send_unanswered("SUBSCRIBE", self.inbox)
+
+    def on_push(self, reply: Any) -> None:
+        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
+            return
+        head, _, body = reply[2].partition(b"\n")
+        kind, request_id, extra = head.split(b" ")
+        if kind == b"R":
+            future = self.pending.get(request_id)
+            if future is not None and not future.done():
+                future.set_result((extra, body))
+        elif kind == b"Q":
+            op, args = orjson.loads(body)
+            asyncio.ensure_future(self._serve(request_id, extra, op, args))
+
+    async def _serve(self, request_id: bytes, reply_to: bytes, op: str, args: dict) -> None:
+        try:
+            answer = await self._run(op, args)
+            status, body = (b"raw", answer or b"") if op == "listen" else (b"ok",
+                                                                            orjson.dumps(answer))
+        except Invalid as error:
+            status, body = b"invalid", orjson.dumps({"errors": error.errors,
+                                                     "status": error.status})
+        except Exception:
+            log.exception("a forwarded %s failed", op)
+            status, body = b"invalid", orjson.dumps({"errors": {"error": "the node holding "
+                                                                "the connection failed"},
+                                                     "status": 503})
+        self.redis.send("PUBLISH", reply_to, b"R %s %s\n%s" % (request_id, status, body))
+
+    def _run(self, op: str, args: dict) -> Awaitable:
+        commands = self.commands
+        runs: dict[str, Callable[[], Awaitable]] = {
+            "connect": lambda: commands.connect(msgspec.convert(args["body"], ConnectBody),
+                                                args["host"]),
+            "subscribe": lambda: commands.subscribe(msgspec.convert(args, SubscribeBody)),
+            "unsubscribe": lambda: commands.unsubscribe(msgspec.convert(args, SubscribeBody)),
+            "disconnect": lambda: commands.disconnect(args["conn_id"]),
+            "listen": lambda: commands.listen(args["conn_id"]),
+        }
+        return runs[op]()
+
+    # -- registration and the janitor ---------------------------------------------------
+
+    async def _keep_reporting(self) -> None:
+        while True:
+            try:
+                await self._report()
+                await self._bury_the_dead()
+            except (RedisUnavailable, RuntimeError, ConnectionError) as error:
+                log.debug("node report failed: %s", error)
+                self.up_since = None
+            except Exception:
+                log.exception("node report failed")
+            await asyncio.sleep(self.interval)
+
+    async def _report(self) -> None:
+        stats = await self.shards.call_many(dict.fromkeys(range(self.shards.shards)), "stats")
+        report = {
+            "node_id": self.id,
+            "address": f"{self.config.host}:{self.config.port}",
+            "shards": self.shards.shards,
+            "connections": sum(s["connections"] for s in stats),
+            "messages_published": sum(s["messages_published"] for s in stats),
+            "messages_delivered": sum(s["messages_delivered"] for s in stats),
+            "last_seen": time.time(),
+        }
+        body = orjson.dumps(report)
+        ttl = int(self.interval * 3 * 1000)
+        await asyncio.gather(self.redis.call("SET", self.keys.node(self.id), body, "PX", ttl),
+                             self.redis.call("HSET", self.keys.nodes, self.id, body))
+        self.redis.ping()
+        if self.up_since is None:
+            self.up_since = time.monotonic()
+
+    async def _bury_the_dead(self) -> None:
+        if self.up_since is None or time.monotonic() - self.up_since < self.config.node_timeout:
+            return
+        for node in await self.redis.call("HKEYS", self.keys.nodes):
+            node = node.decode()
+            if node == self.id or await self.redis.call("EXISTS", self.keys.node(node)):
+                continue
+            if await self.redis.call("SET", self.keys.janitor(node), self.id, "NX", "PX",
+                                     int(self.config.node_timeout * 3000)):
+                log.warning("node %s stopped reporting; removing its connections", node)
+                await self.remove_connections(node)
+                await self.redis.call("HDEL", self.keys.nodes, node)
+
+    async def remove_connections(self, node: str, shard: int | None = None) -> None:
+        """Part a dead node's (or one of its shards') connections from their channels and
+        users, as their own shard would have."""
+        keys, call = self.keys, self.redis.call
+        for conn_id in await call("SMEMBERS", keys.node_conns(node)):
+            conn_id = conn_id.decode()
+            user, its_shard = await call("HMGET", keys.conn(conn_id), "user", "shard")
+            if shard is not None and its_shard is not None and int(its_shard) != shard:
+                continue
+            for name in await call("SMEMBERS", keys.conn_channels(conn_id)):
+                self.owner.leave({"channel": name.decode(), "conn_id": conn_id})
+            if user is not None:
+                self.owner.user_conn_gone({"user": user.decode(), "conn_id": conn_id})
+            await asyncio.gather(call("DEL", keys.conn(conn_id)),
+                                 call("SREM", keys.node_conns(node), conn_id))
+            self.cleaned += 1
+
+    def close(self) -> None:
+        self.redis.close()
+        self.listener.close()

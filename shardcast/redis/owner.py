@@ -1,0 +1,382 @@
+"""The channel-owner and user-owner commands of a shard, with the state kept in Redis.
+
+Same command names, arguments and answers as the in-memory owners (``shard.Shard``,
+``user.UserOwner``), so the supervisor's side of each API call is the same on one node and in
+a cluster. A node's owner shard of a channel is the one that talks to Redis about it: the calls
+it issues run in the order they were sent (one connection), which keeps an /info after a join
+showing the join. Requests answer with a future; a Redis that is away makes them answer a 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from .. import envelopes, limits
+from ..channel import DEFAULT_SETTINGS, describe
+from ..config import Config
+from ..routing import owner
+from ..user import UNKNOWN_USER
+from .keys import Keys
+from .resp import Redis, RedisUnavailable
+from .scripts import Scripts
+
+log = logging.getLogger("shardcast.redis")
+AMENDS = {"message:edit": "edit", "message:delete": "delete"}
+REDIS_DOWN = {"error": {"error": "Redis is unreachable; retry in a moment"}, "status": 503}
+MEMBER = b":"      # history members are b"<offset>:<entry JSON>"
+
+
+def meta_fields(settings: dict | None) -> list:
+    """A channel's settings as meta hash fields: the whole for /info, and the flags the
+    scripts read without decoding JSON."""
+    full = {**DEFAULT_SETTINGS, **(settings or {})}
+    flag = {True: 1, False: 0}
+    return ["settings", orjson.dumps(full), "store", flag[full["store_history"]],
+            "hsize", full["history_size"], "frames", flag[full["store_frames"]],
+            "presence", flag[full["notify_presence"]],
+            "lists", flag[full["broadcast_presence_with_user_lists"]],
+            "notify", flag[full["notify_state"]]]
+
+
+def history_entries(members: list[bytes]) -> list[tuple[int, dict]]:
+    """(offset, entry) from history members, oldest first."""
+    entries = []
+    for member in members:
+        offset, _, entry = member.partition(MEMBER)
+        entries.append((int(offset), orjson.loads(entry)))
+    return entries
+
+
+def _failed(reply: Any) -> bool:
+    return isinstance(reply, Exception)
+
+
+class RedisOwner:
+    """Owner commands on Redis; ``index`` and ``node_id`` name this shard's inbox."""
+
+    def __init__(self, config: Config, node_id: str, index: int, shards: int, redis: Redis,
+                 scripts: Scripts, keys: Keys) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.index = index
+        self.shards = shards
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.ttl_ms = int(config.history_ttl * 1000)
+        self.published = 0
+        self.failures = 0              # commands Redis refused or could not take
+        self.last_logged = 0.0
+
+    def _check(self, reply: Any) -> bool:
+        """True when ``reply`` is an answer; failures are counted and logged now and then."""
+        if not _failed(reply):
+            return True
+        self.failures += 1
+        now = time.monotonic()
+        if now - self.last_logged > 5:
+            self.last_logged = now
+            log.warning("a Redis command failed (%d so far): %s", self.failures, reply)
+        return False
+
+    # -- channels -----------------------------------------------------------------------
+
+    def join(self, args: dict) -> None:
+        for name, settings, conn_id, user, public_state in args["joins"]:
+            keys = self.keys
+            activation = orjson.dumps(["a", name, conn_id])
+            self.scripts.send(
+                self.redis, "join",
+                [keys.meta(name), keys.members(name), keys.member_users(name),
+                 keys.member_states(name), keys.conn_channels(conn_id), keys.channels],
+                [name, keys.channel(name), conn_id, user,
+                 orjson.dumps(public_state) if public_state else "", activation,
+                 envelopes.new_uuid(), time.time(), *meta_fields(settings)],
+                callback=lambda reply, name=name, user=user, state=public_state or {}:
+                    self._joined(name, user, state, reply))
+
+    def _joined(self, name: str, user: str, state: dict, reply: Any) -> None:
+        if self._check(reply) and reply[0]:
+            self._presence(name, user, state, orjson.loads(reply[1]))
+
+    def leave(self, args: dict) -> None:
+        name, conn_id = args["channel"], args["conn_id"]
+        keys = self.keys
+        self.scripts.send(
+            self.redis, "leave",
+            [keys.meta(name), keys.members(name), keys.member_users(name),
+             keys.member_states(name), keys.conn_channels(conn_id)],
+            [name, conn_id, self.ttl_ms, time.time()],
+            callback=lambda reply: self._left(name, reply))
+
+    def _left(self, name: str, reply: Any) -> None:
+        if self._check(reply) and reply and reply[0]:
+            self._presence(name, reply[1].decode(), None, orjson.loads(reply[2]))
+
+    def _presence(self, name: str, user: str, state: dict | None, settings: dict) -> None:
+        """``state`` is the joiner's public state, or None for a part."""
+        if not settings["notify_presence"]:
+            return
+        if not settings["broadcast_presence_with_user_lists"]:
+            self._announce(name, envelopes.presence(name, user, state is not None, state, []),
+                           [user])
+            return
+        asyncio.ensure_future(self._presence_with_list(name, user, state))
+
+    async def _presence_with_list(self, name: str, user: str, state: dict | None) -> None:
+        try:
+            users, states = await asyncio.gather(
+                self.redis.call("HKEYS", self.keys.member_users(name)),
+                self.redis.call("HGETALL", self.keys.member_states(name)))
+        except (RedisUnavailable, RuntimeError) as error:
+            self._check(error)
+            return
+        public = {states[i].decode(): orjson.loads(states[i + 1])
+                  for i in range(0, len(states), 2)}
+        members = [{"user": member, "state": public.get(member) or {}}
+                   for member in sorted(u.decode() for u in users)]
+        self._announce(name, envelopes.presence(name, user, state is not None, state, members),
+                       [user])
+
+    def _announce(self, name: str, envelope: dict, exclude: list, pm: list = (),
+                  amend: list | None = None) -> None:
+        route = ["c", name, exclude, list(pm), None, amend, envelopes.publication_stamp()]
+        self.scripts.send(self.redis, "announce", [self.keys.meta(name)],
+                          [self.keys.channel(name), _body(route, envelope)],
+                          callback=self._check)
+
+    def configure(self, args: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self._configure(args["configs"]))
+
+    async def _configure(self, configs: dict) -> dict:
+        keys = self.keys
+        try:
+            for name, settings in configs.items():
+                await self.scripts.call(
+                    self.redis, "configure",
+                    [keys.meta(name), keys.history(name), keys.members(name), keys.channels],
+                    [name, envelopes.new_uuid(), time.time(), self.ttl_ms,
+                     *meta_fields(settings)])
+            return await self._info(list(configs), [], False, False)
+        except (RedisUnavailable, RuntimeError):
+            return REDIS_DOWN
+
+    def info(self, args: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self._guarded(self._info(
+            args["channels"], args["exclude"], args["history"], args["users"])))
+
+    async def _info(self, names: list[str] | None, exclude: list[str], history: bool,
+                    users: bool) -> dict:
+        if names is None:
+            names = [name.decode() for name in await self.redis.call(
+                "ZRANGE", self.keys.channels, 0, -1)]
+        chosen = [name for name in dict.fromkeys(names) if name not in set(exclude)]
+        found = await asyncio.gather(*(self._channel(name, history, users) for name in chosen))
+        return {name: info for name, info in zip(chosen, found) if info is not None}
+
+    async def _channel(self, name: str, history: bool, users: bool) -> dict | None:
+        keys, call = self.keys, self.redis.call
+        meta = call("HMGET", keys.meta(name), "settings", "uuid", "last_active")
+        count = call("HLEN", keys.members(name))
+        names = call("HKEYS", keys.member_users(name)) if users else None
+        kept = call("ZRANGE", keys.history(name), 0, -1) if history else None
+        settings, uuid, last_active = await meta
+        if settings is None:
+            return None
+        return describe(name, uuid.decode(), orjson.loads(settings),
+                        [entry for _, entry in history_entries(await kept)] if history else [],
+                        float(last_active or 0), await count,
+                        sorted(u.decode() for u in await names) if users else [])
+
+    async def _guarded(self, work) -> Any:
+        try:
+            return await work
+        except (RedisUnavailable, RuntimeError):
+            return REDIS_DOWN
+
+    # -- messages -----------------------------------------------------------------------
+
+    def publish(self, items: list[dict]) -> None:
+        keys, now, epoch = self.keys, time.time(), envelopes.new_uuid()
+        for item in items:
+            name = item["channel"]
+            route = ["c", name, item["exclude_users"], item["pm_users"], None, None,
+                     item.pop("stamp")]
+            entry = b"" if item["no_history"] else orjson.dumps(envelopes.history_entry(item))
+            self.scripts.send(
+                self.redis, "publish", [keys.meta(name), keys.history(name), keys.channels],
+                [name, keys.channel(name), epoch, entry, _body(route, envelopes.message(item)),
+                 now, self.ttl_ms], callback=self._published)
+
+    def _published(self, reply: Any) -> None:
+        if self._check(reply) and reply is not None:
+            self.published += 1
+
+    def edit(self, items: list[dict]) -> None:
+        for item in items:
+            asyncio.ensure_future(self._amend(item, envelopes.edit(item), "edit"))
+
+    def delete(self, items: list[dict]) -> None:
+        for item in items:
+            asyncio.ensure_future(self._amend(item, envelopes.delete(item), "delete"))
+
+    async def _amend(self, item: dict, envelope: dict, operation: str) -> None:
+        """Change the history entry (when kept), then tell the members."""
+        name, uuid = item["channel"], item["uuid"]
+        key = self.keys.history(name)
+        try:
+            for member in await self.redis.call("ZRANGE", key, 0, -1):
+                offset, entry = history_entries([member])[0]
+                if entry["uuid"] != uuid:
+                    continue
+                new = b""
+                if operation == "edit":
+                    for field in ("message", "user", "timestamp", "edited"):
+                        if field in item:
+                            entry[field] = item[field]
+                    new = b"%d:%s" % (offset, orjson.dumps(entry))
+                await self.scripts.call(self.redis, "amend", [key], [member, new, offset])
+                break
+        except (RedisUnavailable, RuntimeError) as error:
+            self._check(error)
+            return
+        item.pop("stamp", None)
+        self._announce(name, envelope, item["exclude_users"], item["pm_users"],
+                       [operation, uuid])
+
+    def state_change(self, args: dict) -> None:
+        user, state = args["user"], args["public_state"]
+        for name in args["channels"]:
+            keys = self.keys
+            envelope = envelopes.state_change(name, user, state, args["changed"])
+            route = ["c", name, [], [], None, None, envelopes.publication_stamp()]
+            self.scripts.send(
+                self.redis, "state_change",
+                [keys.meta(name), keys.member_users(name), keys.member_states(name)],
+                [user, orjson.dumps(state) if state else "", 1 if args["notify"] else 0,
+                 keys.channel(name), _body(route, envelope)], callback=self._check)
+
+    def direct(self, args: dict) -> None:
+        envelope = args["envelope"]
+        amend = AMENDS.get(envelope["type"])
+        if amend is None:
+            self.published += 1
+        users = list(dict.fromkeys(args["users"]))   # a user listed twice gets one copy
+        self.scripts.send(self.redis, "direct", [self.keys.user_conns(u) for u in users],
+                          [orjson.dumps([amend, envelope["uuid"]] if amend else None),
+                           args["stamp"], orjson.dumps([envelope])], callback=self._check)
+
+    # -- users --------------------------------------------------------------------------
+
+    def inbox(self, conn_id: str) -> str:
+        """Where direct messages for a connection of this node go: its shard's inbox."""
+        return self.keys.shard_inbox(self.node_id, owner(conn_id, self.shards))
+
+    def user_connect(self, args: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self._guarded(self._user_connect(args)))
+
+    async def _user_connect(self, args: dict) -> dict:
+        name, conn_id = args["user"], args["conn_id"]
+        fresh, state = _pairs(args["fresh_state"]), _pairs(args["state"])
+        keys = self.keys
+        reply = await self.scripts.call(
+            self.redis, "user_connect",
+            [keys.user(name), keys.state(name), keys.user_conns(name), keys.users, keys.online],
+            [name, conn_id, self.inbox(conn_id), time.time(), orjson.dumps(args["public_keys"]),
+             self.config.max_connections_per_user, self.config.max_state_keys, len(fresh),
+             *fresh, *state])
+        verdict = reply[0]
+        if verdict == b"conns":
+            return limits.user_connections_full(reply[1], self.config.max_connections_per_user)
+        if verdict == b"keys":
+            return limits.state_keys_over(reply[1], self.config.max_state_keys)
+        full = _state(reply[1])
+        return {"state": full, "public_state": _public(full, args["public_keys"])}
+
+    def user_public(self, args: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self._guarded(self._user_public(args["user"])))
+
+    async def _user_public(self, name: str) -> dict:
+        state, public_keys = await asyncio.gather(
+            self.redis.call("HGETALL", self.keys.state(name)),
+            self.redis.call("HGET", self.keys.user(name), "public_keys"))
+        return _public(_state(state), orjson.loads(public_keys or b"[]"))
+
+    def user_state(self, args: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self._guarded(self._user_state(args)))
+
+    async def _user_state(self, args: dict) -> dict:
+        name, keys = args["user"], self.keys
+        public_keys = orjson.dumps(args["public_keys"]) if "public_keys" in args else b""
+        reply = await self.scripts.call(
+            self.redis, "user_state", [keys.user(name), keys.state(name), keys.user_conns(name)],
+            [self.config.max_state_keys, public_keys, time.time(), *_pairs(args["state"])])
+        if reply[0] == b"unknown":
+            return UNKNOWN_USER
+        if reply[0] == b"keys":
+            return limits.state_keys_over(reply[1], self.config.max_state_keys)
+        _, before, after, old_keys, new_keys, changed_pairs, conns = reply
+        old_keys, new_keys = orjson.loads(old_keys or b"[]"), orjson.loads(new_keys or b"[]")
+        state = _state(after)
+        public = _public(state, new_keys)
+        changed = [{"key": changed_pairs[i].decode(), "value": orjson.loads(changed_pairs[i + 1])}
+                   for i in range(0, len(changed_pairs), 2)]
+        return {
+            "user_state": state,
+            "changed_state": changed,
+            "public_keys": new_keys,
+            "public_state": public,
+            "changed_public": [item for item in changed if item["key"] in new_keys],
+            "refresh": bool(changed) or public != _public(_state(before), old_keys),
+            "conns": sorted(conn.decode() for conn in conns),
+        }
+
+    def user_states(self, args: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self._guarded(self._user_states(args)))
+
+    async def _user_states(self, args: dict) -> list[dict]:
+        keys, call = self.keys, self.redis.call
+        wanted = [(name, call("EXISTS", keys.user(name)), call("HGETALL", keys.state(name)),
+                   call("HGET", keys.user(name), "public_keys"),
+                   call("HKEYS", keys.user_conns(name)) if args.get("connections") else None)
+                  for name in args["users"]]
+        found = []
+        for name, exists, state, public_keys, conns in wanted:
+            if not await exists:
+                continue
+            full = _state(await state)
+            entry = {"user": name, "state": (_public(full, orjson.loads(await public_keys or b"[]"))
+                                             if args["public"] else full)}
+            if conns is not None:
+                entry["connections"] = sorted(conn.decode() for conn in await conns)
+            found.append(entry)
+        return found
+
+    def user_conn_gone(self, args: dict) -> None:
+        name, keys = args["user"], self.keys
+        self.scripts.send(self.redis, "user_conn_gone",
+                          [keys.user(name), keys.state(name), keys.user_conns(name), keys.online],
+                          [name, args["conn_id"], int(self.config.gc_users_after * 1000)],
+                          callback=self._check)
+
+
+def _body(route: list, envelope: dict) -> bytes:
+    """What follows a publication's position line: route, newline, client frame."""
+    return orjson.dumps(route) + b"\n" + orjson.dumps([envelope])
+
+
+def _pairs(state: dict) -> list:
+    """A state dict as key, JSON value, ... for the scripts."""
+    return [part for key, value in state.items() for part in (key, orjson.dumps(value))]
+
+
+def _state(flat: list[bytes]) -> dict:
+    return {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _public(state: dict, public_keys: list[str]) -> dict:
+    return {key: state[key] for key in public_keys if key in state}

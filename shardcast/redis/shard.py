@@ -1,0 +1,118 @@
+"""A shard of a cluster node: it hosts its connections exactly as on one node, while the
+channels and users it owns live in Redis (``owner.RedisOwner``) and publications reach it on
+its own Redis subscription (``subscriber.Subscriber``), in Redis' order.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..config import Config
+from ..connection import Connection
+from ..shard import Net, Shard
+from .keys import Keys
+from .owner import REDIS_DOWN, RedisOwner
+from .resp import Redis
+from .scripts import Scripts
+from .subscriber import Subscriber
+
+OWNER_COMMANDS = ("join", "leave", "configure", "info", "publish", "edit", "delete", "direct",
+                  "state_change", "user_connect", "user_public", "user_state", "user_states",
+                  "user_conn_gone")
+
+
+class ClusterShard(Shard):
+    def __init__(self, index: int, shards: int, config: Config, net: Net, node_id: str) -> None:
+        super().__init__(index, shards, config, net)
+        self.node_id = node_id
+        self.keys = keys = Keys(config.redis_prefix)
+        scripts = Scripts()
+        self.redis = Redis(config.redis_url, config.redis_timeout, f"shard {index}",
+                           on_ready=scripts.load)
+        self.owner = RedisOwner(config, node_id, index, shards, self.redis, scripts, keys)
+        self.subscriber = Subscriber(config.redis_url, config.redis_timeout,
+                                     config.redis_timeout + 1.0, keys,
+                                     keys.shard_inbox(node_id, index), self.redis,
+                                     self.deliver, self.activate)
+
+    def start(self) -> None:
+        self.redis.start()
+        self.subscriber.start()
+
+    def handlers(self) -> dict[str, Any]:
+        table = super().handlers()
+        table.update({name: getattr(self.owner, name) for name in OWNER_COMMANDS})
+        return table
+
+    def peer_restarted(self, args: dict) -> None:
+        """Nothing to rebuild: what the dead shard owned lives in Redis, and the supervisor
+        removes its connections from there."""
+
+    # -- connections hosted here ------------------------------------------------------------
+
+    def conn_open(self, args: dict) -> Any:
+        if not (self.redis.ready and self.subscriber.redis.ready):
+            return REDIS_DOWN
+        reply = super().conn_open(args)
+        if "error" in reply:
+            return reply
+        waits = []
+        if reply["created"]:
+            conn_id = args["conn_id"]
+            waits += [self.redis.call("HSET", self.keys.conn(conn_id), "user", args["user"],
+                                      "node", self.node_id, "shard", self.index),
+                      self.redis.call("SADD", self.keys.node_conns(self.node_id), conn_id)]
+        return self._answer_when_subscribed(reply["new"], reply, waits)
+
+    def conn_subscribe(self, args: dict) -> Any:
+        if not (self.redis.ready and self.subscriber.redis.ready):
+            return REDIS_DOWN
+        reply = super().conn_subscribe(args)
+        if "error" in reply:
+            return reply
+        return self._answer_when_subscribed(reply["new"], reply, [])
+
+    def _answer_when_subscribed(self, names: list[str], reply: dict,
+                                waits: list[asyncio.Future]) -> Any:
+        subscribed = self.subscriber.when_ready(names)
+        if subscribed is not None:
+            waits.append(subscribed)
+        if not waits:
+            return reply
+        return asyncio.ensure_future(self._answer(asyncio.gather(*waits), reply))
+
+    async def _answer(self, waiting: asyncio.Future, reply: dict) -> dict:
+        try:
+            await asyncio.wait_for(waiting, self.config.redis_timeout)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            return REDIS_DOWN
+        return reply
+
+    def _subscribe(self, conn: Connection, names: list[str]) -> list[str]:
+        new = super()._subscribe(conn, names)
+        for name in new:
+            self.subscriber.add(name)
+        return new
+
+    def _unsubscribe(self, conn: Connection, name: str) -> None:
+        if name in conn.channels:
+            self.subscriber.remove(name)
+        super()._unsubscribe(conn, name)
+
+    def remove_conn(self, conn: Connection) -> None:
+        if conn.id not in self.conns:
+            return
+        super().remove_conn(conn)
+        self.redis.send("DEL", self.keys.conn(conn.id))
+        self.redis.send("SREM", self.keys.node_conns(self.node_id), conn.id)
+
+    def stats(self, args: Any = None) -> dict:
+        figures = super().stats(args)
+        users = {conn.user for conn in self.conns.values()}
+        figures.update(self.subscriber.stats())
+        figures.update({
+            "channels": len(self.subscriber.wanted), "users": len(users),
+            "users_connected": len(users), "messages_published": self.owner.published,
+            "redis_latency": self.redis.latency, "redis_reconnects": self.redis.reconnects,
+            "redis_failures": self.owner.failures, "node": self.node_id})
+        return figures
