@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from contract import unique
-from harness import GC_CONNS_AFTER, GC_HEARTBEAT_INTERVAL, SILENT_HEARTBEAT_INTERVAL, Server, ServerPool
+from harness import (GC_CONNS_AFTER, GC_HEARTBEAT_INTERVAL, SILENT_HEARTBEAT_INTERVAL, ClusterNodes,
+                     Server, ServerPool)
+from redisserver import RedisServer
 from wsclient import WsClient, open_websocket
 
 
@@ -55,6 +57,22 @@ def silent_gc_server(server_pool: ServerPool) -> Server:
         SHARDCAST_GC_CONNS_AFTER=GC_CONNS_AFTER,
         SHARDCAST_HEARTBEAT_INTERVAL=SILENT_HEARTBEAT_INTERVAL,
     )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server for the session's clusters (each uses a key prefix of its own)."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def cluster(redis_server: RedisServer) -> Iterator[ClusterNodes]:
+    """Three nodes of two shards each over one Redis: one broker."""
+    nodes = ClusterNodes(redis_server.url()).start()
+    yield nodes
+    nodes.stop()
 
 
 @pytest.fixture

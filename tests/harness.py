@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from json import dumps as json_dumps
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,34 @@ class ServerPool:
     def stop_all(self) -> None:
         for server in self.servers.values():
             server.stop()
+
+
+class ClusterNodes:
+    """``count`` nodes of ``workers`` shards each, one broker over one Redis (a key prefix of
+    their own, so clusters of several tests can share a redis-server)."""
+
+    def __init__(self, redis_url: str, count: int = 3, workers: int = 2, **env: Any) -> None:
+        self.prefix = unique("c")
+        common = {**CONTRACT_ENV, "SHARDCAST_REDIS_URL": redis_url,
+                  "SHARDCAST_REDIS_PREFIX": self.prefix,
+                  **{key: str(value) for key, value in env.items()}}
+        self.nodes = [Server(workers, {**common, "SHARDCAST_NODE_ID": f"node{index}"})
+                      for index in range(count)]
+
+    def __getitem__(self, index: int) -> Server:
+        return self.nodes[index]
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def start(self) -> "ClusterNodes":
+        with ThreadPoolExecutor(len(self.nodes)) as pool:     # about 2 s each, in parallel
+            list(pool.map(Server.start, self.nodes))
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
