@@ -104,6 +104,16 @@ class Server:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-20000:]
 
+    def kill(self) -> None:
+        """kill -9 of the supervisor and every shard: nothing gets to clean up."""
+        pids = [self.process.pid, *descendant_pids(self.process.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+        self.session.close()
+
     def stop(self) -> None:
         if self.process is None:
             return

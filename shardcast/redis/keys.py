@@ -72,9 +72,10 @@ class Keys:
         """string with a short TTL: the node is alive while it exists."""
         return f"{self.prefix}:node:{node_id}"
 
-    def node_conns(self, node_id: str) -> str:
-        """set: the connections the node holds (what its janitor removes when it dies)."""
-        return f"{self.prefix}:node:{node_id}:conns"
+    def shard_conns(self, node_id: str, shard: int) -> str:
+        """set: the connections a shard of the node holds (what a janitor removes when the
+        node dies, what the shard reconciles after Redis trouble)."""
+        return f"{self.prefix}:node:{node_id}:{shard}:conns"
 
     def janitor(self, node_id: str) -> str:
         """lock: the one node cleaning up after a dead one."""

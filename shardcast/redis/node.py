@@ -228,25 +228,18 @@ class Node:
             if await self.redis.call("SET", self.keys.janitor(node), self.id, "NX", "PX",
                                      int(self.config.node_timeout * 3000)):
                 log.warning("node %s stopped reporting; removing its connections", node)
-                await self.remove_connections(node)
+                report = orjson.loads(await self.redis.call("HGET", self.keys.nodes, node))
+                await self.remove_connections(node, range(report["shards"]))
                 await self.redis.call("HDEL", self.keys.nodes, node)
 
-    async def remove_connections(self, node: str, shard: int | None = None) -> None:
-        """Part a dead node's (or one of its shards') connections from their channels and
-        users, as their own shard would have."""
-        keys, call = self.keys, self.redis.call
-        for conn_id in await call("SMEMBERS", keys.node_conns(node)):
-            conn_id = conn_id.decode()
-            user, its_shard = await call("HMGET", keys.conn(conn_id), "user", "shard")
-            if shard is not None and its_shard is not None and int(its_shard) != shard:
-                continue
-            for name in await call("SMEMBERS", keys.conn_channels(conn_id)):
-                self.owner.leave({"channel": name.decode(), "conn_id": conn_id})
-            if user is not None:
-                self.owner.user_conn_gone({"user": user.decode(), "conn_id": conn_id})
-            await asyncio.gather(call("DEL", keys.conn(conn_id)),
-                                 call("SREM", keys.node_conns(node), conn_id))
-            self.cleaned += 1
+    async def remove_connections(self, node: str, shards: range) -> None:
+        """Part the connections of a dead node's ``shards`` from their channels and users, as
+        their own shards would have."""
+        for shard in shards:
+            key = self.keys.shard_conns(node, shard)
+            for conn_id in await self.redis.call("SMEMBERS", key):
+                await self.owner.forget_conn(conn_id.decode(), key)
+                self.cleaned += 1
 
     def close(self) -> None:
         self.redis.close()

@@ -356,6 +356,18 @@ class RedisOwner:
             found.append(entry)
         return found
 
+    async def forget_conn(self, conn_id: str, registry: str) -> None:
+        """A connection whose shard is gone (or never told Redis): parted from its channels
+        and user, its keys removed, as its shard does when it ends normally."""
+        keys, call = self.keys, self.redis.call
+        user, channels = await asyncio.gather(call("HGET", keys.conn(conn_id), "user"),
+                                              call("SMEMBERS", keys.conn_channels(conn_id)))
+        for name in channels:
+            self.leave({"channel": name.decode(), "conn_id": conn_id})
+        if user is not None:
+            self.user_conn_gone({"user": user.decode(), "conn_id": conn_id})
+        await asyncio.gather(call("DEL", keys.conn(conn_id)), call("SREM", registry, conn_id))
+
     def user_conn_gone(self, args: dict) -> None:
         name, keys = args["user"], self.keys
         self.scripts.send(self.redis, "user_conn_gone",

@@ -5,8 +5,9 @@ Measured against redis-py's asyncio client (with hiredis) on this machine: 6-8 Â
 of client CPU per pipelined script call plus its pub/sub delivery, so the cluster's hot path
 speaks RESP itself. Commands issued in one loop tick leave in one write; replies come back in
 order. A connection that stays silent past ``timeout`` while replies are owed is dropped, so no
-caller waits longer than that; while Redis is unreachable calls fail at once with
-``RedisUnavailable`` and the connection is retried with backoff.
+caller waits longer than that. Commands issued while the connection is being made again wait
+for it (in order, after its setup) for ``timeout`` at most; while Redis stays unreachable they
+fail with ``RedisUnavailable`` and the connection is retried with backoff.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ Callback = Callable[[Reply], None]
 RETRY_FIRST = 0.05          # seconds before the first reconnect attempt, doubled up to
 RETRY_MAX = 1.0
 CHECK_EVERY = 0.1           # how often owed replies are checked against the timeout
+MAX_BACKLOG = 100_000       # commands held while reconnecting; more fail at once
 
 
 class RedisUnavailable(ConnectionError):
@@ -157,6 +159,8 @@ class Redis:
         self.reconnects = 0
         self.latency = 0.0            # seconds a PING took, smoothed (see ping())
         self.wait = RETRY_FIRST
+        self.backlog: collections.deque[tuple[tuple, Callback | None, float]] = (
+            collections.deque())
         self.up_event = asyncio.Event()
         self.watchdog = self.loop.call_later(CHECK_EVERY, self._check)
 
@@ -188,6 +192,9 @@ class Redis:
                 conn.send(command, self._handshake_reply)
             if self.on_ready is not None:
                 self.on_ready(self)
+            backlog, self.backlog = self.backlog, collections.deque()
+            for command, callback, _ in backlog:
+                conn.send(command, callback)
             self.ready = True
             self.wait = RETRY_FIRST
             self.up_event.set()
@@ -211,9 +218,14 @@ class Redis:
             self.start()
 
     def _check(self) -> None:
-        """Drop a connection that owes replies and has been silent past the timeout."""
-        conn = self.conn
-        if conn is not None and conn.overdue(time.monotonic(), self.timeout):
+        """Drop a connection that owes replies and has been silent past the timeout; fail
+        the commands that waited too long for a connection."""
+        conn, now = self.conn, time.monotonic()
+        while self.backlog and now - self.backlog[0][2] > self.timeout:
+            _, callback, _ = self.backlog.popleft()
+            if callback is not None:
+                callback(self._unreachable())
+        if conn is not None and conn.overdue(now, self.timeout):
             log.warning("%s: Redis did not answer within %.1f s; reconnecting",
                         self.name, self.timeout)
             conn.close()
@@ -231,12 +243,16 @@ class Redis:
     def send(self, *command: Any, callback: Callback | None = None) -> None:
         """Fire a command; ``callback`` gets the reply, a ReplyError or RedisUnavailable."""
         conn = self.conn
-        if conn is None:
-            if callback is not None:
-                callback(RedisUnavailable(f"Redis at {self.address.host}:"
-                                          f"{self.address.port} is unreachable"))
-            return
-        conn.send(command, callback)
+        if conn is not None:
+            conn.send(command, callback)
+        elif len(self.backlog) < MAX_BACKLOG and not self.closed:
+            self.backlog.append((command, callback, time.monotonic()))
+        elif callback is not None:
+            callback(self._unreachable())
+
+    def _unreachable(self) -> RedisUnavailable:
+        return RedisUnavailable(f"Redis at {self.address.host}:{self.address.port} is "
+                                "unreachable")
 
     def send_unanswered(self, *command: Any) -> None:
         if self.conn is not None:

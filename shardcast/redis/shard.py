@@ -5,6 +5,7 @@ its own Redis subscription (``subscriber.Subscriber``), in Redis' order.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from ..config import Config
@@ -26,9 +27,11 @@ class ClusterShard(Shard):
         super().__init__(index, shards, config, net)
         self.node_id = node_id
         self.keys = keys = Keys(config.redis_prefix)
-        scripts = Scripts()
+        self.my_conns = keys.shard_conns(node_id, index)
+        self.scripts = scripts = Scripts()
         self.redis = Redis(config.redis_url, config.redis_timeout, f"shard {index}",
-                           on_ready=scripts.load)
+                           on_ready=self._connected)
+        self.was_connected = False
         self.owner = RedisOwner(config, node_id, index, shards, self.redis, scripts, keys)
         self.subscriber = Subscriber(config.redis_url, config.redis_timeout,
                                      config.redis_timeout + 1.0, keys,
@@ -38,6 +41,40 @@ class ClusterShard(Shard):
     def start(self) -> None:
         self.redis.start()
         self.subscriber.start()
+
+    def _connected(self, redis: Redis) -> None:
+        self.scripts.load(redis)
+        if self.was_connected:
+            asyncio.ensure_future(self.reconcile())
+        self.was_connected = True
+
+    async def reconcile(self) -> None:
+        """After Redis trouble: forget the connections that ended while it was away, and tell
+        it again about those it lost (a Redis restarted empty, or a janitor that took this
+        node for dead): their users and channels come back, with default settings where the
+        channels themselves were lost."""
+        try:
+            known = {conn_id.decode()
+                     for conn_id in await self.redis.call("SMEMBERS", self.my_conns)}
+            for conn_id in known - self.conns.keys():
+                await self.owner.forget_conn(conn_id, self.my_conns)
+        except (ConnectionError, RuntimeError):
+            return          # Redis went away again: the next connection reconciles
+        for conn_id in self.conns.keys() - known:
+            self._register(self.conns[conn_id])
+
+    def _register(self, conn: Connection) -> None:
+        keys, send, now = self.keys, self.redis.send, time.time()
+        send("HSET", keys.conn(conn.id), "user", conn.user, "node", self.node_id,
+             "shard", self.index)
+        send("SADD", self.my_conns, conn.id)
+        send("HSET", keys.user_conns(conn.user), conn.id, self.owner.inbox(conn.id))
+        send("HSETNX", keys.user(conn.user), "public_keys", "[]")
+        send("PERSIST", keys.user_conns(conn.user))
+        send("ZADD", keys.users, now, conn.user)
+        send("SADD", keys.online, conn.user)
+        self.owner.join({"joins": [[name, None, conn.id, conn.user, {}]
+                                   for name in conn.channels]})
 
     def handlers(self) -> dict[str, Any]:
         table = super().handlers()
@@ -61,7 +98,7 @@ class ClusterShard(Shard):
             conn_id = args["conn_id"]
             waits += [self.redis.call("HSET", self.keys.conn(conn_id), "user", args["user"],
                                       "node", self.node_id, "shard", self.index),
-                      self.redis.call("SADD", self.keys.node_conns(self.node_id), conn_id)]
+                      self.redis.call("SADD", self.my_conns, conn_id)]
         return self._answer_when_subscribed(reply["new"], reply, waits)
 
     def conn_subscribe(self, args: dict) -> Any:
@@ -104,7 +141,7 @@ class ClusterShard(Shard):
             return
         super().remove_conn(conn)
         self.redis.send("DEL", self.keys.conn(conn.id))
-        self.redis.send("SREM", self.keys.node_conns(self.node_id), conn.id)
+        self.redis.send("SREM", self.my_conns, conn.id)
 
     def stats(self, args: Any = None) -> dict:
         figures = super().stats(args)

@@ -1,0 +1,83 @@
+"""A TCP proxy in front of Redis that can silence the subscription connections it carries: it
+stops passing Redis' bytes to them and keeps them open, a stall no socket error reveals."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class _Pair:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.subscriber = False
+        self.silenced = False
+
+    def close(self) -> None:
+        for sock in (self.client, self.upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class StallProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: list[_Pair] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def silence_subscriptions(self) -> int:
+        """Silence every subscription connection open now; how many there were."""
+        with self.lock:
+            chosen = [pair for pair in self.pairs if pair.subscriber]
+        for pair in chosen:
+            pair.silenced = True
+        return len(chosen)
+
+    def close(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for pair in self.pairs:
+                pair.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            pair = _Pair(client, upstream)
+            with self.lock:
+                self.pairs.append(pair)
+            threading.Thread(target=self._pump, args=(pair, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(pair, False), daemon=True).start()
+
+    def _pump(self, pair: _Pair, outbound: bool) -> None:
+        source, target = (pair.client, pair.upstream) if outbound else (pair.upstream,
+                                                                       pair.client)
+        try:
+            while data := source.recv(65536):
+                if outbound and b"SUBSCRIBE" in data.upper():
+                    pair.subscriber = True
+                if outbound or not pair.silenced:
+                    target.sendall(data)
+        except OSError:
+            pass
+        pair.close()
+        with self.lock:
+            if pair in self.pairs:
+                self.pairs.remove(pair)

@@ -1,0 +1,177 @@
+"""A cluster through failures: a node killed with -9, Redis stopped and started (with its data
+and without), subscriptions killed by Redis or silently stalled. Each test has its own Redis
+and nodes; messages are checked once each, in order, for every reader."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from contract import delivered, unique, wait_until
+from harness import ClusterNodes, Server
+from redisserver import RedisServer
+from stallproxy import StallProxy
+
+NODE_TIMEOUT = 3.0
+REDIS_TIMEOUT = 1.0
+PROBE_TIMEOUT = REDIS_TIMEOUT + 1.0      # a shard's probe must come back within this
+FAST = {"SHARDCAST_NODE_TIMEOUT": NODE_TIMEOUT, "SHARDCAST_REDIS_TIMEOUT": REDIS_TIMEOUT,
+        "SHARDCAST_HEARTBEAT_INTERVAL": 1}
+ANSWER_BOUND = 2 * REDIS_TIMEOUT + 1.0    # the slowest a 503 may be while Redis is away
+HISTORY = {"store_history": True, "history_size": 1000}
+
+
+@pytest.fixture
+def redis():
+    server = RedisServer(persist=True).start()
+    yield server
+    server.close()
+
+
+def start_nodes(url: str, count: int = 2, **env) -> ClusterNodes:
+    return ClusterNodes(url, count=count, **{**FAST, **env}).start()
+
+
+@pytest.fixture
+def nodes(redis):
+    cluster = start_nodes(redis.url(), count=3)
+    yield cluster
+    cluster.stop()
+
+
+def messages(envelopes: list[dict]) -> list[str]:
+    return [e["uuid"] for e in envelopes if e["type"] == "message"]
+
+
+def members(node: Server, channel: str) -> list[str]:
+    """The channel's users as the node reports them; none while it cannot say (503)."""
+    response = node.post("/info", {"info": {"channels": [channel]}})
+    if response.status_code != 200:
+        return []
+    return response.json()["channels"].get(channel, {}).get("users", [])
+
+
+def stats(node: Server) -> list[dict]:
+    return node.ok("GET", "/admin/admin.json")["shards"]
+
+
+def post_steadily(node: Server, channel: str, seconds: float, posted: list[dict]) -> None:
+    """Post one message every 5 ms for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        posted.append(node.say(channel, str(len(posted))))
+        time.sleep(0.005)
+
+
+def test_a_killed_node_is_parted_by_one_janitor_and_others_lose_nothing(nodes, open_ws):
+    time.sleep(NODE_TIMEOUT)    # a node acts as janitor once it has been up that long
+    channel, victim = unique("ch"), unique("victim")
+    nodes[0].channel_config({channel: {"notify_presence": True}})
+    watcher = open_ws(nodes[0].connect(unique("w"), [channel]))
+    open_ws(nodes[2].connect(victim, [channel]))
+    assert watcher.next()["user"] == victim
+    before = nodes[1].say(channel, "before")
+    nodes[2].kill()
+    killed = time.monotonic()
+    after = nodes[1].say(channel, "after")
+    seen, parted = watcher.until(lambda e: e["type"] == "presence", timeout=NODE_TIMEOUT + 5)
+    assert time.monotonic() - killed < NODE_TIMEOUT + 1.0
+    assert (parted["user"], parted["message"]) == (victim, {"action": "parted"})
+    assert seen == [delivered(before), delivered(after)]
+    watcher.expect_quiet(1.5)           # one janitor: one "parted", not one per node
+    assert victim not in nodes[1].channel_info(channel)["users"]
+    admin = nodes[0].ok("GET", "/admin/admin.json")
+    assert [node["node_id"] for node in admin["nodes"]] == ["node0", "node1"]
+
+
+def test_while_redis_is_away_calls_answer_503_fast_and_websockets_stay(redis, nodes, open_ws):
+    channel = unique("ch")
+    reply = nodes[0].connect(unique("u"), [channel], channel_configs={channel: HISTORY})
+    client = open_ws(reply)
+    redis.stop()
+    calls = [("POST", "/connect", {"username": unique("u"), "channels": [channel]}),
+             ("POST", "/message", [{"user": "b", "channel": channel, "message": {}}]),
+             ("POST", "/info", {"info": {}}),
+             ("POST", "/subscribe", {"conn_id": reply["conn_id"], "channels": [unique("c")]}),
+             ("POST", "/user_state", {"user": "u", "user_state": {"a": 1}}),
+             ("POST", "/channel_config", {channel: {}}),
+             ("GET", "/admin/admin.json", None)]
+    for node in nodes:
+        for method, path, body in calls:
+            started = time.monotonic()
+            response = node.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            assert "error" in response.json()
+            assert time.monotonic() - started < ANSWER_BOUND, path
+    assert client.recv_frame(timeout=3) == []       # still open: heartbeats go on
+    redis.start()
+    wait_until(lambda: all(node.post("/info", {"info": {}}).status_code == 200
+                           for node in nodes), timeout=10)
+    posted = [nodes[1].say(channel, str(n)) for n in range(5)]    # subscriptions are back
+    assert client.take(5) == [delivered(item) for item in posted]
+
+
+def test_a_redis_restarted_empty_is_told_again_what_the_nodes_hold(open_ws):
+    redis = RedisServer(persist=False).start()
+    nodes = start_nodes(redis.url())
+    try:
+        channel = unique("ch")
+        first = open_ws(nodes[0].connect(unique("u"), [channel]))
+        second = open_ws(nodes[1].connect(unique("u"), [channel]))
+        redis.stop()
+        redis.start()                   # empty: no channel, member or user survived
+        wait_until(lambda: len(members(nodes[1], channel)) == 2, timeout=10)
+        item = nodes[1].say(channel, "after the restart")
+        marker = nodes[0].sentinel(channel)
+        for client in (first, second):
+            assert messages(client.until_uuid(marker)) == [item["uuid"]]
+    finally:
+        nodes.stop()
+        redis.close()
+
+
+def test_subscriptions_killed_by_redis_come_back_and_repair_the_gap(redis, nodes, open_ws):
+    channel = unique("ch")
+    nodes[0].channel_config({channel: HISTORY})
+    readers = [open_ws(node.connect(unique("u"), [channel])) for node in nodes]
+    posted: list[dict] = []
+    poster = threading.Thread(target=post_steadily, args=(nodes[1], channel, 1.5, posted))
+    poster.start()
+    time.sleep(0.5)
+    assert redis.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
+    poster.join()
+    sentinel = nodes[2].sentinel(channel)
+    for reader in readers:
+        assert messages(reader.until_uuid(sentinel, timeout=10)) == [i["uuid"] for i in posted]
+    for node in nodes:
+        assert any(shard["subscription_reconnects"] >= 1 for shard in stats(node))
+
+
+def test_a_silent_subscription_is_found_by_the_probe_and_repaired(redis, open_ws):
+    proxy = StallProxy(redis.port)
+    nodes = ClusterNodes(redis.url(), count=2, **FAST)
+    nodes[0].env = {**nodes[0].env, "SHARDCAST_REDIS_URL": proxy.url()}   # behind the proxy
+    nodes.start()
+    try:
+        kept, unkept = unique("kept"), unique("unkept")
+        nodes[1].channel_config({kept: HISTORY, unkept: {}})
+        reply = nodes[0].connect(unique("u"), [kept, unkept])
+        silenced = open_ws(reply)
+        assert proxy.silence_subscriptions() >= 1
+        stalled = time.monotonic()
+        during = [nodes[1].say(kept, str(n)) for n in range(10)]
+        lost = [nodes[1].say(unkept, str(n)) for n in range(4)]
+        got = silenced.take(len(during), timeout=PROBE_TIMEOUT + 6)
+        assert time.monotonic() - stalled < PROBE_TIMEOUT + 4
+        assert got == [delivered(item) for item in during]      # read back from history
+        after = nodes[1].say(unkept, "after")
+        assert messages(silenced.until_uuid(after["uuid"])) == []
+        figures = stats(nodes[0])
+        assert sum(shard["subscription_stalls"] for shard in figures) >= 1
+        assert sum(shard["gaps_repaired"] for shard in figures) >= len(during)
+        assert sum(shard["gaps_lost"] for shard in figures) >= len(lost)
+    finally:
+        nodes.stop()
+        proxy.close()
