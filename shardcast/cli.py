@@ -40,6 +40,9 @@ def main() -> None:
 @click.option("--secret", help="Shared secret that signs API calls.")
 @click.option("--log-level", help="debug, info, warning or error.")
 @click.option("--log-format", help="text, or json (one JSON object per line).")
+@click.option("--redis-url", help="Redis that joins nodes into one cluster "
+              "(redis://host:port/db).")
+@click.option("--node-id", help="This node's name in the cluster.")
 def serve(config_path: str | None, **overrides: object) -> None:
     """Run the broker until SIGINT or SIGTERM.
 
@@ -105,6 +108,26 @@ def make_config(output: str | None, force: bool) -> None:
     with open(output, "w", encoding="utf-8") as file:
         file.write(text)
     click.echo(f"wrote {output}", err=True)
+
+
+@main.command("dev-cluster")
+@click.option("--nodes", default=3, show_default=True, help="Number of nodes.")
+@click.option("--workers", default=2, show_default=True, help="Shards per node.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address of the nodes' API and websocket ports.")
+@click.option("--port", default=8000, show_default=True, help="API port of node 0; node i: +i.")
+@click.option("--ws-port-base", default=8100, show_default=True,
+              help="Websocket ports of node 0 start here; node i's at + 100 * i.")
+@click.option("--redis-port", default=6399, show_default=True,
+              help="Port of the redis-server it starts.")
+@click.option("--secret", default=None, help="Shared secret (default: a random one).")
+def dev_cluster(nodes: int, workers: int, host: str, port: int, ws_port_base: int,
+                redis_port: int, secret: str | None) -> None:
+    """Start a local redis-server and several nodes using it: one broker to try out."""
+    from shardcast.devcluster import run as run_cluster
+
+    run_cluster(nodes, workers, host, port, ws_port_base, redis_port,
+                secret or secrets.token_urlsafe(24))
 
 
 @main.command()

@@ -20,6 +20,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from . import http_api
 from .cluster import ShardUnavailable
 from .http_server import Request, Response, json_response
+from .schemas import Invalid
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -43,7 +44,38 @@ SHARD_FIGURES = {
     "bytes_sent": ("shardcast_bytes_sent", "Bytes sent to the shard's clients", "counter"),
     "slow_consumer_disconnects": ("shardcast_slow_consumer_disconnects",
                                   "Websockets dropped for not keeping up", "counter"),
+    # a cluster node's shards only
+    "redis_latency": ("shardcast_redis_latency_seconds",
+                      "Round trip of the shard's Redis command connection (smoothed PING)",
+                      "gauge"),
+    "redis_reconnects": ("shardcast_redis_reconnects",
+                         "Times the shard's Redis command connection was made again", "counter"),
+    "redis_failures": ("shardcast_redis_failures",
+                       "Redis commands of the shard that failed or found no connection",
+                       "counter"),
+    "subscriptions": ("shardcast_redis_subscriptions",
+                      "Channels the shard is subscribed to in Redis", "gauge"),
+    "subscription_lag": ("shardcast_redis_subscription_lag_seconds",
+                         "Time the last probe took to come back through the subscription",
+                         "gauge"),
+    "subscription_reconnects": ("shardcast_redis_subscription_reconnects",
+                                "Times the shard's Redis subscription was made again", "counter"),
+    "subscription_stalls": ("shardcast_redis_subscription_stalls",
+                            "Subscriptions found silent by the probe and rebuilt", "counter"),
+    "gaps_repaired": ("shardcast_redis_gaps_repaired",
+                      "Messages missed by the subscription and read back from history",
+                      "counter"),
+    "gaps_lost": ("shardcast_redis_gaps_lost",
+                  "Messages missed by the subscription that history no longer held", "counter"),
+    "duplicates_dropped": ("shardcast_redis_duplicates_dropped",
+                           "Publications received twice and dropped", "counter"),
 }
+CLUSTER_TOTALS = (
+    ("total_channels", "shardcast_cluster_channels", "Channels known to the cluster"),
+    ("remembered_user_count", "shardcast_cluster_users", "Users remembered by the cluster"),
+    ("unique_user_count", "shardcast_cluster_users_connected",
+     "Users with a connection on some node"),
+)
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 disable_created_metrics()   # no *_created series: this process is the supervisor, ours alone
 
@@ -55,7 +87,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ShardCollector(self))
         self.registry.register(_RequestCollector(self))
+        self.registry.register(_ClusterCollector(self))
         self.stats: list[dict | None] = []
+        self.cluster: dict = {}         # a cluster node: the last scrape's nodes and totals
         # Plain numbers, made metric families at scrape time: prometheus-client's own
         # metrics take a lock per update, a measured microsecond of each request.
         self.counts: dict[tuple[str, str, str], list[int]] = {}        # [answers]
@@ -120,7 +154,17 @@ class Metrics:
         cluster = self.supervisor.cluster
         self.stats = await asyncio.gather(*(self._shard_stats(shard)
                                             for shard in range(cluster.shards)))
+        self.cluster = await self._cluster_figures()
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    async def _cluster_figures(self) -> dict:
+        node = self.supervisor.node
+        if node is None:
+            return {}
+        try:
+            return await node.figures([])
+        except Invalid:         # Redis is away: shardcast_redis_up says so
+            return {"redis_up": 0}
 
     async def _shard_stats(self, shard: int) -> dict | None:
         try:
@@ -151,6 +195,36 @@ class _RequestCollector:
         yield from (counts, latency)
 
 
+class _ClusterCollector:
+    """A cluster node's view of its cluster: Redis reachable, the nodes and what they hold."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.metrics.cluster
+        if not figures:
+            return
+        yield GaugeMetricFamily("shardcast_redis_up", "1 if this node's supervisor reached "
+                                "Redis at this scrape", value=figures.get("redis_up", 1))
+        if "nodes" not in figures:
+            return
+        nodes = figures["nodes"]
+        yield GaugeMetricFamily("shardcast_cluster_nodes", "Nodes reporting to the cluster",
+                                value=len(nodes))
+        connections = GaugeMetricFamily("shardcast_node_connections",
+                                        "Connections each node held at its last report",
+                                        labels=["node"])
+        seen = GaugeMetricFamily("shardcast_node_last_seen_seconds",
+                                 "Unix time of each node's last report", labels=["node"])
+        for node in nodes:
+            connections.add_metric([node["node_id"]], node["connections"])
+            seen.add_metric([node["node_id"]], node["last_seen"])
+        yield from (connections, seen)
+        for key, name, help_text in CLUSTER_TOTALS:
+            yield GaugeMetricFamily(name, help_text, value=figures[key])
+
+
 class _ShardCollector:
     """Metric families from the last scrape's shard figures and the supervisor's state."""
 
@@ -170,7 +244,8 @@ class _ShardCollector:
             for index, figures in enumerate(stats):
                 if figures is not None and key in figures:
                     family.add_metric([str(index)], figures[key])
-            yield family
+            if family.samples:
+                yield family
         yield from self._supervisor_families()
 
     def _supervisor_families(self) -> Iterator[Metric]:

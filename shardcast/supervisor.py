@@ -208,8 +208,9 @@ async def _serve(config: Config) -> bool:
 
 
 def _announce(config: Config) -> None:
+    where = f", node {config.node} of the cluster at {config.redis_url}" if config.redis_url else ""
     print(f"shardcast API on http://{config.host}:{config.port} "
-          f"({config.workers} shards)", flush=True)
+          f"({config.workers} shards{where})", flush=True)
     for index in range(config.workers):
         print(f"  shard {index}: websockets on ws://{config.host}:"
               f"{config.ws_port_base + index}/ws", flush=True)
