@@ -181,3 +181,13 @@ def test_admin_json_shows_every_node_and_cluster_totals(cluster, open_ws):
 def _admin_with(node: Server, connections: int) -> dict | None:
     admin = node.ok("GET", "/admin/admin.json")
     return admin if all(n["connections"] >= 1 for n in admin["nodes"]) else None
+
+
+def test_metrics_show_redis_health_and_the_nodes(cluster):
+    text = cluster[0].get("/metrics", sign=False).text
+    assert "shardcast_redis_up 1.0" in text
+    assert "shardcast_cluster_nodes 3.0" in text
+    for family in ("shardcast_redis_latency_seconds", "shardcast_redis_subscription_lag_seconds",
+                   "shardcast_redis_reconnects_total", "shardcast_redis_gaps_repaired_total",
+                   "shardcast_redis_gaps_lost_total", 'shardcast_node_connections{node="node2"}'):
+        assert family in text, family
