@@ -36,6 +36,9 @@ MAX_FLUSH_WAIT = 0.010
 READ_BUFFER = 2048   # per websocket: picows raises anything smaller to this (default 16 KiB)
 # An adapter, unlike a Logger, keeps picows from making a child Logger per socket (0.6 KB each).
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
+# picows logs an ERROR for every bad frame, even from a client with no connection: one line of
+# each kind per this many seconds, with a count of those held back.
+PICOWS_LOG_INTERVAL = 10.0
 
 
 def tune_gc() -> None:
@@ -49,6 +52,7 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     """Process entry point: one uvloop loop for the shard's whole life."""
     logs.setup(config.log_level, config.log_format, f"shard-{index}")
     logging.getLogger("picows").setLevel(logging.WARNING)   # it logs every accept at INFO
+    PICOWS_LOG.logger.addFilter(logs.RateLimit(PICOWS_LOG_INTERVAL))
     # The supervisor decides when shards stop (Ctrl-C and service managers signal the
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
