@@ -85,6 +85,10 @@ class Config:
     gc_users_after: float = _key(
         86400.0, "seconds of inactivity after which a user without connections is forgotten"
     )
+    gc_channels_after: float = _key(
+        3600.0, "seconds of inactivity after which a channel with no members, no history and "
+        "default settings is forgotten"
+    )
     heartbeat_interval: float = _key(5.0, "seconds between [] heartbeat frames to clients")
     ws_ping_interval: float = _key(20.0, "seconds between websocket pings to detect dead peers")
     max_body_size: int = _key(1048576, "largest HTTP request body accepted, in bytes")
@@ -119,6 +123,7 @@ _TYPES: dict[str, type] = {
 _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
+    "gc_channels_after",
     "heartbeat_interval", "ws_ping_interval", "signature_window", "shutdown_timeout",
 )
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",

@@ -344,6 +344,14 @@ class Shard(UserOwner, Recovery):
         for user in [u for u in self.users.values() if not u.conns and u.last_active < idle_user]:
             del self.users[user.name]
 
+    def forget_channels(self, now: float) -> None:
+        """Forget the channels owned here that have nothing to keep and were untouched for
+        gc_channels_after; ``now`` is wall-clock time, as channels' last_active."""
+        before = now - self.config.gc_channels_after
+        for name in [name for name, channel in self.channels.items()
+                     if channel.forgettable(before)]:
+            del self.channels[name]
+
     def conn_info(self, args: dict) -> dict:
         """For the admin lookup: user, channels, transport and idle seconds of each id known."""
         now = time.monotonic()

@@ -26,6 +26,7 @@ from .transport import CLOSE_GRACE, SLOW_CONSUMER, LongPoll, WebSocketClient, up
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
+CHANNEL_SWEEP_INTERVAL = 60.0   # at most; a pass over 100,000 channels takes about 10 ms
 GOING_AWAY = 1001
 # After a flush that took t, the next one waits until t has passed again (10 ms at most): a
 # shard busy writing gathers frames meanwhile, so more share each socket write (measured:
@@ -124,6 +125,7 @@ class Worker:
             logger_name=PICOWS_LOG,
         )
         loop.call_later(SWEEP_INTERVAL, self.sweep)
+        loop.call_later(self.channel_sweep_interval, self.forget_channels)
         loop.call_later(self.config.heartbeat_interval, self.heartbeat)
         loop.call_later(self.config.ws_ping_interval, self.ping, time.monotonic())
         await self.stopped
@@ -272,6 +274,14 @@ class Worker:
             return
         self.actor.sweep(time.monotonic())
         self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    @property
+    def channel_sweep_interval(self) -> float:
+        return min(CHANNEL_SWEEP_INTERVAL, self.config.gc_channels_after)
+
+    def forget_channels(self) -> None:
+        self.actor.forget_channels(time.time())
+        self.loop.call_later(self.channel_sweep_interval, self.forget_channels)
 
     def ping(self, last_round: float) -> None:
         """Dead-peer detection: one timer pings every websocket each ws_ping_interval, and
