@@ -26,6 +26,7 @@ SESSION_SECONDS = 12 * 3600
 FREE_FAILURES = 3            # failed sign-ins allowed before the waits begin
 MAX_WAIT = 300.0             # the longest wait between tries, in seconds
 MAX_TRACKED = 10000          # client addresses remembered for throttling
+PANEL_CHANNELS = 200         # the most channels the panel lists at once
 TRANSPORTS = {"WebSocketClient": "websocket", "LongPoll": "long poll"}
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
@@ -146,7 +147,11 @@ class Admin:
         return self.api.admin(request)
 
     async def channels(self, request: Request) -> Response:
-        return json_response(await self.api.commands.info(InfoFlags(include_connections=True)))
+        """A page for the panel: the first channels by name whose name holds ``filter``
+        (whatever the case), and how many more there are."""
+        flags = InfoFlags(include_connections=True, limit=PANEL_CHANNELS)
+        return json_response(await self.api.commands.info(flags,
+                                                          match=request.query.get("filter")))
 
     async def lookup(self, request: Request) -> Response:
         """A connection by its id, or a user by name with each of its connections."""

@@ -109,6 +109,10 @@ class Config:
     max_state_keys: int = _key(1000, "keys in one user's state; 0: no limit")
     max_long_polls: int = _key(10000, "/listen requests one shard may hold open; 0: no limit")
     catchup_size: int = _key(100, "envelopes kept per channel for catch-up on (re)connect")
+    admin_channels_limit: int = _key(
+        100, "channels admin.json lists (the first by name), the others only counted in its "
+        "channels_left_out; 0: no limit"
+    )
     shutdown_timeout: float = _key(
         5.0, "seconds SIGTERM waits for in-flight calls and shards before killing what is left"
     )
@@ -129,7 +133,8 @@ _TIMINGS = (
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
           "max_message_size", "replay_cache_size")
 _LIMITS = ("max_channels_per_connection", "max_connections_per_user",
-           "max_connections_per_shard", "max_state_keys", "max_long_polls")   # 0: no limit
+           "max_connections_per_shard", "max_state_keys", "max_long_polls",
+           "admin_channels_limit")   # 0: no limit
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _EXPECTED = {

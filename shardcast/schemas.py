@@ -28,6 +28,15 @@ class ChannelConfig(Struct):
     store_frames: bool = True
 
 
+PageLimit = Annotated[int, Meta(ge=1, description=(
+    "(new) List at most this many channels, by name; the answer adds `next` (give it as "
+    "`after` for the next page; null on the last one) and `remaining` (channels after this "
+    "page). Without it, every channel is listed."))]
+PageAfter = Annotated[str, Meta(min_length=1, max_length=256, description=(
+    "(new) List only channels named after this one (by code point): the `next` of the "
+    "previous page."))]
+
+
 class InfoFlags(Struct):
     channels: Union[list[ChannelName], None] = None
     exclude_channels: list[ChannelName] = []
@@ -35,6 +44,8 @@ class InfoFlags(Struct):
     include_users: bool = True
     return_public_state: bool = False
     include_connections: bool = False
+    limit: Union[PageLimit, None] = None
+    after: Union[PageAfter, None] = None
 
 
 class InfoBody(Struct):

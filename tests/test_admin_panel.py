@@ -48,6 +48,17 @@ def test_sign_in_opens_the_panel_and_its_data(server):
     assert "channels" in session.get(server.api + "/admin/channels.json").json()
 
 
+def test_panel_channels_are_filtered_and_capped_by_the_server(server):
+    session, _ = sign_in(server)
+    tag = unique("Filtered")
+    names = sorted(f"{tag}-{n}" for n in range(3))
+    server.channel_config({name: {"notify_state": True} for name in names + [unique("other")]})
+    found = session.get(server.api + "/admin/channels.json",
+                        params={"filter": tag.upper()[:-2]}).json()
+    assert list(found["channels"]) == names
+    assert found["remaining"] == 0 and found["next"] is None
+
+
 def test_admin_json_takes_a_signature_or_a_session_and_nothing_else(server):
     assert server.get("/admin/admin.json").status_code == 200          # signed
     assert requests.get(server.api + "/admin/admin.json").status_code == 403
