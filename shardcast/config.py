@@ -21,6 +21,7 @@ SECTION = "shardcast"
 ENV_PREFIX = "SHARDCAST_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+COOKIE_SECURE = ("auto", "true", "false")
 MAX_PORT = 65535
 
 
@@ -49,6 +50,10 @@ class Config:
     secret: str = _key("", "shared secret that signs API calls; empty: a random one per run")
     admin_user: str = _key("admin", "user name for the admin pages")
     admin_secret: str = _key("", "password for the admin pages; empty: admin login disabled")
+    admin_cookie_secure: str = _key(
+        "auto", "Secure flag on the admin cookie: auto (when ssl_certfile is set), true (behind "
+        "a TLS proxy) or false"
+    )
     allow_posting_from: tuple[str, ...] = _key(
         ("127.0.0.1",), "IP addresses allowed to call the server API; 0.0.0.0 allows all"
     )
@@ -80,6 +85,10 @@ class Config:
         "websocket URL returned by /connect, before ?conn_id=...; {host} = host name the "
         "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index",
     )
+    ssl_certfile: str = _key(
+        "", "PEM certificate (chain) for TLS on the API and websocket ports; empty: no TLS"
+    )
+    ssl_keyfile: str = _key("", "PEM private key of ssl_certfile")
     wake_connections_after: float = _key(5.0, "seconds a /listen long poll waits for messages")
     gc_conns_after: float = _key(15.0, "seconds of inactivity after which a connection is removed")
     gc_users_after: float = _key(
@@ -243,7 +252,7 @@ def load_config(
     for key, value, source in layers:
         values[key] = _convert(key, value, source)
         sources[key] = source
-    for key in ("log_level", "log_format"):
+    for key in ("log_level", "log_format", "admin_cookie_secure"):
         if key in values:
             values[key] = values[key].lower()
     config = Config(**values)
@@ -283,6 +292,8 @@ def _range_problems(config: Config) -> dict[str, str]:
         problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
     if config.log_format not in LOG_FORMATS:
         problems["log_format"] = "one of " + ", ".join(LOG_FORMATS)
+    if config.admin_cookie_secure not in COOKIE_SECURE:
+        problems["admin_cookie_secure"] = "one of " + ", ".join(COOKIE_SECURE)
     if not _valid_ws_url_template(config.ws_url_template):
         problems["ws_url_template"] = (
             "a ws:// or wss:// URL using no placeholders but {host}, {port} and {shard}"
