@@ -216,11 +216,5 @@ class LongPoll:
         self.answer(merge_frames(self.frames) if self.frames else HEARTBEAT)
         self.on_done(self)
 
-    def drop_slow_consumer(self) -> None:
-        self.close(SLOW_CONSUMER)
-        # The connection goes at once, not when the socket is done (it may never be); later,
-        # as the caller may be iterating over the shard's connections.
-        asyncio.get_running_loop().call_soon(self.on_close, self.conn, self, SLOW_CONSUMER)
-
     def close(self, code: int = 1000) -> None:
         self.finish()
