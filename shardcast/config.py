@@ -136,8 +136,8 @@ _TYPES: dict[str, type] = {
 _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
-    "gc_channels_after",
-    "heartbeat_interval", "ws_ping_interval", "signature_window", "shutdown_timeout",
+    "gc_channels_after", "heartbeat_interval", "ws_ping_interval", "signature_window",
+    "shutdown_timeout",
 )
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
           "max_message_size", "replay_cache_size")
