@@ -150,7 +150,8 @@ class WebSocketClient(WSListener):
             # Half-closed: the peer reads what was sent, the close frame, then the end of the
             # stream, and we read on until it closes its side. Closing ours with its frames
             # still unread (a flood) would reset the socket, and lose the close frame.
-            transport.underlying_transport.write_eof()
+            if not transport.underlying_transport.is_closing():    # else it raises
+                transport.underlying_transport.write_eof()
             # A peer that does not read or close would hold the socket and its buffer forever.
             asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.disconnect, False)
 
