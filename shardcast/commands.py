@@ -199,12 +199,12 @@ class Commands:
         for found in await self.cluster.call_many(calls, "info"):
             channels.update(found["channels"])
             chosen += found["chosen"]
-        names = sorted(channels)[:flags.limit]
-        page = {name: channels[name] for name in names}
+        listed = sorted(channels)[:flags.limit]
+        page = {name: channels[name] for name in listed}
         answer = {"channels": page, "users": await self._members(flags, page.values())}
         if flags.limit is not None:
-            remaining = chosen - len(names)
-            answer.update(next=names[-1] if remaining else None, remaining=remaining)
+            remaining = chosen - len(listed)
+            answer.update(next=listed[-1] if remaining else None, remaining=remaining)
         return answer
 
     async def _members(self, flags: InfoFlags, channels: Iterable[dict]) -> list[dict]:
