@@ -1,15 +1,28 @@
 """The admin pages: sign-in with ``admin_user``/``admin_secret``, sessions, and the panel's data.
 
-A session is a random cookie token kept in the supervisor's memory (it ends with the process).
-Failed sign-ins are throttled per client address: after a few, each further try must wait,
-longer and longer, and gets 429 until then.
+A session is a random token kept in the supervisor's memory (it ends with the process), in a
+cookie that also carries a device id signed with admin_secret: it tells a browser that signed
+in here before from any other.
+
+Failed sign-ins are throttled twice. Per client (the address, or a known browser's device id):
+after a few, each further try must wait, longer and longer. And all unknown browsers together
+share a budget of failures that refills slowly, so that guessing from many addresses at once
+gets no further than from one. The trade-off: whoever keeps that budget spent keeps sign-in
+closed to unknown browsers for as long as they go on (half a minute after they stop); a
+browser that signed in here before is let in on its own throttle, and open sessions are never
+touched. Requests get 429 with Retry-After while they must wait.
+
+Every POST that acts with the session must come from the admin's own pages (Sec-Fetch-Site,
+or Origin against Host): a page elsewhere cannot make the admin's browser send one.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import orjson
@@ -21,11 +34,17 @@ from .http_server import Request, Response, json_response
 from .schemas import InfoFlags
 from .signing import REQUEST_HEADER, sign_request
 
-COOKIE = "shardcast_admin"
+COOKIE = "shardcast_admin"   # "<session token>.<device id>.<its signature>"
 SESSION_SECONDS = 12 * 3600
-FREE_FAILURES = 3            # failed sign-ins allowed before the waits begin
+DEVICE_SECONDS = 365 * 86400  # how long a browser that signed in is known by its cookie
+FREE_FAILURES = 3            # failed sign-ins of one client before its waits begin
 MAX_WAIT = 300.0             # the longest wait between tries, in seconds
-MAX_TRACKED = 10000          # client addresses remembered for throttling
+MAX_TRACKED = 10000          # clients remembered for throttling
+FAILURE_BUDGET = 20          # failed sign-ins of all unknown browsers together, and then
+BUDGET_REFILL = 30.0         # one more every this many seconds
+PANEL_CHANNELS = 200         # the most channels the panel lists at once
+SAME_SITE = ("same-origin", "none")   # Sec-Fetch-Site of the admin's own pages (none: typed in)
+CROSS_SITE = {"request": "Refused: the admin pages take POSTs from their own pages only"}
 TRANSPORTS = {"WebSocketClient": "websocket", "LongPoll": "long poll"}
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
@@ -53,31 +72,56 @@ class Throttle:
         self.failures.pop(client, None)
 
 
+class Budget:
+    """Failures shared by all clients: FAILURE_BUDGET, then one more every BUDGET_REFILL
+    seconds (a token bucket)."""
+
+    def __init__(self) -> None:
+        self.left = float(FAILURE_BUDGET)
+        self.counted = time.monotonic()     # when ``left`` was last brought up to date
+
+    def wait(self, now: float) -> float:
+        """Seconds until a failure may be spent again (0: go ahead)."""
+        self._refill(now)
+        return max(0.0, (1 - self.left) * BUDGET_REFILL)
+
+    def spend(self, now: float) -> None:
+        self._refill(now)
+        self.left -= 1
+
+    def _refill(self, now: float) -> None:
+        self.left = min(FAILURE_BUDGET, self.left + (now - self.counted) / BUDGET_REFILL)
+        self.counted = now
+
+
 class Admin:
     def __init__(self, config: Config, api: HttpApi) -> None:
         self.config = config
         self.api = api
         self.sessions: dict[str, float] = {}   # token -> expiry (monotonic)
         self.throttle = Throttle()
+        self.budget = Budget()
+        secure = config.admin_cookie_secure
+        self.secure = secure == "true" or (secure == "auto" and bool(config.ssl_certfile))
 
     def routes(self) -> dict[str, tuple[dict, bool]]:
-        page = assets.file_response(assets.package_file("admin.html"))
-        login = assets.file_response(assets.package_file("admin-login.html"))
+        page = assets.file_response(assets.package_file("admin.html"), assets.PAGE_HEADERS)
+        login = assets.file_response(assets.package_file("admin-login.html"), assets.PAGE_HEADERS)
         return {
             "/admin": ({"GET": self._page(page)}, False),
             "/admin/": ({"GET": self._page(page)}, False),
-            "/admin/login": ({"GET": login, "POST": self.login}, False),
-            "/admin/logout": ({"POST": self.logout}, False),
+            "/admin/login": ({"GET": login, "POST": _same_site(self.login)}, False),
+            "/admin/logout": ({"POST": _same_site(self.logout)}, False),
             "/admin/admin.json": ({"GET": self.admin_json, "POST": self.admin_json}, False),
             "/admin/channels.json": ({"GET": self._only_signed_in(self.channels)}, False),
             "/admin/lookup.json": ({"GET": self._only_signed_in(self.lookup)}, False),
-            "/admin/sign.json": ({"POST": self._only_signed_in(self.sign)}, False),
+            "/admin/sign.json": ({"POST": _same_site(self._only_signed_in(self.sign))}, False),
         }
 
     # -- sessions -----------------------------------------------------------------------
 
     def signed_in(self, request: Request) -> bool:
-        token = _cookie(request, COOKIE)
+        token, _ = self._cookie(request)
         expiry = self.sessions.get(token) if token else None
         if expiry is None:
             return False
@@ -85,6 +129,24 @@ class Admin:
             del self.sessions[token]
             return False
         return True
+
+    def _cookie(self, request: Request) -> tuple[str, str | None]:
+        """The session token of the cookie, and its device id if this server signed it."""
+        token, _, device = (_cookie(request, COOKIE) or "").partition(".")
+        device, _, signature = device.partition(".")
+        if not (device and hmac.compare_digest(signature, self._signature(device))):
+            return token, None
+        return token, device
+
+    def _signature(self, device: str) -> str:
+        key = self.config.admin_secret.encode()     # a new password forgets every browser
+        return hmac.new(key, device.encode(), hashlib.sha256).hexdigest()
+
+    def _set_cookie(self, token: str, device: str) -> dict[str, str]:
+        value = f"{token}.{device}.{self._signature(device)}"
+        secure = "; Secure" if self.secure else ""
+        return {"set-cookie": f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; "
+                              f"Max-Age={DEVICE_SECONDS}{secure}"}
 
     def _page(self, serve: Handler) -> Handler:
         def page(request: Request) -> Response | Awaitable[Response]:
@@ -105,7 +167,8 @@ class Admin:
             return json_response({"error": "Admin sign-in is off: set admin_secret in the "
                                   "configuration (or SHARDCAST_ADMIN_SECRET)"}, 403)
         now = time.monotonic()
-        wait = self.throttle.wait(request.client, now)
+        _, device = self._cookie(request)
+        wait = self._wait(request.client, device, now)
         if wait > 0:
             return _too_many(wait)
         try:
@@ -116,37 +179,53 @@ class Admin:
         good_user = hmac.compare_digest(user.encode(), self.config.admin_user.encode())
         good_password = hmac.compare_digest(password.encode(), self.config.admin_secret.encode())
         if not (good_user and good_password):
-            self.throttle.failed(request.client, now)
-            wait = self.throttle.wait(request.client, now)
+            self.throttle.failed(device or request.client, now)
+            if device is None:
+                self.budget.spend(now)
+            wait = self._wait(request.client, device, now)
             if wait > 0:
                 return _too_many(wait)
             return json_response({"error": "Wrong user name or password"}, 401)
-        self.throttle.succeeded(request.client)
+        self.throttle.succeeded(device or request.client)
         token = secrets.token_urlsafe(32)
         self.sessions = {key: expiry for key, expiry in self.sessions.items() if expiry > now}
         self.sessions[token] = now + SESSION_SECONDS
-        return Response(200, b'{"ok":true}', headers={"set-cookie": (
-            f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}")})
+        return Response(200, b'{"ok":true}',
+                        headers=self._set_cookie(token, device or secrets.token_urlsafe(16)))
+
+    def _wait(self, client: str, device: str | None, now: float) -> float:
+        """Seconds before a sign-in may be tried: a browser known by its device id waits for
+        its own failures only, any other for its address's and the shared budget."""
+        if device is not None:
+            return self.throttle.wait(device, now)
+        return max(self.throttle.wait(client, now), self.budget.wait(now))
 
     def logout(self, request: Request) -> Response:
-        token = _cookie(request, COOKIE)
-        if token:
-            self.sessions.pop(token, None)
-        return Response(200, b'{"ok":true}', headers={
-            "set-cookie": f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"})
+        """Ends the session; the browser stays known."""
+        token, device = self._cookie(request)
+        self.sessions.pop(token, None)
+        if device is None:
+            return Response(200, b'{"ok":true}', headers={
+                "set-cookie": f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"})
+        return Response(200, b'{"ok":true}', headers=self._set_cookie("", device))
 
     # -- data ---------------------------------------------------------------------------
 
     def admin_json(self, request: Request) -> Response | Awaitable[Response]:
-        """The API's admin.json: for a signed call, or for a signed-in admin."""
-        if not self.signed_in(request):
-            refusal = self.api.authorize(request)
-            if refusal is not None:
-                return refusal
+        """The API's admin.json: for a signed call, or for a signed-in admin's own pages."""
+        if self.signed_in(request):
+            return _same_site(self.api.admin)(request)
+        refusal = self.api.authorize(request)
+        if refusal is not None:
+            return refusal
         return self.api.admin(request)
 
     async def channels(self, request: Request) -> Response:
-        return json_response(await self.api.commands.info(InfoFlags(include_connections=True)))
+        """A page for the panel: the first channels by name whose name holds ``filter``
+        (whatever the case), and how many more there are."""
+        flags = InfoFlags(include_connections=True, limit=PANEL_CHANNELS)
+        return json_response(await self.api.commands.info(flags,
+                                                          match=request.query.get("filter")))
 
     async def lookup(self, request: Request) -> Response:
         """A connection by its id, or a user by name with each of its connections."""
@@ -190,6 +269,22 @@ def _too_many(wait: float) -> Response:
     seconds = int(wait) + 1
     return Response(429, orjson.dumps({"error": f"Too many failed sign-ins: wait {seconds} s"}),
                     headers={"retry-after": str(seconds)})
+
+
+def _same_site(handler: Handler) -> Handler:
+    """``handler`` for requests from the admin's own pages, or from no page at all (curl,
+    scripts); a page elsewhere making the admin's browser send one gets 403."""
+    def guarded(request: Request) -> Response | Awaitable[Response]:
+        site = request.headers.get("sec-fetch-site")
+        origin = request.headers.get("origin")
+        if site is not None:
+            foreign = site not in SAME_SITE
+        else:       # older browsers send Origin only
+            foreign = origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+        if foreign:
+            return json_response(CROSS_SITE, 403)
+        return handler(request)
+    return guarded
 
 
 def _named(info: dict) -> dict:

@@ -16,6 +16,13 @@ TEXT_TYPES = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript;
               ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8",
               ".json": "application/json", ".svg": "image/svg+xml"}
 NO_CACHE = {"cache-control": "no-cache", "x-content-type-options": "nosniff"}
+# For the pages that act with the admin's session (the panel, its sign-in, the API explorer):
+# never in a frame (clickjacking), and scripts, styles and connections from this server only.
+PAGE_HEADERS = {
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+}
 
 
 def content_type(name: str) -> str:
@@ -23,14 +30,16 @@ def content_type(name: str) -> str:
     return TEXT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-def file_response(source: Traversable) -> Callable[[Request], Response]:
-    """A handler that answers with the file's bytes, read once."""
+def file_response(source: Traversable,
+                  headers: dict[str, str] | None = None) -> Callable[[Request], Response]:
+    """A handler that answers with the file's bytes, read once (and ``headers``)."""
     cached: list[bytes] = []
+    all_headers = {**NO_CACHE, **(headers or {})}
 
     def serve(request: Request) -> Response:
         if not cached:
             cached.append(source.read_bytes())
-        return Response(200, cached[0], content_type(source.name), dict(NO_CACHE))
+        return Response(200, cached[0], content_type(source.name), dict(all_headers))
     return serve
 
 

@@ -35,8 +35,10 @@ class Channel:
         self.public_states: dict[str, dict] = {}
 
     def configure(self, settings: dict[str, Any]) -> None:
-        # Replaced, never changed in place: so channels on the defaults share their dict.
-        self.settings = {**DEFAULT_SETTINGS, **settings} if settings else DEFAULT_SETTINGS
+        # Replaced, never changed in place: so channels on the defaults share their dict (and
+        # ``forgettable`` knows them by it).
+        merged = {**DEFAULT_SETTINGS, **settings}
+        self.settings = DEFAULT_SETTINGS if merged == DEFAULT_SETTINGS else merged
         if self.history is not None:
             self.history = deque(self.history, maxlen=self.settings["history_size"])
 
@@ -77,6 +79,12 @@ class Channel:
 
     def touch(self) -> None:
         self.last_active = time.time()
+
+    def forgettable(self, before: float) -> bool:
+        """Nothing to keep and untouched since ``before``: no members (on any shard), no
+        history, default settings. Forgotten, it is as if it had never been made."""
+        return (self.last_active < before and not self.conns and not self.history
+                and self.settings is DEFAULT_SETTINGS)
 
     def member_list(self) -> list[dict]:
         return [{"user": user, "state": self.public_states.get(user) or {}}

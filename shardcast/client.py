@@ -201,12 +201,15 @@ class Endpoints:
     def info(self, channels: Sequence[str] | None = None, *,
              exclude_channels: Sequence[str] | None = None, include_history: bool | None = None,
              include_users: bool | None = None, return_public_state: bool | None = None,
-             include_connections: bool | None = None) -> Any:
-        """Channels (all when ``channels`` is None), members, history and user states."""
+             include_connections: bool | None = None, limit: int | None = None,
+             after: str | None = None) -> Any:
+        """Channels (all when ``channels`` is None), members, history and user states; with
+        ``limit``, a page of them by name (pass its ``next`` as ``after`` for the next one)."""
         return self._call("POST", "/info", {"info": _compact(
             channels=_listed(channels), exclude_channels=_listed(exclude_channels),
             include_history=include_history, include_users=include_users,
-            return_public_state=return_public_state, include_connections=include_connections)})
+            return_public_state=return_public_state, include_connections=include_connections,
+            limit=limit, after=after)})
 
     def admin(self) -> Any:
         """Server statistics, summed and per shard (``/admin/admin.json``)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterable
 
 import msgspec
 import orjson
@@ -251,10 +251,13 @@ class Commands:
             channels.update(_checked(found))
         return {"channels": channels, "users": []}
 
-    async def info(self, flags: InfoFlags, names: list[str] | None = None) -> dict:
-        """The Info object; ``names`` None means every channel."""
+    async def info(self, flags: InfoFlags, names: list[str] | None = None,
+                   match: str | None = None) -> dict:
+        """The Info object; ``names`` None means every channel. With ``flags.limit``, one page
+        of them by name, and ``next`` and ``remaining`` to go on; ``match``: see Shard.info."""
         args = {"exclude": flags.exclude_channels, "history": flags.include_history,
-                "users": flags.include_users}
+                "users": flags.include_users, "after": flags.after, "limit": flags.limit,
+                "match": match and match.casefold()}
         if names is None:
             names = await self.directory.channel_names()
         if names is None:
@@ -263,27 +266,40 @@ class Commands:
             calls = {shard: {**args, "channels": group}
                      for shard, group in self.cluster.group(names).items()}
         channels: dict = {}
+        chosen = 0
         for found in await self.cluster.call_many(calls, "info"):
-            channels.update(_checked(found))
-        users: list = []
-        if flags.include_users:
-            members = sorted({user for channel in channels.values() for user in channel["users"]})
-            calls = {shard: {"users": group, "public": flags.return_public_state,
-                             "connections": flags.include_connections}
-                     for shard, group in self.cluster.group(members).items()}
-            for found in await self.cluster.call_many(calls, "user_states"):
-                users.extend(_checked(found))
-            users.sort(key=lambda entry: entry["user"])
-        return {"channels": dict(sorted(channels.items())), "users": users}
+            channels.update(_checked(found)["channels"])
+            chosen += found["chosen"]
+        listed = sorted(channels)[:flags.limit]
+        page = {name: channels[name] for name in listed}
+        answer = {"channels": page, "users": await self._members(flags, page.values())}
+        if flags.limit is not None:
+            remaining = chosen - len(listed)
+            answer.update(next=listed[-1] if remaining else None, remaining=remaining)
+        return answer
+
+    async def _members(self, flags: InfoFlags, channels: Iterable[dict]) -> list[dict]:
+        """The top-level ``users`` of an Info object: each member of ``channels`` once."""
+        if not flags.include_users:
+            return []
+        members = sorted({user for channel in channels for user in channel["users"]})
+        calls = {shard: {"users": group, "public": flags.return_public_state,
+                         "connections": flags.include_connections}
+                 for shard, group in self.cluster.group(members).items()}
+        users = [user for found in await self.cluster.call_many(calls, "user_states")
+                 for user in _checked(found)]
+        return sorted(users, key=lambda entry: entry["user"])
 
     async def admin(self) -> dict:
         shards = await self.cluster.call_many(dict.fromkeys(range(self.cluster.shards)), "stats")
         for figures, restarts in zip(shards, self.cluster.restarts):
             figures["restarts"] = restarts
-        info = await self.info(InfoFlags(include_history=False, include_connections=True))
+        info = await self.info(InfoFlags(include_history=False, include_connections=True,
+                                         limit=self.config.admin_channels_limit or None))
         return {
             **await self.directory.figures(shards),
             "channels": list(info["channels"].values()),
+            "channels_left_out": info.get("remaining", 0),
             "users": info["users"],
             "uptime": str(timedelta(seconds=int(time.time() - self.started))),
             "version": __version__,

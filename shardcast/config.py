@@ -22,6 +22,7 @@ SECTION = "shardcast"
 ENV_PREFIX = "SHARDCAST_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+COOKIE_SECURE = ("auto", "true", "false")
 MAX_PORT = 65535
 
 
@@ -50,6 +51,10 @@ class Config:
     secret: str = _key("", "shared secret that signs API calls; empty: a random one per run")
     admin_user: str = _key("admin", "user name for the admin pages")
     admin_secret: str = _key("", "password for the admin pages; empty: admin login disabled")
+    admin_cookie_secure: str = _key(
+        "auto", "Secure flag on the admin cookie: auto (when ssl_certfile is set), true (behind "
+        "a TLS proxy) or false"
+    )
     allow_posting_from: tuple[str, ...] = _key(
         ("127.0.0.1",), "IP addresses allowed to call the server API; 0.0.0.0 allows all"
     )
@@ -81,10 +86,18 @@ class Config:
         "websocket URL returned by /connect, before ?conn_id=...; {host} = host name the "
         "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index",
     )
+    ssl_certfile: str = _key(
+        "", "PEM certificate (chain) for TLS on the API and websocket ports; empty: no TLS"
+    )
+    ssl_keyfile: str = _key("", "PEM private key of ssl_certfile")
     wake_connections_after: float = _key(5.0, "seconds a /listen long poll waits for messages")
     gc_conns_after: float = _key(15.0, "seconds of inactivity after which a connection is removed")
     gc_users_after: float = _key(
         86400.0, "seconds of inactivity after which a user without connections is forgotten"
+    )
+    gc_channels_after: float = _key(
+        3600.0, "seconds of inactivity after which a channel with no members, no history and "
+        "default settings is forgotten"
     )
     heartbeat_interval: float = _key(5.0, "seconds between [] heartbeat frames to clients")
     ws_ping_interval: float = _key(20.0, "seconds between websocket pings to detect dead peers")
@@ -106,6 +119,10 @@ class Config:
     max_state_keys: int = _key(1000, "keys in one user's state; 0: no limit")
     max_long_polls: int = _key(10000, "/listen requests one shard may hold open; 0: no limit")
     catchup_size: int = _key(100, "envelopes kept per channel for catch-up on (re)connect")
+    admin_channels_limit: int = _key(
+        100, "channels admin.json lists (the first by name), the others only counted in its "
+        "channels_left_out; 0: no limit"
+    )
     shutdown_timeout: float = _key(
         5.0, "seconds SIGTERM waits for in-flight calls and shards before killing what is left"
     )
@@ -149,13 +166,14 @@ _TYPES: dict[str, type] = {
 _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
-    "heartbeat_interval", "ws_ping_interval", "signature_window", "shutdown_timeout",
-    "node_timeout", "redis_timeout", "history_ttl",
+    "gc_channels_after", "heartbeat_interval", "ws_ping_interval", "signature_window",
+    "shutdown_timeout", "node_timeout", "redis_timeout", "history_ttl",
 )
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
           "max_message_size", "replay_cache_size")
 _LIMITS = ("max_channels_per_connection", "max_connections_per_user",
-           "max_connections_per_shard", "max_state_keys", "max_long_polls")   # 0: no limit
+           "max_connections_per_shard", "max_state_keys", "max_long_polls",
+           "admin_channels_limit")   # 0: no limit
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _EXPECTED = {
@@ -264,7 +282,7 @@ def load_config(
     for key, value, source in layers:
         values[key] = _convert(key, value, source)
         sources[key] = source
-    for key in ("log_level", "log_format"):
+    for key in ("log_level", "log_format", "admin_cookie_secure"):
         if key in values:
             values[key] = values[key].lower()
     config = Config(**values)
@@ -304,6 +322,8 @@ def _range_problems(config: Config) -> dict[str, str]:
         problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
     if config.log_format not in LOG_FORMATS:
         problems["log_format"] = "one of " + ", ".join(LOG_FORMATS)
+    if config.admin_cookie_secure not in COOKIE_SECURE:
+        problems["admin_cookie_secure"] = "one of " + ", ".join(COOKIE_SECURE)
     if not _valid_ws_url_template(config.ws_url_template):
         problems["ws_url_template"] = (
             "a ws:// or wss:// URL using no placeholders but {host}, {port} and {shard}"

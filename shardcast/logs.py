@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timezone
 
 import orjson
@@ -28,6 +29,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
+
+
+class RateLimit(logging.Filter):
+    """At most one record per ``interval`` seconds of each kind (logger and message template,
+    whatever its arguments); the next one let through tells how many were held back. For lines
+    that anyone can cause, such as garbage sent to a port: they must not flood the log."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.passed: dict[tuple[str, object], float] = {}    # kind -> when one last passed
+        self.held: dict[tuple[str, object], int] = {}        # kind -> how many since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, record.msg)
+        if record.created - self.passed.get(kind, -math.inf) < self.interval:
+            self.held[kind] = self.held.get(kind, 0) + 1
+            return False
+        self.passed[kind] = record.created
+        held = self.held.pop(kind, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this since the last one, not logged)"
+        return True
 
 
 def setup(level: str, log_format: str, process: str) -> None:

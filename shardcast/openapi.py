@@ -32,7 +32,8 @@ ENDPOINTS: dict[str, dict[str, tuple[Any, str]]] = {
                                  "Create channels or replace their settings")},
     "/info": {
         "GET": (None, "Every channel with history, users and full states"),
-        "POST": (schemas.InfoBody, "Channels, members, history and user states, filtered"),
+        "POST": (schemas.InfoBody, "Channels, members, history and user states, filtered, "
+                                   "or a page at a time"),
     },
     "/admin/admin.json": {
         "GET": (None, "Server statistics, summed and per shard"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from datetime import datetime
 from typing import Annotated, Any, Union
 from uuid import UUID
@@ -27,6 +28,15 @@ class ChannelConfig(Struct):
     store_frames: bool = True
 
 
+PageLimit = Annotated[int, Meta(ge=1, description=(
+    "(new) List at most this many channels, by name; the answer adds `next` (give it as "
+    "`after` for the next page; null on the last one) and `remaining` (channels after this "
+    "page). Without it, every channel is listed."))]
+PageAfter = Annotated[str, Meta(min_length=1, max_length=256, description=(
+    "(new) List only channels named after this one (by code point): the `next` of the "
+    "previous page."))]
+
+
 class InfoFlags(Struct):
     channels: Union[list[ChannelName], None] = None
     exclude_channels: list[ChannelName] = []
@@ -34,6 +44,8 @@ class InfoFlags(Struct):
     include_users: bool = True
     return_public_state: bool = False
     include_connections: bool = False
+    limit: Union[PageLimit, None] = None
+    after: Union[PageAfter, None] = None
 
 
 class InfoBody(Struct):
@@ -206,56 +218,88 @@ def _locate(text: str, value: Any, kind: type) -> dict:
     return errors
 
 
-def _path_keys(path: str, value: Any, kind: type, message: str) -> list[str]:
-    """Path segments as strings; dict entries ("[...]") are found by elimination."""
+def _path_keys(path: str, value: Any, kind: Any, message: str) -> list[str]:
+    """Path segments as strings. A dict entry ("[...]") is found in its mapping alone, checked
+    against the mapping's declared type: the rest of the body is never validated again (doing
+    so once per entry took over 20 s for a 0.9 MB body with 40,000 entries)."""
     keys: list[str] = []
     node = value
-    trail: list[Any] = []
     for match in _SEGMENT.finditer(path):
         name, index = match.group(1), match.group(2)
         if name is not None:
             keys.append(name)
-            trail.append(name)
+            kind = _child_type(kind, node, name)
             node = node.get(name) if isinstance(node, dict) else None
         elif index is not None:
             keys.append(index)
-            trail.append(int(index))
+            kind = _child_type(kind, node, int(index))
             node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
         else:
-            key, part = _bad_entry(value, trail, node, kind, message)
+            # The message as the mapping alone would fail with it: its path starts at "$".
+            local = message.replace("`$" + path[:match.start()], "`$", 1)
+            key, part = _bad_entry(node, _narrow(kind, node), local)
             keys += [key, part]
-            trail.append(key)
+            kind = _child_type(kind, node, key)
             node = node.get(key) if isinstance(node, dict) else None
             if part == "key":
                 break
     return keys
 
 
-def _bad_entry(root: Any, trail: list, mapping: Any, kind: type,
-               message: str) -> tuple[str, str]:
-    """Which entry of ``mapping`` fails with ``message``, and whether its key or its value is
-    at fault (other fields of ``root`` may be invalid too: only the same error counts)."""
-    if not isinstance(mapping, dict):
+def _bad_entry(mapping: Any, kind: Any, message: str) -> tuple[str, str]:
+    """Which entry of ``mapping`` (of type ``kind``) fails with ``message``, and whether its key
+    or its value is at fault. msgspec stops at the first entry that fails and those before it
+    pass: halving the range that holds it finds it in about two passes over the mapping."""
+    if not isinstance(mapping, dict) or kind is None:
         return "?", "value"
-    for key, item in mapping.items():
-        if _fails_alike(root, trail, {key: item}, kind, message):
-            part = "value" if _fails_alike(root, trail, {"k": item}, kind, message) else "key"
-            return key, part
-    return "?", "value"
+    entries = list(mapping.items())
+    if not _fails_alike(entries, kind, message):
+        return "?", "value"
+    low, high = 0, len(entries)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _fails_alike(entries[low:middle], kind, message):
+            high = middle
+        else:
+            low = middle
+    return entries[low][0], "key" if message.endswith(_AT_KEY + "`") else "value"
 
 
-def _fails_alike(root: Any, trail: list, replacement: dict, kind: type, message: str) -> bool:
-    """Whether ``root`` with the mapping at ``trail`` swapped for ``replacement`` fails with
-    the same ``message``."""
-    def swap(node: Any, depth: int) -> Any:
-        if depth == len(trail):
-            return replacement
-        step = trail[depth]
-        copy = list(node) if isinstance(node, list) else dict(node)
-        copy[step] = swap(node[step], depth + 1)
-        return copy
+def _fails_alike(entries: list, kind: Any, message: str) -> bool:
+    """Whether a mapping of just ``entries`` fails with ``message``."""
     try:
-        msgspec.convert(swap(root, 0), type=kind)
+        msgspec.convert(dict(entries), type=kind)
     except msgspec.ValidationError as error:
         return str(error) == message
     return False
+
+
+def _child_type(kind: Any, node: Any, step: str | int) -> Any:
+    """The declared type of ``node[step]`` where ``node`` is of type ``kind`` (None: unknown)."""
+    kind = _narrow(kind, node)
+    if _is_struct(kind):
+        return next((field.type for field in msgspec.structs.fields(kind)
+                     if field.encode_name == step), None)
+    args = typing.get_args(kind)
+    return args[-1] if args else None      # list[X] -> X, dict[K, V] -> V
+
+
+def _narrow(kind: Any, node: Any) -> Any:
+    """``kind`` as it applies to ``node``, an object or array: constraints unwrapped, and
+    of a union the member that takes it."""
+    while typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
+    if typing.get_origin(kind) is not Union:
+        return kind
+    for option in typing.get_args(kind):
+        option = _narrow(option, node)
+        origin = typing.get_origin(option) or option
+        if isinstance(node, dict) and (origin is dict or _is_struct(origin)):
+            return option
+        if isinstance(node, list) and origin is list:
+            return option
+    return None
+
+
+def _is_struct(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, Struct)

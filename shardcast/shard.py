@@ -5,6 +5,7 @@ are answered with plain values; everything that must travel goes through ``net``
 """
 from __future__ import annotations
 
+import heapq
 import os
 import sys
 import time
@@ -218,11 +219,21 @@ class Shard(UserOwner, Recovery):
         return result
 
     def info(self, args: dict) -> dict:
+        """Infos of the chosen channels owned here, and how many were chosen: all of them, or
+        with ``limit`` the first ones by name (the supervisor merges the shards' pages).
+        ``match`` (the admin panel's filter) keeps names holding it, whatever the case."""
         names = args["channels"]
-        chosen = self.channels.keys() if names is None else names
         exclude = set(args["exclude"])
-        return {name: self.channels[name].info(args["history"], args["users"])
-                for name in chosen if name in self.channels and name not in exclude}
+        after, match = args.get("after"), args.get("match")
+        chosen = [name for name in (self.channels if names is None else names)
+                  if name in self.channels and name not in exclude
+                  and (after is None or name > after)
+                  and (not match or match in name.casefold())]
+        count = len(chosen)
+        if args.get("limit") is not None:
+            chosen = heapq.nsmallest(args["limit"], chosen)
+        return {"channels": {name: self.channels[name].info(args["history"], args["users"])
+                             for name in chosen}, "chosen": count}
 
     def publish(self, items: list[dict]) -> None:
         for item in items:
@@ -346,6 +357,14 @@ class Shard(UserOwner, Recovery):
         idle_user = now - self.config.gc_users_after
         for user in [u for u in self.users.values() if not u.conns and u.last_active < idle_user]:
             del self.users[user.name]
+
+    def forget_channels(self, now: float) -> None:
+        """Forget the channels owned here that have nothing to keep and were untouched for
+        gc_channels_after; ``now`` is wall-clock time, as channels' last_active."""
+        before = now - self.config.gc_channels_after
+        for name in [name for name, channel in self.channels.items()
+                     if channel.forgettable(before)]:
+            del self.channels[name]
 
     def conn_info(self, args: dict) -> dict:
         """For the admin lookup: user, channels, transport and idle seconds of each id known."""

@@ -27,7 +27,7 @@ class Site:
         api.routes.update({
             "/openapi.json": ({"GET": self.openapi}, False),
             "/api-explorer": ({"GET": assets.file_response(
-                assets.package_file("explorer.html"))}, False),
+                assets.package_file("explorer.html"), assets.PAGE_HEADERS)}, False),
         })
         self.metrics = Metrics(api, supervisor)
         api.routes["/metrics"] = ({"GET": self.metrics.render}, False)

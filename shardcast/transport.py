@@ -74,11 +74,29 @@ class WebSocketClient(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self.heard = time.monotonic()
+        if self.transport is None:      # we closed: wait for the peer's close, drop the rest
+            if frame.msg_type == WSMsgType.CLOSE:
+                transport.disconnect()
+            return
         if frame.msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
-        elif self.conn is not None:
+            return
+        if frame.msg_type == WSMsgType.PING:
+            self.pong(frame.get_payload_as_bytes())
+        if self.conn is not None:
             self.conn.last_active = self.heard
+
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping within send_buffer_size, as everything else sent: picows' auto-pong
+        queued a pong per ping for a peer that never read them (190 MB for a million)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
+            self.drop_slow_consumer()
+        else:
+            transport.send_pong(payload)
 
     def ping(self, since: float) -> bool:
         """Ping the peer; False (and the socket dropped) if it sent nothing since ``since``."""
@@ -113,21 +131,28 @@ class WebSocketClient(WSListener):
             return
         # Measured as fast as a bound method cached per websocket, which cost 64 B of each.
         if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
-            self.close(SLOW_CONSUMER)
-            # The connection goes at once, not when the socket is done (it may never be); later,
-            # as the caller may be iterating over the shard's connections.
-            asyncio.get_running_loop().call_soon(self.on_close, self.conn, self, SLOW_CONSUMER)
+            self.drop_slow_consumer()
             return
         # The header written in place is the same for every socket sent this buffer (server
         # frames are not masked), so one buffer serves them all.
         transport.send_reuse_external_bytearray(WSMsgType.TEXT, data, HEADROOM)
 
+    def drop_slow_consumer(self) -> None:
+        self.close(SLOW_CONSUMER)
+        # The connection goes at once, not when the socket is done (it may never be); later,
+        # as the caller may be iterating over the shard's connections.
+        asyncio.get_running_loop().call_soon(self.on_close, self.conn, self, SLOW_CONSUMER)
+
     def close(self, code: int = 1000) -> None:
         transport, self.transport = self.transport, None
         if transport is not None and not transport.is_disconnected:
             transport.send_close(WSCloseCode(code))
-            transport.disconnect()
-            # A peer that does not read would hold the socket and its buffer forever.
+            # Half-closed: the peer reads what was sent, the close frame, then the end of the
+            # stream, and we read on until it closes its side. Closing ours with its frames
+            # still unread (a flood) would reset the socket, and lose the close frame.
+            if not transport.underlying_transport.is_closing():    # else it raises
+                transport.underlying_transport.write_eof()
+            # A peer that does not read or close would hold the socket and its buffer forever.
             asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.disconnect, False)
 
 

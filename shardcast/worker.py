@@ -26,6 +26,7 @@ from .transport import CLOSE_GRACE, SLOW_CONSUMER, LongPoll, WebSocketClient, up
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
+CHANNEL_SWEEP_INTERVAL = 60.0   # at most; a pass over 100,000 channels takes about 10 ms
 GOING_AWAY = 1001
 # After a flush that took t, the next one waits until t has passed again (10 ms at most): a
 # shard busy writing gathers frames meanwhile, so more share each socket write (measured:
@@ -36,6 +37,9 @@ MAX_FLUSH_WAIT = 0.010
 READ_BUFFER = 2048   # per websocket: picows raises anything smaller to this (default 16 KiB)
 # An adapter, unlike a Logger, keeps picows from making a child Logger per socket (0.6 KB each).
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
+# picows logs an ERROR for every bad frame, even from a client with no connection: one line of
+# each kind per this many seconds, with a count of those held back.
+PICOWS_LOG_INTERVAL = 10.0
 
 
 def tune_gc() -> None:
@@ -49,6 +53,7 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     """Process entry point: one uvloop loop for the shard's whole life."""
     logs.setup(config.log_level, config.log_format, f"shard-{index}")
     logging.getLogger("picows").setLevel(logging.WARNING)   # it logs every accept at INFO
+    PICOWS_LOG.logger.addFilter(logs.RateLimit(PICOWS_LOG_INTERVAL))
     # The supervisor decides when shards stop (Ctrl-C and service managers signal the
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -129,6 +134,7 @@ class Worker:
         self.ws_server = await ws_create_server(
             self.ws_route, self.config.host, self.config.ws_port_base + self.index,
             enable_auto_ping=False,   # see ping(): picows would run a task per socket
+            enable_auto_pong=False,   # see WebSocketClient.pong(): bounded by send_buffer_size
             max_frame_size=self.config.max_client_frame_size,
             read_buffer_init_size=READ_BUFFER,
             use_aiofastnet=False,   # measured: 20 KB vs 11 KB RSS per idle websocket, same CPU
@@ -136,6 +142,7 @@ class Worker:
         )
         self.actor.start()
         loop.call_later(SWEEP_INTERVAL, self.sweep)
+        loop.call_later(self.channel_sweep_interval, self.forget_channels)
         loop.call_later(self.config.heartbeat_interval, self.heartbeat)
         loop.call_later(self.config.ws_ping_interval, self.ping, time.monotonic())
         await self.stopped
@@ -289,6 +296,14 @@ class Worker:
             return
         self.actor.sweep(time.monotonic())
         self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    @property
+    def channel_sweep_interval(self) -> float:
+        return min(CHANNEL_SWEEP_INTERVAL, self.config.gc_channels_after)
+
+    def forget_channels(self) -> None:
+        self.actor.forget_channels(time.time())
+        self.loop.call_later(self.channel_sweep_interval, self.forget_channels)
 
     def ping(self, last_round: float) -> None:
         """Dead-peer detection: one timer pings every websocket each ws_ping_interval, and

@@ -75,6 +75,12 @@ def cluster(redis_server: RedisServer) -> Iterator[ClusterNodes]:
     nodes.stop()
 
 
+@pytest.fixture(scope="session")
+def channel_gc_server(server_pool: ServerPool) -> Server:
+    """A three-shard server that forgets channels with nothing to keep after 1 s."""
+    return server_pool.get(3, SHARDCAST_GC_CHANNELS_AFTER=1)
+
+
 @pytest.fixture
 def open_ws() -> Iterator[Callable[[str | dict], WsClient]]:
     """Open websockets (from a URL or a /connect reply) that close when the test ends."""

@@ -138,6 +138,22 @@ def test_sweep_drops_connections_idle_longer_than_gc_conns_after(shard):
     assert list(shard.conns) == ["c2"]
 
 
+def test_channels_with_nothing_to_keep_are_forgotten_once_idle(shard):
+    for conn_id, user, name in [("c1", "a", "left"), ("c2", "b", "member")]:
+        shard.conn_open({"conn_id": conn_id, "user": user, "channels": [name]})
+        shard.join({"joins": [[name, None, conn_id, user, {}]]})
+    shard.conn_close({"conn_id": "c1"})
+    shard.configure({"configs": {"defaults": {"notify_presence": False}, "set": {"notify_state": True},
+                                 "kept": {"store_history": True}, "emptied": {}}})
+    shard.channels["kept"].record({"no_history": False, "uuid": "u1", "user": "x",
+                                   "timestamp": "t", "channel": "kept"})
+    after = max(channel.last_active for channel in shard.channels.values())
+    shard.forget_channels(after)        # nothing idle yet
+    assert len(shard.channels) == 6
+    shard.forget_channels(after + shard.config.gc_channels_after + 1)
+    assert sorted(shard.channels) == ["kept", "member", "set"]
+
+
 def test_presence_joined_only_for_first_connection_of_user(shard):
     open_conn(shard, "c1", "a", ["room"])
     open_conn(shard, "c2", "b", ["room"])

@@ -6,7 +6,7 @@ Totals are compared as deltas on a server of this module's own, so no other test
 import pytest
 
 from contract import unique, wait_until
-from harness import Server
+from harness import CONTRACT_ENV, Server
 
 COUNTS = [
     "remembered_user_count",
@@ -16,13 +16,15 @@ COUNTS = [
     "total_messages",
     "total_unique_messages",
 ]
-ADMIN_KEYS = {*COUNTS, "channels", "users", "uptime", "version", "shards"}
+ADMIN_KEYS = {*COUNTS, "channels", "channels_left_out", "users", "uptime", "version", "shards"}
 WORKERS = 3
+CHANNELS_LISTED = 5
 
 
 @pytest.fixture(scope="module")
 def admin_server():
-    server = Server(WORKERS).start()
+    server = Server(WORKERS, {**CONTRACT_ENV,
+                              "SHARDCAST_ADMIN_CHANNELS_LIMIT": str(CHANNELS_LISTED)}).start()
     yield server
     server.stop()
 
@@ -75,3 +77,12 @@ def test_admin_json_connection_count_drops_on_disconnect(admin_server):
     before = admin(admin_server)["total_connections"]
     assert admin_server.post("/disconnect", {"conn_id": conn_id}, sign=False).json() is True
     wait_until(lambda: admin(admin_server)["total_connections"] == before - 1, 3.0)
+
+
+def test_admin_json_lists_a_few_channels_and_counts_the_rest(admin_server):
+    for _ in range(CHANNELS_LISTED + 2):
+        admin_server.channel_config({unique("ch"): {"notify_state": True}})
+    stats = admin(admin_server)
+    names = [channel["name"] for channel in stats["channels"]]
+    assert names == sorted(names) and len(names) == CHANNELS_LISTED
+    assert stats["channels_left_out"] == stats["total_channels"] - CHANNELS_LISTED

@@ -1,12 +1,18 @@
 """The admin pages at /admin: sign-in, sessions, throttled failures, the panel's data, and the
 panel itself in Chromium."""
 
+import http.client
+import json
+
 import pytest
 import requests
 
 from browser import run_e2e
 from contract import unique
 from harness import CONTRACT_ENV, Server
+from shardcast.admin import FAILURE_BUDGET, Admin
+from shardcast.config import Config
+from shardcast.http_server import Request
 
 ADMIN_PASSWORD = "correct horse battery staple"
 
@@ -46,6 +52,17 @@ def test_sign_in_opens_the_panel_and_its_data(server):
     stats = session.get(server.api + "/admin/admin.json").json()
     assert len(stats["shards"]) == 2
     assert "channels" in session.get(server.api + "/admin/channels.json").json()
+
+
+def test_panel_channels_are_filtered_and_capped_by_the_server(server):
+    session, _ = sign_in(server)
+    tag = unique("Filtered")
+    names = sorted(f"{tag}-{n}" for n in range(3))
+    server.channel_config({name: {"notify_state": True} for name in names + [unique("other")]})
+    found = session.get(server.api + "/admin/channels.json",
+                        params={"filter": tag.upper()[:-2]}).json()
+    assert list(found["channels"]) == names
+    assert found["remaining"] == 0 and found["next"] is None
 
 
 def test_admin_json_takes_a_signature_or_a_session_and_nothing_else(server):
@@ -109,6 +126,91 @@ def test_failed_sign_ins_are_throttled():
         assert int(response.headers["retry-after"]) >= 1
     finally:
         server.stop()
+
+
+def sign_in_from(server: Server, address: str, password: str) -> tuple[int, str | None]:
+    """A sign-in whose packets come from ``address`` (any 127.x.y.z reaches loopback): the
+    status and Retry-After."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.api_port, timeout=10,
+                                            source_address=(address, 0))
+    try:
+        connection.request("POST", "/admin/login", json.dumps(
+            {"user": "admin", "password": password}), {"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("retry-after")
+    finally:
+        connection.close()
+
+
+def test_failed_sign_ins_from_many_addresses_share_one_budget():
+    """Guesses spread over many addresses are bounded too, yet a browser that has signed in
+    here before is still let in (its cookie says so): guessing cannot lock the admin out."""
+    server = admin_server()
+    try:
+        known, response = sign_in(server)
+        assert response.status_code == 200
+        statuses = [sign_in_from(server, f"127.0.1.{n // 2 + 1}", f"guess {n}")[0]
+                    for n in range(FAILURE_BUDGET)]
+        assert set(statuses[:-1]) == {401}, "every address stays within its own free failures"
+        assert statuses[-1] == 429, "the last failure the budget allows"
+        status, retry_after = sign_in_from(server, "127.0.2.1", ADMIN_PASSWORD)
+        assert status == 429 and int(retry_after) >= 1, "the budget is spent: everyone waits"
+        response = known.post(server.api + "/admin/login",
+                              json={"user": "admin", "password": ADMIN_PASSWORD})
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+
+
+CROSS_SITE = [{"origin": "http://evil.example"}, {"origin": "null"},
+              {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"}]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE, ids=["origin", "null-origin", "cross-site",
+                                                      "same-site"])
+def test_admin_posts_from_other_sites_are_refused(server, headers):
+    session, _ = sign_in(server)
+    posts = [("/admin/login", {"user": "admin", "password": ADMIN_PASSWORD}),
+             ("/admin/sign.json", {"method": "GET", "target": "/info", "body": ""}),
+             ("/admin/admin.json", None), ("/admin/logout", None)]
+    for path, body in posts:
+        response = session.post(server.api + path, json=body, headers=headers)
+        assert response.status_code == 403, path
+    assert session.get(server.api + "/admin/channels.json").status_code == 200, "signed out"
+
+
+def test_admin_posts_from_its_own_pages_are_served(server):
+    session, _ = sign_in(server)
+    own = {"origin": server.api, "sec-fetch-site": "same-origin"}
+    signed = session.post(server.api + "/admin/sign.json", headers=own,
+                          json={"method": "GET", "target": "/info", "body": ""})
+    assert signed.status_code == 200
+    assert session.post(server.api + "/admin/admin.json", headers=own).status_code == 200
+    assert session.post(server.api + "/admin/admin.json",
+                        headers={"origin": server.api}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/admin", "/admin/login", "/api-explorer"])
+def test_admin_pages_refuse_frames_and_foreign_scripts(server, path):
+    session, _ = sign_in(server)
+    response = session.get(server.api + path)
+    assert response.status_code == 200
+    assert response.headers["x-frame-options"] == "DENY"
+    policy = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+
+
+@pytest.mark.parametrize(("setting", "certfile", "secure"), [
+    ("auto", "", False), ("auto", "cert.pem", True), ("true", "", True), ("false", "cert.pem", False)])
+def test_admin_cookie_is_secure_over_tls(setting, certfile, secure):
+    config = Config(workers=1, admin_secret=ADMIN_PASSWORD, admin_cookie_secure=setting,
+                    ssl_certfile=certfile, ssl_keyfile=certfile and "key.pem")
+    body = json.dumps({"user": "admin", "password": ADMIN_PASSWORD}).encode()
+    response = Admin(config, None).login(Request("POST", b"/admin/login", {}, body, "127.0.0.1"))
+    assert response.status == 200
+    assert ("; Secure" in response.headers["set-cookie"]) is secure
 
 
 def test_sign_in_is_off_without_admin_secret(server3):

@@ -112,6 +112,20 @@ def test_signature_younger_than_60s_is_accepted(server):
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("ahead", [30, 3600])
+def test_signature_dated_in_the_future_is_401(server, ahead):
+    """Only a small clock skew is forgiven: a token dated ahead would outlive its 60 s."""
+    future = craft_signature(server.secret, timestamp=int(time.time()) + ahead)
+    response = server.get("/info", sign=False, headers=signed_with(future))
+    assert response.status_code == 401
+    assert response.json() == BAD_SIGNATURE
+
+
+def test_signature_a_little_ahead_of_the_clock_is_accepted(server):
+    ahead = craft_signature(server.secret, timestamp=int(time.time()) + 2)
+    assert server.get("/info", sign=False, headers=signed_with(ahead)).status_code == 200
+
+
 def test_signature_of_any_value_is_accepted(server):
     header = signed_with(TimestampSigner(server.secret).sign("anything-at-all").decode())
     assert server.get("/info", sign=False, headers=header).status_code == 200

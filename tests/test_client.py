@@ -49,6 +49,8 @@ def test_channel_config_history_edit_and_delete(client):
     assert [entry["message"] for entry in history] == [{"text": "fixed"}]
     client.delete(posted["uuid"], channel=room)
     assert client.info([room])["channels"][room]["history"] == []
+    page = client.info([room, unique("room")], limit=1)
+    assert list(page["channels"]) == [room] and page["next"] is None
 
 
 def test_user_state_and_admin(client):

@@ -8,11 +8,13 @@ than the test, so only the close itself can explain the removal.
 
 import json
 import time
+import uuid
 
 from websockets.exceptions import ConnectionClosed
 
 from contract import unique, wait_until
 from harness import GC_CONNS_AFTER
+from shardcast.routing import owner
 
 SWEEP_PERIOD = 1.0
 SLACK = 2.5
@@ -146,3 +148,43 @@ def test_websocket_close_removes_connection_within_2s(server, open_ws):
     assert (parted["type"], parted["user"], parted["message"]) == ("presence", leaver, {"action": "parted"})
     wait_removed(server, reply["conn_id"], started, CLOSE_REMOVAL_TIMEOUT)
     assert server.channel_info(channel)["users"] == [observer_name]
+
+
+CHURNED = 200           # channels used once and left
+CHANNEL_GC_AFTER = 1    # gc_channels_after of channel_gc_server
+CHANNEL_FORGOTTEN_BY = CHANNEL_GC_AFTER + SWEEP_PERIOD + SLACK
+
+
+def test_channels_used_once_and_left_are_forgotten(channel_gc_server):
+    server = channel_gc_server
+    tag = unique("churn")
+    churned = [f"{tag}-{n}" for n in range(CHURNED)]
+    for start in range(0, CHURNED, 50):
+        conn_id = server.connect(unique("u"), churned[start:start + 50])["conn_id"]
+        server.post("/disconnect", {"conn_id": conn_id}, sign=False)
+    configured = unique("defaults")
+    server.channel_config({configured: {"notify_presence": False}})     # the defaults, spelt out
+    with_history, with_settings, with_member = unique("history"), unique("settings"), unique("member")
+    server.channel_config({with_history: {"store_history": True},
+                           with_settings: {"notify_presence": True}})
+    server.say(with_history)
+    member = server.connect(unique("u"), [with_member],
+                            conn_id=conn_id_elsewhere(with_member, server.workers))
+    forgettable = {*churned, configured}
+    started = time.monotonic()
+    wait_until(lambda: not forgettable & set(server.info(include_users=False,
+                                                         include_history=False)["channels"]),
+               CHANNEL_FORGOTTEN_BY, 0.2)
+    assert time.monotonic() - started >= CHANNEL_GC_AFTER / 2, "forgotten too early"
+    kept = server.info(channels=[with_history, with_settings, with_member])["channels"]
+    assert set(kept) == {with_history, with_settings, with_member}
+    assert kept[with_member]["users"] == [member["username"]]
+    assert len(kept[with_history]["history"]) == 1
+
+
+def conn_id_elsewhere(channel: str, shards: int) -> str:
+    """A connection id owned by another shard than ``channel``: members anywhere count."""
+    while True:
+        conn_id = str(uuid.uuid4())
+        if owner(conn_id, shards) != owner(channel, shards):
+            return conn_id

@@ -143,3 +143,40 @@ def test_info_channel_without_members_is_listed(server):
 )
 def test_info_bad_flag_is_422(server, flags):
     assert server.post("/info", {"info": flags}).status_code == 422
+
+
+# ----------------------------------------------------------------------------- pages (new)
+
+
+def test_info_limit_pages_through_the_channels_by_name(server):
+    tag = unique("page")
+    names = [f"{tag}-{n}" for n in range(7)]
+    members = {name: unique("m") for name in names}
+    for name, user in members.items():
+        server.connect(user, [name])
+    pages, after = [], None
+    while len(pages) < 5:
+        flags = {"channels": names, "limit": 3, **({"after": after} if after else {})}
+        page = server.info(**flags)
+        pages.append(page)
+        assert [entry["user"] for entry in page["users"]] == sorted(
+            members[name] for name in page["channels"])
+        after = page["next"]
+        if after is None:
+            break
+    assert [list(page["channels"]) for page in pages] == [names[0:3], names[3:6], names[6:]]
+    assert [page["remaining"] for page in pages] == [4, 1, 0]
+    assert [page["next"] for page in pages] == [names[2], names[5], None]
+
+
+def test_info_without_limit_has_no_page_keys(server):
+    assert set(server.info()) == {"channels", "users"}
+    assert set(server.ok("GET", "/info")) == {"channels", "users"}
+
+
+@pytest.mark.parametrize("flags", [{"limit": 0}, {"limit": "3"}, {"limit": 2, "after": ""}],
+                         ids=["limit-0", "limit-str", "after-empty"])
+def test_info_bad_page_flag_is_422(server, flags):
+    response = server.post("/info", {"info": flags})
+    assert response.status_code == 422
+    assert set(response.json()["info"]) <= {"limit", "after"}

@@ -211,3 +211,12 @@ def test_compat_memo_still_refuses_a_token_once_it_is_stale():
     assert verify(stale) is False
     assert verify(stale) is False                     # authentic, but still too old
     assert verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is False
+
+
+def test_compat_token_dated_ahead_is_refused_beyond_the_clock_skew():
+    now = time.time()
+    ahead = signing.sign_compat("s3cret", now=now + signing.CLOCK_SKEW + 2)
+    assert signing.verify_compat(ahead, "s3cret", max_age=60, now=now) is False
+    assert signing.CompatVerifier("s3cret", max_age=60)(ahead) is False
+    near = signing.sign_compat("s3cret", now=now + signing.CLOCK_SKEW - 1)
+    assert signing.verify_compat(near, "s3cret", max_age=60, now=now) is True

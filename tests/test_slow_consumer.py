@@ -61,7 +61,7 @@ class RssSampler(threading.Thread):
     def __init__(self, pids: list[int]) -> None:
         super().__init__(daemon=True)
         self.pids = pids
-        self.peak = rss_bytes(pids)
+        self.baseline = self.peak = rss_bytes(pids)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -212,3 +212,57 @@ def publish_burst(server: Server, channel: str, size: int) -> None:
     items = [{"user": "feed", "channel": channel, "message": {"text": PAYLOAD}}] * BATCH
     for _ in range(size // (BATCH * len(PAYLOAD)) + 1):
         server.message(*items)
+
+
+PINGS = 200_000
+PING_PAYLOAD = 125                       # the most a control frame holds
+PING = bytes([0x89, 0x80 | PING_PAYLOAD]) + bytes(4) + b"p" * PING_PAYLOAD   # masked, key 0
+PINGS_PER_SEND = 1000
+UNREAD = 0.3            # seconds the flooder then leaves the server to it, before it reads
+# The owning shard's RSS may grow by this much while a client pings without reading: the
+# pongs queued for it are bounded by SEND_BUFFER (measured: 0.5 MiB; it was 35 MiB for these
+# pings, 190 MB for a million).
+PING_FLOOD_RSS_BOUND = 16 * 1024 * 1024
+
+
+def read_to_the_end(sock, timeout: float) -> tuple[bytes, bool]:
+    """All the server sends until it closes the socket, and whether it was reset (a timeout
+    fails: the server left the socket open)."""
+    sock.settimeout(timeout)
+    stream = bytearray()
+    try:
+        while chunk := sock.recv(1 << 20):
+            stream += chunk
+    except ConnectionResetError:
+        return bytes(stream), True
+    finally:
+        sock.close()
+    return bytes(stream), False
+
+
+def test_ping_flood_without_reading_is_dropped_as_a_slow_consumer(slow_server):
+    reply = slow_server.connect(unique("pinger"))
+    shard = int(reply["ws_url"].split(":")[2].split("/")[0]) - slow_server.ws_base
+    pid = slow_server.ok("GET", "/admin/admin.json")["shards"][shard]["pid"]
+    sock = handshake(reply["ws_url"], rcvbuf=4096)
+    sampler = RssSampler([pid])
+    sampler.start()
+    sock.settimeout(0.5)
+    sent = 0
+    try:
+        while sent < PINGS:
+            sock.sendall(PING * PINGS_PER_SEND)
+            sent += PINGS_PER_SEND
+    except OSError:         # the server stopped reading
+        pass
+    time.sleep(UNREAD)
+    stream, reset = read_to_the_end(sock, timeout=5)
+    sampler.done.set()
+    sampler.join()
+    growth = sampler.peak - sampler.baseline
+    code = last_close_code(stream)
+    print(f"{sent} pings sent; shard RSS growth {growth / 2**20:.1f} MiB; "
+          f"{len(stream)} bytes read, close code {code}, reset {reset}")
+    assert code == SLOW_CONSUMER or (code is None and reset)
+    assert growth < PING_FLOOD_RSS_BOUND
+    wait_until(lambda: not slow_server.is_connected(reply["conn_id"]), timeout=5)

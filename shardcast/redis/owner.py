@@ -9,6 +9,7 @@ showing the join. Requests answer with a future; a Redis that is away makes them
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from typing import Any
@@ -161,22 +162,33 @@ class RedisOwner:
                     [keys.meta(name), keys.history(name), keys.members(name), keys.channels],
                     [name, envelopes.new_uuid(), time.time(), self.ttl_ms,
                      *meta_fields(settings)])
-            return await self._info(list(configs), [], False, False)
+            return (await self._infos(list(configs), False, False))[0]
         except (RedisUnavailable, RuntimeError):
             return REDIS_DOWN
 
     def info(self, args: dict) -> asyncio.Future:
-        return asyncio.ensure_future(self._guarded(self._info(
-            args["channels"], args["exclude"], args["history"], args["users"])))
+        """As ``Shard.info``: the chosen channels' infos, and how many were chosen."""
+        return asyncio.ensure_future(self._guarded(self._info(args)))
 
-    async def _info(self, names: list[str] | None, exclude: list[str], history: bool,
-                    users: bool) -> dict:
+    async def _info(self, args: dict) -> dict:
+        names = args["channels"]
         if names is None:
             names = [name.decode() for name in await self.redis.call(
                 "ZRANGE", self.keys.channels, 0, -1)]
-        chosen = [name for name in dict.fromkeys(names) if name not in set(exclude)]
-        found = await asyncio.gather(*(self._channel(name, history, users) for name in chosen))
-        return {name: info for name, info in zip(chosen, found) if info is not None}
+        exclude, after, match = set(args["exclude"]), args.get("after"), args.get("match")
+        chosen = [name for name in dict.fromkeys(names) if name not in exclude
+                  and (after is None or name > after)
+                  and (not match or match in name.casefold())]
+        if args.get("limit") is not None:
+            chosen = heapq.nsmallest(args["limit"], chosen)
+        infos, missing = await self._infos(chosen, args["history"], args["users"])
+        return {"channels": infos, "chosen": len(chosen) - missing}
+
+    async def _infos(self, names: list[str], history: bool, users: bool) -> tuple[dict, int]:
+        """The infos of those of ``names`` that exist, and how many did not."""
+        found = await asyncio.gather(*(self._channel(name, history, users) for name in names))
+        infos = {name: info for name, info in zip(names, found) if info is not None}
+        return infos, len(names) - len(infos)
 
     async def _channel(self, name: str, history: bool, users: bool) -> dict | None:
         keys, call = self.keys, self.redis.call

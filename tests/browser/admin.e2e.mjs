@@ -3,16 +3,18 @@
 import assert from 'node:assert/strict';
 import {after, before, test} from 'node:test';
 
-import {API, apiOk, launch, newPage, unique} from './lib.mjs';
+import {API, apiOk, cspViolations, launch, newPage, unique} from './lib.mjs';
 
 let browser;
 let page;
+let violations;
 const room = unique('room');
 const user = unique('ursula');
 
 before(async () => {
   browser = await launch();
   page = await newPage(browser, 'admin');
+  violations = cspViolations(page);
   await page.setViewportSize({width: 1280, height: 900});
 });
 
@@ -71,4 +73,8 @@ test('signing out returns to the sign-in page', async () => {
   await page.waitForURL(`${API}/admin/login`);
   const response = await page.request.get(`${API}/admin/channels.json`);
   assert.equal(response.status(), 403);
+});
+
+test('nothing on the pages breaks their Content-Security-Policy', () => {
+  assert.deepEqual(violations, []);
 });

@@ -3,14 +3,16 @@
 import assert from 'node:assert/strict';
 import {after, before, test} from 'node:test';
 
-import {API, launch, newPage} from './lib.mjs';
+import {API, cspViolations, launch, newPage} from './lib.mjs';
 
 let browser;
 let page;
+let violations;
 
 before(async () => {
   browser = await launch();
   page = await newPage(browser, 'explorer');
+  violations = cspViolations(page);
 });
 
 after(async () => {
@@ -46,4 +48,8 @@ test('a signed-in admin gets each request signed, and answered', async () => {
   await page.goto(`${API}/api-explorer`);
   await page.locator('#signing', {hasText: 'Signed in as admin'}).waitFor();
   assert.equal(await tryInfo(), 200);
+});
+
+test('nothing on the page breaks its Content-Security-Policy', () => {
+  assert.deepEqual(violations, []);
 });

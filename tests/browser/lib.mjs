@@ -34,6 +34,15 @@ export async function newPage(browser, name = 'page') {
   return page;
 }
 
+/** The Content-Security-Policy violations `page` reports from now on (a live list). */
+export function cspViolations(page) {
+  const found = [];
+  page.on('console', (message) => {
+    if (message.text().includes('Content Security Policy')) found.push(message.text());
+  });
+  return found;
+}
+
 function b64url(bytes) {
   return Buffer.from(bytes).toString('base64url');
 }
