@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from contract import unique
-from harness import (GC_CONNS_AFTER, GC_HEARTBEAT_INTERVAL, SILENT_HEARTBEAT_INTERVAL, ClusterNodes,
+from harness import (ADMIN_PASSWORD, GC_CONNS_AFTER, GC_HEARTBEAT_INTERVAL, SILENT_HEARTBEAT_INTERVAL, ClusterNodes,
                      Server, ServerPool)
 from redisserver import RedisServer
 from wsclient import WsClient, open_websocket
@@ -70,7 +70,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def cluster(redis_server: RedisServer) -> Iterator[ClusterNodes]:
     """Three nodes of two shards each over one Redis: one broker."""
-    nodes = ClusterNodes(redis_server.url()).start()
+    nodes = ClusterNodes(redis_server.url(), SHARDCAST_ADMIN_SECRET=ADMIN_PASSWORD).start()
     yield nodes
     nodes.stop()
 

@@ -32,6 +32,7 @@ CONTRACT_GC_CONNS_AFTER = 30
 GC_CONNS_AFTER = 2
 GC_HEARTBEAT_INTERVAL = 1
 SILENT_HEARTBEAT_INTERVAL = 600
+ADMIN_PASSWORD = "correct horse battery staple"
 # Timing knobs of the contract servers: fast long polls, no collection during a test.
 CONTRACT_ENV = {
     "SHARDCAST_GC_CONNS_AFTER": str(CONTRACT_GC_CONNS_AFTER),

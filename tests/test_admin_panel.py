@@ -9,12 +9,12 @@ import requests
 
 from browser import run_e2e
 from contract import unique
-from harness import CONTRACT_ENV, Server
+from harness import ADMIN_PASSWORD, CONTRACT_ENV, Server
 from shardcast.admin import FAILURE_BUDGET, Admin
 from shardcast.config import Config
 from shardcast.http_server import Request
 
-ADMIN_PASSWORD = "correct horse battery staple"
+
 
 
 def admin_server(**env: str) -> Server:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 from zlib import crc32
 
+from browser import run_e2e
 from contract import delivered, settings, unique, wait_until
-from harness import ClusterNodes, Server
+from harness import ADMIN_PASSWORD, ClusterNodes, Server
 
 MESSAGES = 12
 
@@ -191,3 +192,8 @@ def test_metrics_show_redis_health_and_the_nodes(cluster):
                    "shardcast_redis_reconnects_total", "shardcast_redis_gaps_repaired_total",
                    "shardcast_redis_gaps_lost_total", 'shardcast_node_connections{node="node2"}'):
         assert family in text, family
+
+
+def test_admin_panel_shows_every_node_in_chromium(cluster):
+    run_e2e("admin_cluster.e2e.mjs", cluster[0], ADMIN_PASSWORD=ADMIN_PASSWORD,
+            NODES=str(len(cluster)))

@@ -62,6 +62,28 @@ function showStats(stats) {
     el('td', {}, fixed(rates[index][0])), el('td', {}, fixed(rates[index][1])),
     el('td', {}, duration(shard.uptime)))));
   previous = {at: now, shards: stats.shards};
+  if (stats.nodes) showCluster(stats);
+}
+
+const ms = (seconds) => `${(seconds * 1000).toFixed(1)} ms`;
+
+/** A cluster node's panel: every node's last report, and Redis as this node's shards see it. */
+function showCluster(stats) {
+  $('cluster').hidden = false;
+  $('node-count').textContent = stats.nodes.length;
+  const now = Date.now() / 1000;
+  $('nodes').tBodies[0].replaceChildren(...stats.nodes.map((node) => el('tr',
+    {'data-node': node.node_id},
+    el('td', {}, node.node_id), el('td', {}, node.address), el('td', {}, node.shards),
+    el('td', {}, node.connections), el('td', {}, node.messages_published),
+    el('td', {}, node.messages_delivered),
+    el('td', {}, `${duration(Math.max(0, now - node.last_seen))} ago`))));
+  $('redis').tBodies[0].replaceChildren(...stats.shards.map((shard) => el('tr', {},
+    el('td', {}, shard.shard), el('td', {}, ms(shard.redis_latency)),
+    el('td', {}, ms(shard.subscription_lag)), el('td', {}, shard.subscriptions),
+    el('td', {}, shard.redis_reconnects + shard.subscription_reconnects),
+    el('td', {}, shard.subscription_stalls), el('td', {}, shard.gaps_repaired),
+    el('td', {}, shard.gaps_lost), el('td', {}, shard.redis_failures))));
 }
 
 function settingsChips(settings) {
