@@ -15,8 +15,6 @@ from shardcast.config import Config
 from shardcast.http_server import Request
 
 
-
-
 def admin_server(**env: str) -> Server:
     return Server(2, {**CONTRACT_ENV, "SHARDCAST_ADMIN_SECRET": ADMIN_PASSWORD, **env}).start()
 
