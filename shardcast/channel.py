@@ -1,4 +1,8 @@
-"""A channel as its owning shard sees it: settings, history and the member view."""
+"""A channel as its owning shard sees it: settings, history, positions and the member view.
+
+Every message posted to a channel gets the next ``offset``; ``epoch`` names this life of the
+channel's history (made anew when the channel is made again, e.g. after its shard restarted),
+so a client that kept (epoch, offset) can ask for what came after it (``history_after``)."""
 from __future__ import annotations
 
 import time
@@ -8,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from .envelopes import TIME_FORMAT, history_entry, new_uuid
+from .envelopes import TIME_FORMAT, history_entry, new_epoch, new_uuid
 from .schemas import ChannelConfig
 
 DEFAULT_SETTINGS: dict[str, Any] = msgspec.structs.asdict(ChannelConfig())
@@ -18,13 +22,17 @@ class Channel:
     """Members are tracked per connection so joins and leaves are idempotent."""
 
     __slots__ = ("name", "uuid", "settings", "history", "last_active", "conns",
-                 "user_conns", "shard_conns", "fanout", "public_states")
+                 "user_conns", "shard_conns", "fanout", "public_states", "epoch", "offset",
+                 "deleted")
 
     def __init__(self, name: str, settings: dict[str, Any] | None, shards: int) -> None:
         self.name = name
         self.uuid = new_uuid()
-        # Made at the first entry kept: an empty deque takes 0.75 KB.
-        self.history: deque[dict] | None = None
+        # (offset, entry), made at the first entry kept: an empty deque takes 0.75 KB.
+        self.history: deque[tuple[int, dict]] | None = None
+        self.epoch: str | None = None       # made with the first message
+        self.offset = 0
+        self.deleted: set[int] | None = None    # offsets of deleted entries still in reach
         self.configure(settings or {})
         self.last_active = time.time()
         self.conns: dict[str, str] = {}            # conn_id -> username
@@ -96,15 +104,20 @@ class Channel:
             self.fanout = [shard for shard, count in enumerate(self.shard_conns) if count]
         return self.fanout
 
-    def record(self, item: dict) -> None:
+    def record(self, item: dict) -> list:
+        """Count a message (and keep it if the channel keeps history); its [epoch, offset]."""
+        if self.epoch is None:
+            self.epoch = new_epoch()
+        self.offset += 1
         if self.settings["store_history"] and not item["no_history"]:
             if self.history is None:
                 self.history = deque(maxlen=self.settings["history_size"])
-            self.history.append(history_entry(item))
+            self.history.append((self.offset, history_entry(item)))
         self.touch()
+        return [self.epoch, self.offset]
 
     def edit(self, item: dict) -> None:
-        for entry in self.history or ():
+        for _, entry in self.history or ():
             if entry["uuid"] == item["uuid"]:
                 for key in ("message", "user", "timestamp", "edited"):
                     if key in item:
@@ -112,16 +125,25 @@ class Channel:
                 return
 
     def delete(self, uuid: str) -> None:
+        """Remove the entry, remembering its offset: a deleted message is not a hole."""
         if self.history is None:
             return
-        for entry in self.history:
-            if entry["uuid"] == uuid:
-                self.history.remove(entry)
+        for kept in self.history:
+            if kept[1]["uuid"] == uuid:
+                self.history.remove(kept)
+                oldest = self.history[0][0] if self.history else kept[0]
+                self.deleted = {o for o in self.deleted or () if o >= oldest} | {kept[0]}
                 return
 
+    def history_after(self, offset: int) -> dict:
+        """What a client at ``offset`` of this epoch missed, as far as history reaches."""
+        return {"epoch": self.epoch, "top": self.offset,
+                "entries": [[o, entry] for o, entry in self.history or () if o > offset],
+                "deleted": sorted(o for o in self.deleted or () if o > offset)}
+
     def info(self, include_history: bool, include_users: bool) -> dict[str, Any]:
-        return describe(self.name, self.uuid, self.settings,
-                        list(self.history or ()) if include_history else [], self.last_active,
+        history = [entry for _, entry in self.history or ()] if include_history else []
+        return describe(self.name, self.uuid, self.settings, history, self.last_active,
                         len(self.conns), sorted(self.user_conns) if include_users else [])
 
 

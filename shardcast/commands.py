@@ -171,14 +171,16 @@ class Commands:
         return await self.cluster.call(self.cluster.owner(conn_id), "conn_close",
                                        {"conn_id": conn_id})
 
-    async def listen(self, conn_id: str) -> bytes | None:
-        """The next batch of envelopes as a JSON array; None for an unknown connection."""
+    async def listen(self, conn_id: str, offsets: bool = False,
+                     since: dict | None = None) -> bytes | None:
+        """The next batch of envelopes as a JSON array; None for an unknown connection.
+        ``offsets``: with each message's position; ``since``: resume from these positions."""
         wait = self.config.wake_connections_after + 10
-        answer = await self._elsewhere(conn_id, "listen", {"conn_id": conn_id}, wait)
+        args = {"conn_id": conn_id, "offsets": offsets, "since": since}
+        answer = await self._elsewhere(conn_id, "listen", args, wait)
         if answer is not NOT_ELSEWHERE:
             return answer
-        frames = await self.cluster.call(self.cluster.owner(conn_id), "listen",
-                                         {"conn_id": conn_id}, raw=True,
+        frames = await self.cluster.call(self.cluster.owner(conn_id), "listen", args, raw=True,
                                          timeout=self.config.wake_connections_after + 10)
         if frames.startswith(b"{"):     # a refusal; envelopes come as a JSON array
             _checked(orjson.loads(frames))

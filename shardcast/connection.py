@@ -9,10 +9,15 @@ import orjson
 
 DIRECT_CATCHUP = 50   # direct messages kept per connection for catch-up
 HEARTBEAT = b"[]"
+Held = tuple[int, bytes, "list | None"]    # publication stamp, frame, message position
 
 
 class Transport(Protocol):
-    """What a connection writes to: a websocket or a held long-poll request."""
+    """What a connection writes to: a websocket or a held long-poll request. ``offsets``: its
+    client wants each message's position; ``since``: the positions it comes back from."""
+
+    offsets: bool
+    since: dict | None
 
     def send(self, frame: bytes) -> None: ...
     def send_frames(self, frames: list[bytes], memo: dict) -> int: ...
@@ -39,8 +44,9 @@ class Connection:
         # ``pending`` and ``out`` stay None until used: most connections sit idle, and an
         # empty dict or list would cost each of them 64 or 56 B.
         # Frames that arrived while no transport was attached, replayed as catch-up: per
-        # channel name ("" for direct messages), the newest ones, with their publication stamps.
-        self.pending: dict[str, deque[tuple[int, bytes]]] | None = None
+        # channel name ("" for direct messages), the newest ones, each as (publication stamp,
+        # frame, [epoch, offset] of a message or None).
+        self.pending: dict[str, deque[Held]] | None = None
         self.catchup_size = catchup_size
         # Frames queued in this loop tick; flushed together as one frame.
         self.out: list[bytes] | None = None
@@ -54,7 +60,7 @@ class Connection:
         return False
 
     def hold(self, frame: bytes, channel: str | None, replay: bool, amend: list | None,
-             stamp: int) -> None:
+             stamp: int, position: list | None = None) -> None:
         """No transport attached: keep the frame for catch-up, or apply an edit/delete
         to the held original so the client later sees the message as it now stands."""
         if amend is not None and self.pending and self._amend(self.pending, amend, frame):
@@ -67,13 +73,21 @@ class Connection:
             if held is None:
                 size = self.catchup_size if channel else DIRECT_CATCHUP
                 held = self.pending[key] = deque(maxlen=size)
-            held.append((stamp, frame))
+            held.append((stamp, frame, position))
+
+    def hold_all(self) -> None:
+        """Keep every frame from now on (a client being recovered): the seam with history is
+        found by offset, and a frame dropped for room would be a hole in it."""
+        self.catchup_size = None
+        for key, held in (self.pending or {}).items():
+            if key:
+                self.pending[key] = deque(held)
 
     @staticmethod
-    def _amend(pending: dict[str, deque[tuple[int, bytes]]], amend: list, frame: bytes) -> bool:
+    def _amend(pending: dict[str, deque[Held]], amend: list, frame: bytes) -> bool:
         operation, uuid = amend
         for key, held in pending.items():
-            for index, (stamp, kept) in enumerate(held):
+            for index, (stamp, kept, position) in enumerate(held):
                 envelope = orjson.loads(kept)[0]
                 if envelope["type"] != "message" or envelope["uuid"] != uuid:
                     continue
@@ -86,7 +100,7 @@ class Connection:
                     for key in ("message", "user", "timestamp", "edited"):
                         if key in change:
                             envelope[key] = change[key]
-                    held[index] = (stamp, orjson.dumps([envelope]))
+                    held[index] = (stamp, orjson.dumps([envelope]), position)
                 return True
         return False
 
@@ -98,16 +112,28 @@ class Connection:
             return 0
         return self.transport.send_frames(frames, memo)
 
-    def take_catchup(self) -> bytes | None:
+    def take_catchup(self, offsets: bool) -> bytes | None:
         """Held frames as one array marked ``catchup``, in the order they were published
-        (channel and direct ones alike, as Channelstream's per-connection queue keeps them)."""
-        pending, self.pending = self.pending, None
-        if not pending:
+        (channel and direct ones alike, as Channelstream's per-connection queue keeps them);
+        with ``offsets``, messages carry their positions."""
+        held = self.take_held()
+        if not held:
             return None
-        envelopes = []
-        for _, frame in sorted(held for kept in pending.values() for held in kept):
-            for envelope in orjson.loads(frame):
-                if "catchup" in envelope:
-                    envelope["catchup"] = True
-                envelopes.append(envelope)
-        return orjson.dumps(envelopes)
+        return orjson.dumps([replayed(frame, position, offsets) for _, frame, position in held])
+
+    def take_held(self) -> list[Held]:
+        """Every held frame, in the order they were published."""
+        pending, self.pending = self.pending, None
+        return sorted((held for kept in (pending or {}).values() for held in kept),
+                      key=lambda held: held[0])
+
+
+def replayed(frame: bytes, position: list | None, offsets: bool) -> dict:
+    """A held frame's envelope as catch-up: marked ``catchup`` (where it has that key), and
+    positioned for a client that asked."""
+    envelope = orjson.loads(frame)[0]
+    if "catchup" in envelope:
+        envelope["catchup"] = True
+    if offsets and position is not None:
+        envelope["epoch"], envelope["offset"] = position
+    return envelope

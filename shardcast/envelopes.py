@@ -31,6 +31,18 @@ def delivered_time(value: str) -> str:
     return value[:-6] + "Z" if value.endswith("+00:00") else value
 
 
+def new_epoch() -> str:
+    """A name for one life of a channel's history."""
+    return os.urandom(6).hex()
+
+
+def positioned(frame: bytes, position: list) -> bytes:
+    """``frame`` (``[{...}]``, one envelope) with the message's "epoch" and "offset" added, for
+    the clients that asked for positions (``offsets=1``)."""
+    epoch, offset = position
+    return b'[{"epoch":"%s","offset":%d,%s' % (epoch.encode(), offset, frame[2:])
+
+
 def publication_stamp() -> int:
     """Orders envelopes by when they were published, across the processes of one host (they
     share CLOCK_MONOTONIC); stamps taken in one process never repeat."""

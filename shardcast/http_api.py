@@ -214,7 +214,9 @@ class HttpApi:
         callback = request.query.get("callback")
         if callback is not None and not CALLBACK.match(callback):
             raise Invalid({"callback": ["Must be a JavaScript identifier"]})
-        frames = await self.commands.listen(str(conn_id))
+        offsets, since = schemas.positions(request.query,
+                                           self.config.max_channels_per_connection)
+        frames = await self.commands.listen(str(conn_id), offsets, since)
         if frames is None:
             return json_response(UNKNOWN_CONNECTION, 401)
         if callback is None:

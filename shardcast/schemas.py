@@ -113,7 +113,14 @@ class DeleteItem(Struct):
     exclude_users: list[Username] = []
 
 
+class Position(Struct):
+    """Where a client is in a channel: the history's epoch, and the last offset it got."""
+    epoch: Annotated[str, Meta(min_length=1, max_length=64)]
+    offset: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+
+
 ChannelConfigs = dict[ChannelName, ChannelConfig]
+Since = dict[ChannelName, Position]
 MessageList = list[MessageItem]
 EditList = list[EditItem]
 DeleteList = list[DeleteItem]
@@ -129,6 +136,9 @@ class Invalid(Exception):
 
 
 INVALID_JSON = {"_schema": ["Invalid JSON body."]}
+OFFSETS = {"0": False, "false": False, "1": True, "true": True}
+SINCE_FORM = ('Must be URL-encoded JSON: {"<channel>": {"epoch": "<epoch>", "offset": <last '
+              'offset received>}, ...}')
 TOO_DEEP = {"_schema": ["JSON nested too deeply."]}
 _SEGMENT = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]|\[\.\.\.\]")
 _AT = " - at `$"
@@ -161,6 +171,26 @@ def convert(value: Any, kind: type) -> Any:
         raise Invalid(_locate(str(error), value, kind)) from None
     except RecursionError:
         raise Invalid(TOO_DEEP) from None
+
+
+def positions(query: dict[str, str], max_channels: int) -> tuple[bool, dict | None]:
+    """A client's ``offsets`` and ``since`` (websocket URL or /listen query): whether it wants
+    positions (``since`` implies it), and ``{channel: {"epoch", "offset"}}`` to resume from."""
+    offsets = query.get("offsets", "0").lower()
+    if offsets not in OFFSETS:
+        raise Invalid({"offsets": ["Use offsets=1 to receive each message's epoch and offset"]})
+    if "since" not in query:
+        return OFFSETS[offsets], None
+    try:
+        since = msgspec.json.decode(query["since"], type=Since)
+    except msgspec.ValidationError as error:
+        raise Invalid({"since": [str(error)]}) from None
+    except msgspec.DecodeError:
+        raise Invalid({"since": [SINCE_FORM]}) from None
+    if 0 < max_channels < len(since):
+        raise Invalid({"since": [f"At most {max_channels} channels "
+                                 "(max_channels_per_connection)"]})
+    return True, {name: {"epoch": at.epoch, "offset": at.offset} for name, at in since.items()}
 
 
 def check_messages(items: list, limit: int) -> None:

@@ -6,6 +6,7 @@ are answered with plain values; everything that must travel goes through ``net``
 from __future__ import annotations
 
 import heapq
+import asyncio
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from .channel import Channel
 from .config import Config
 from .connection import HEARTBEAT, Connection, Transport
 from .recovery import Recovery
+from .resume import Resume
 from .routing import owner
 from .user import User, UserOwner
 
@@ -29,16 +31,17 @@ class Net(Protocol):
     """What the actor sends; the worker process implements it with IPC links."""
 
     def cast(self, shard: int, command: str, args: Any) -> None: ...
+    def request(self, shard: int, command: str, args: Any) -> asyncio.Future: ...
     def deliver(self, shard: int, route: list, frame: bytes) -> None: ...
     def schedule_flush(self) -> None: ...
 
 
-class Shard(UserOwner, Recovery):
+class Shard(UserOwner, Recovery, Resume):
     COMMANDS = (
         "conn_open", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
         "join", "activate", "leave", "configure", "info", "publish", "edit", "delete", "direct",
-        "state_change", "stats", "peer_restarted", "conn_info",
+        "state_change", "stats", "peer_restarted", "conn_info", "history_after",
     )
 
     def __init__(self, index: int, shards: int, config: Config, net: Net) -> None:
@@ -157,12 +160,16 @@ class Shard(UserOwner, Recovery):
             transport.close(1000)
 
     def attach(self, conn: Connection, transport: Transport) -> None:
-        """A websocket or long poll takes over delivery; catch-up goes first."""
-        previous, conn.transport = conn.transport, transport
+        """A websocket or long poll takes over delivery; catch-up goes first (for a client
+        that came back with positions, its recovery: see resume.py)."""
+        previous, conn.transport = conn.transport, None
         if previous is not None and previous is not transport:
             previous.close(1000)
         conn.last_active = time.monotonic()
-        catchup = conn.take_catchup()
+        if transport.since is not None and self.resume(conn, transport):
+            return
+        conn.transport = transport
+        catchup = conn.take_catchup(transport.offsets)
         if catchup is not None:
             self.bytes_sent += len(catchup)
             transport.send(catchup)
@@ -242,9 +249,9 @@ class Shard(UserOwner, Recovery):
             if channel is None:
                 continue
             self.published += 1
-            channel.record(item)
+            position = channel.record(item)
             self._fanout(channel, envelopes.message(item), item["exclude_users"],
-                         item["pm_users"], stamp)
+                         item["pm_users"], stamp, position=position)
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
@@ -276,14 +283,16 @@ class Shard(UserOwner, Recovery):
                 self._fanout(channel, envelope, [], [], envelopes.publication_stamp())
 
     def _fanout(self, channel: Channel, envelope: dict, exclude: list, pm: list, stamp: int,
-                amend: list | None = None) -> None:
+                amend: list | None = None, position: list | None = None) -> None:
         """Serialize once; one frame per shard that has subscribers (none: nothing to do).
-        ``stamp`` orders the frame among those a connection holds for catch-up."""
+        ``stamp`` orders the frame among those a connection holds for catch-up; a message's
+        ``position`` ([epoch, offset]) goes along for the clients that asked for it."""
         targets = channel.targets()
         if not targets:
             return
         frame = orjson.dumps([envelope])
-        route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend, stamp]
+        route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend, stamp,
+                 position]
         for shard in targets:
             self.net.deliver(shard, route, frame)
 
@@ -310,9 +319,9 @@ class Shard(UserOwner, Recovery):
     def deliver(self, route: list, frame: bytes) -> None:
         if route[0] == "u":
             targets = [self.conns[c] for c in route[1] if c in self.conns]
-            channel, replay, amend, stamp = None, True, route[2], route[3]
+            channel, replay, amend, stamp, position = None, True, route[2], route[3], None
         else:
-            _, channel, exclude, pm, replay, amend, stamp = route
+            _, channel, exclude, pm, replay, amend, stamp, position = route
             targets = self.subscribers.get(channel) or ()
             if exclude or pm:
                 skip, only = set(exclude), set(pm)
@@ -320,9 +329,16 @@ class Shard(UserOwner, Recovery):
                            if c.user not in skip and (not only or c.user in only)]
         dirty = self.dirty
         was_clean = not dirty
+        with_position = None        # the frame for clients that asked for positions
         for conn in targets:
-            if conn.transport is None:
-                conn.hold(frame, channel, replay, amend, stamp)
+            transport = conn.transport
+            if transport is None:
+                conn.hold(frame, channel, replay, amend, stamp, position)
+            elif position is not None and transport.offsets:
+                if with_position is None:
+                    with_position = envelopes.positioned(frame, position)
+                if conn.push(with_position):
+                    dirty.append(conn)
             elif conn.push(frame):
                 dirty.append(conn)
         self.delivered += len(targets)

@@ -8,9 +8,11 @@ from typing import Callable
 from urllib.parse import parse_qs
 from uuid import UUID
 
+import orjson
 from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport,
                     WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener)
 
+from . import schemas
 from .connection import HEARTBEAT, Connection, merge_frames
 
 SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
@@ -32,9 +34,9 @@ def wire(frames: list[bytes]) -> bytearray:
     return data
 
 
-def conn_id_from_query(query: str) -> str | None:
+def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
     """The canonical conn_id of ``conn_id=...``, or None when missing or invalid."""
-    values = parse_qs(query).get("conn_id", [])
+    values = query.get("conn_id", [])
     try:
         return str(UUID(values[0])) if len(values) == 1 else None
     except ValueError:
@@ -52,14 +54,17 @@ def forget_handshake(transport: WSTransport) -> None:
 class WebSocketClient(WSListener):
     """One browser websocket bound to one connection of this shard."""
 
-    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport", "heard")
+    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport", "heard",
+                 "offsets", "since")
 
     def __init__(self, conn: Connection | None, on_open: Callable, on_close: Callable,
-                 send_buffer_size: int) -> None:
+                 send_buffer_size: int, offsets: bool = False, since: dict | None = None) -> None:
         self.conn = conn
         self.on_open = on_open
         self.on_close = on_close
         self.send_buffer_size = send_buffer_size
+        self.offsets = offsets
+        self.since = since
         self.transport: WSTransport | None = None
         self.heard = time.monotonic()      # when the peer last sent a frame (pongs included)
 
@@ -157,18 +162,28 @@ class WebSocketClient(WSListener):
 
 
 def upgrade(request: WSUpgradeRequest, find: Callable[[str], Connection | None],
-            make: Callable[[Connection | None], WebSocketClient]):
-    """picows router: refuse other paths and bad ids; unknown ids get a listener that closes."""
+            make: Callable[..., WebSocketClient], max_channels: int):
+    """picows router: refuse other paths and bad ids or positions; unknown ids get a listener
+    that closes."""
     # Split as http_server does: urlsplit would cache the last 128 URLs, each socket's unique.
     path, _, query = request.path.decode("latin-1").partition("?")
     if path != "/ws":
         return None
-    conn_id = conn_id_from_query(query)
+    fields = parse_qs(query)
+    conn_id = conn_id_from_query(fields)
     if conn_id is None:
-        response = WSUpgradeResponse.create_error_response(
-            400, b'{"conn_id": ["Missing or invalid conn_id"]}')
-        return WSUpgradeResponseWithListener(response, None)
-    return make(find(conn_id))
+        return _refused({"conn_id": ["Missing or invalid conn_id"]})
+    try:
+        offsets, since = schemas.positions({key: values[-1] for key, values in fields.items()},
+                                           max_channels)
+    except schemas.Invalid as error:
+        return _refused(error.errors)
+    return make(find(conn_id), offsets=offsets, since=since)
+
+
+def _refused(errors: dict) -> WSUpgradeResponseWithListener:
+    return WSUpgradeResponseWithListener(
+        WSUpgradeResponse.create_error_response(400, orjson.dumps(errors)), None)
 
 
 class LongPoll:
@@ -179,7 +194,10 @@ class LongPoll:
     """
 
     def __init__(self, wait: float, answer: Callable[[bytes], None],
-                 on_done: Callable[["LongPoll"], None], max_bytes: int) -> None:
+                 on_done: Callable[["LongPoll"], None], max_bytes: int, offsets: bool = False,
+                 since: dict | None = None) -> None:
+        self.offsets = offsets
+        self.since = since
         self.frames: list[bytes] = []
         self.size = 0
         self.max_bytes = max_bytes

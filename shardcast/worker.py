@@ -182,6 +182,13 @@ class Worker:
         else:
             self.peer(shard).cast(command, args)
 
+    def request(self, shard: int, command: str, args: Any) -> asyncio.Future:
+        if shard != self.index:
+            return self.peer(shard).request(command, args)
+        future = self.loop.create_future()
+        future.set_result(self.handlers[command](args))
+        return future
+
     def deliver(self, shard: int, route: list, frame: bytes) -> None:
         if shard == self.index:
             self.actor.deliver(route, frame)
@@ -265,7 +272,8 @@ class Worker:
         self.long_polls += 1
         poll = LongPoll(self.config.wake_connections_after,
                         lambda frame: link.reply(request_id, frame),
-                        lambda done: self.poll_done(conn, done), self.config.send_buffer_size)
+                        lambda done: self.poll_done(conn, done), self.config.send_buffer_size,
+                        args.get("offsets", False), args.get("since"))
         self.actor.attach(conn, poll)
 
     def poll_done(self, conn: Connection, poll: LongPoll) -> None:
@@ -278,7 +286,8 @@ class Worker:
     # -- websockets -----------------------------------------------------------------
 
     def ws_route(self, request):
-        return upgrade(request, self.actor.conns.get, self.ws_client)
+        return upgrade(request, self.actor.conns.get, self.ws_client,
+                       self.config.max_channels_per_connection)
 
     def ws_closed(self, conn: Connection, client: WebSocketClient,
                   code: int | None = None) -> None:

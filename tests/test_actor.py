@@ -36,6 +36,9 @@ class RecordingNet:
 class Socket:
     """A transport that keeps what is sent to it."""
 
+    offsets = False
+    since = None
+
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.closed: int | None = None
@@ -83,7 +86,7 @@ def test_frames_in_one_tick_are_coalesced_into_one_write(shard):
     conn = open_conn(shard, "c1", "a", ["room"])
     socket = Socket()
     shard.attach(conn, socket)
-    route = ["c", "room", [], [], True, None, 1]
+    route = ["c", "room", [], [], True, None, 1, None]
     for n in range(3):
         shard.deliver(route, orjson.dumps([{"n": n}]))
     assert shard.net.flushes == 1
@@ -93,7 +96,7 @@ def test_frames_in_one_tick_are_coalesced_into_one_write(shard):
 
 def test_frames_without_transport_are_replayed_as_catchup(shard):
     conn = open_conn(shard, "c1", "a", ["room"])
-    shard.deliver(["c", "room", [], [], True, None, 1],
+    shard.deliver(["c", "room", [], [], True, None, 1, None],
                   orjson.dumps([{"type": "message", "uuid": "u", "catchup": False}]))
     socket = Socket()
     shard.attach(conn, socket)
@@ -102,11 +105,11 @@ def test_frames_without_transport_are_replayed_as_catchup(shard):
 
 def test_delete_removes_held_frame_instead_of_queueing(shard):
     conn = open_conn(shard, "c1", "a", ["room"])
-    shard.deliver(["c", "room", [], [], True, None, 1],
+    shard.deliver(["c", "room", [], [], True, None, 1, None],
                   orjson.dumps([{"type": "message", "uuid": "u", "catchup": False}]))
-    shard.deliver(["c", "room", [], [], True, ["delete", "u"], 2],
+    shard.deliver(["c", "room", [], [], True, ["delete", "u"], 2, None],
                   orjson.dumps([{"type": "message:delete", "uuid": "u", "channel": "room"}]))
-    assert conn.take_catchup() is None
+    assert conn.take_catchup(False) is None
 
 
 def test_exclude_and_pm_filter_recipients(shard):
@@ -114,7 +117,7 @@ def test_exclude_and_pm_filter_recipients(shard):
     sockets = {user: Socket() for user in conns}
     for user, conn in conns.items():
         shard.attach(conn, sockets[user])
-    shard.deliver(["c", "room", ["b"], ["a", "b"], True, None, 1], b'[{"n":1}]')
+    shard.deliver(["c", "room", ["b"], ["a", "b"], True, None, 1, None], b'[{"n":1}]')
     shard.flush()
     assert [user for user in "abc" if sockets[user].frames] == ["a"]
 
@@ -165,9 +168,9 @@ def test_presence_joined_only_for_first_connection_of_user(shard):
 def test_connection_gets_no_frame_sent_before_its_join_reached_the_owner(shard):
     open_conn(shard, "c1", "a", ["room"])
     shard.conn_open({"conn_id": "c2", "user": "b", "channels": ["room"]})
-    shard.deliver(["c", "room", [], [], True, None, 1], b'[{"n":1}]')
-    assert shard.conns["c2"].take_catchup() is None
-    assert shard.conns["c1"].take_catchup() is not None
+    shard.deliver(["c", "room", [], [], True, None, 1, None], b'[{"n":1}]')
+    assert shard.conns["c2"].take_catchup(False) is None
+    assert shard.conns["c1"].take_catchup(False) is not None
 
 
 def test_user_state_change_reports_only_changed_keys(shard):

@@ -181,7 +181,7 @@ class Node:
             "subscribe": lambda: commands.subscribe(msgspec.convert(args, SubscribeBody)),
             "unsubscribe": lambda: commands.unsubscribe(msgspec.convert(args, SubscribeBody)),
             "disconnect": lambda: commands.disconnect(args["conn_id"]),
-            "listen": lambda: commands.listen(args["conn_id"]),
+            "listen": lambda: commands.listen(args["conn_id"], args["offsets"], args["since"]),
         }
         return runs[op]()
 
