@@ -88,6 +88,24 @@ class Config:
     heartbeat_interval: float = _key(5.0, "seconds between [] heartbeat frames to clients")
     ws_ping_interval: float = _key(20.0, "seconds between websocket pings to detect dead peers")
     max_body_size: int = _key(1048576, "largest HTTP request body accepted, in bytes")
+    max_url_size: int = _key(8192, "longest request URL (path and query) accepted, in bytes")
+    max_header_size: int = _key(32768, "largest request line and headers accepted, in bytes")
+    max_headers: int = _key(100, "most different headers one HTTP request may carry")
+    http_header_timeout: float = _key(
+        10.0, "seconds a client has to send a request line and headers (a new connection too)"
+    )
+    http_body_timeout: float = _key(
+        30.0, "seconds a client has to send a request body once its headers are in"
+    )
+    http_keep_alive_timeout: float = _key(
+        60.0, "seconds an idle keep-alive connection to the API port stays open"
+    )
+    http_send_timeout: float = _key(
+        30.0, "seconds a client may leave its answers unread (socket full) before it is dropped"
+    )
+    max_connections_per_address: int = _key(
+        0, "open API connections one client address may hold; 0: no limit"
+    )
     max_client_frame_size: int = _key(
         65536, "largest websocket frame accepted from a client, in bytes"
     )
@@ -120,11 +138,14 @@ _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
     "heartbeat_interval", "ws_ping_interval", "signature_window", "shutdown_timeout",
+    "http_header_timeout", "http_body_timeout", "http_keep_alive_timeout", "http_send_timeout",
 )
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
-          "max_message_size", "replay_cache_size")
+          "max_message_size", "replay_cache_size", "max_url_size", "max_header_size",
+          "max_headers")
 _LIMITS = ("max_channels_per_connection", "max_connections_per_user",
-           "max_connections_per_shard", "max_state_keys", "max_long_polls")   # 0: no limit
+           "max_connections_per_shard", "max_state_keys", "max_long_polls",
+           "max_connections_per_address")   # 0: no limit
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _EXPECTED = {

@@ -21,6 +21,7 @@ from .cluster import Cluster
 from .commands import Commands
 from .config import Config
 from .http_api import HttpApi
+from .http_limits import HttpLimits
 from .http_server import HttpProtocol
 from .ipc import Link
 from .site import Site
@@ -179,9 +180,10 @@ async def _serve(config: Config) -> bool:
         await supervisor.start()
         api = HttpApi(config, Commands(supervisor.cluster, config))
         site = Site(api, supervisor)
+        limits = HttpLimits(config)
         try:
             server = await loop.create_server(
-                lambda: HttpProtocol(site.handle, config.max_body_size, api.decorate),
+                lambda: HttpProtocol(site.handle, limits, api.decorate),
                 config.host, config.port)
         except OSError as error:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
