@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
-from . import ipc
+from . import descriptors, ipc
 from .cluster import Cluster
 from .commands import Commands
 from .config import Config
@@ -158,6 +158,7 @@ class Supervisor:
 
 def serve(config: Config) -> None:
     """Run the supervisor until SIGINT or SIGTERM."""
+    descriptors.check_limit(config, descriptors.raise_limit())   # shards inherit the limit
     tune_gc()
     try:
         clean = uvloop.run(_serve(config))
@@ -187,6 +188,7 @@ async def _serve(config: Config) -> bool:
                 config.host, config.port)
         except OSError as error:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
+        descriptors.Watch("the supervisor").start(loop)
         _announce(config)
         await stop.wait()
         server.close()          # no new connections; requests on open ones get 503

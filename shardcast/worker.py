@@ -17,7 +17,7 @@ import orjson
 import uvloop
 from picows import ws_create_server
 
-from . import ipc, limits, logs
+from . import descriptors, ipc, limits, logs
 from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
@@ -53,6 +53,7 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    descriptors.raise_limit()   # done by the supervisor already (inherited); cheap to be sure
     tune_gc()
     try:
         uvloop.run(_serve(index, config, ipc_dir))
@@ -91,6 +92,7 @@ class Worker:
         self.handlers["stats"] = self.stats
         self.peers: list[Link | None] = [None] * config.workers
         self.parent = os.getppid()
+        self.descriptors = descriptors.Watch(f"shard {index}")
         self.long_polls = 0     # /listen requests held open
         self.flush_after = 0.0  # perf_counter time before which no flush starts
         # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
@@ -265,7 +267,9 @@ class Worker:
             log.error("supervisor is gone; shard %d exits", self.index)
             self.stop()
             return
-        self.actor.sweep(time.monotonic())
+        now = time.monotonic()
+        self.actor.sweep(now)
+        self.descriptors.check(now)
         self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def ping(self, last_round: float) -> None:
