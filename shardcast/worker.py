@@ -90,6 +90,7 @@ class Worker:
         self.actor = Shard(index, config.workers, config, self)
         self.handlers = self.actor.handlers()
         self.handlers["stats"] = self.stats
+        self.handlers["ready"] = lambda args: True     # /ready: this loop answers
         self.peers: list[Link | None] = [None] * config.workers
         self.parent = os.getppid()
         self.descriptors = descriptors.Watch(f"shard {index}")
