@@ -102,7 +102,7 @@ class Commands:
         return down
 
     def ws_url(self, host: str, shard: int, conn_id: str) -> str:
-        base = self.config.ws_url_template.format(
+        base = self.config.websocket_url_template.format(
             host=host, port=self.config.ws_port_base + shard, shard=shard)
         return f"{base}?conn_id={conn_id}"
 

@@ -76,10 +76,15 @@ class Config:
         "requests get 503 until older ones leave the window"
     )
     ws_url_template: str = _key(
-        "ws://{host}:{port}/ws",
+        "",
         "websocket URL returned by /connect, before ?conn_id=...; {host} = host name the "
-        "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index",
+        "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index; "
+        "empty: ws://{host}:{port}/ws (wss:// with ssl_certfile)",
     )
+    ssl_certfile: str = _key(
+        "", "PEM certificate (chain) for TLS on the API and websocket ports; empty: no TLS"
+    )
+    ssl_keyfile: str = _key("", "PEM private key of ssl_certfile")
     wake_connections_after: float = _key(5.0, "seconds a /listen long poll waits for messages")
     gc_conns_after: float = _key(15.0, "seconds of inactivity after which a connection is removed")
     gc_users_after: float = _key(
@@ -128,6 +133,13 @@ class Config:
     )
     log_level: str = _key("info", "one of debug, info, warning, error")
     log_format: str = _key("text", "text, or json: one JSON object per log line")
+
+    @property
+    def websocket_url_template(self) -> str:
+        """ws_url_template, else the shard ports themselves: wss:// when they serve TLS."""
+        if self.ws_url_template:
+            return self.ws_url_template
+        return ("wss" if self.ssl_certfile else "ws") + "://{host}:{port}/ws"
 
 
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -294,10 +306,12 @@ def _range_problems(config: Config) -> dict[str, str]:
         problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
     if config.log_format not in LOG_FORMATS:
         problems["log_format"] = "one of " + ", ".join(LOG_FORMATS)
-    if not _valid_ws_url_template(config.ws_url_template):
+    if config.ws_url_template and not _valid_ws_url_template(config.ws_url_template):
         problems["ws_url_template"] = (
             "a ws:// or wss:// URL using no placeholders but {host}, {port} and {shard}"
         )
+    if bool(config.ssl_certfile) != bool(config.ssl_keyfile):
+        problems["ssl_keyfile"] = "set together with ssl_certfile (both, or neither)"
     for address in config.allow_posting_from:
         if not _is_ip(address):
             problems["allow_posting_from"] = "IP addresses (0.0.0.0 allows all)"

@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
-from . import descriptors, ipc
+from . import descriptors, ipc, tls
 from .cluster import Cluster
 from .commands import Commands
 from .config import Config
@@ -178,6 +178,10 @@ async def _serve(config: Config) -> bool:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        try:
+            tls_options = tls.server_options(config)
+        except OSError as error:    # ssl.SSLError is one too
+            raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
         await supervisor.start()
         api = HttpApi(config, Commands(supervisor.cluster, config))
         site = Site(api, supervisor)
@@ -185,7 +189,7 @@ async def _serve(config: Config) -> bool:
         try:
             server = await loop.create_server(
                 lambda: HttpProtocol(site.handle, limits, api.decorate),
-                config.host, config.port)
+                config.host, config.port, **tls_options)
         except OSError as error:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
         descriptors.Watch("the supervisor").start(loop)
@@ -199,8 +203,9 @@ async def _serve(config: Config) -> bool:
 
 
 def _announce(config: Config) -> None:
-    print(f"shardcast API on http://{config.host}:{config.port} "
+    secure = "s" if config.ssl_certfile else ""
+    print(f"shardcast API on http{secure}://{config.host}:{config.port} "
           f"({config.workers} shards)", flush=True)
     for index in range(config.workers):
-        print(f"  shard {index}: websockets on ws://{config.host}:"
+        print(f"  shard {index}: websockets on ws{secure}://{config.host}:"
               f"{config.ws_port_base + index}/ws", flush=True)

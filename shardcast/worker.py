@@ -17,7 +17,7 @@ import orjson
 import uvloop
 from picows import ws_create_server
 
-from . import descriptors, ipc, limits, logs
+from . import descriptors, ipc, limits, logs, tls
 from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
@@ -120,6 +120,7 @@ class Worker:
             read_buffer_init_size=READ_BUFFER,
             use_aiofastnet=False,   # measured: 20 KB vs 11 KB RSS per idle websocket, same CPU
             logger_name=PICOWS_LOG,
+            **tls.server_options(self.config),
         )
         loop.call_later(SWEEP_INTERVAL, self.sweep)
         loop.call_later(self.config.heartbeat_interval, self.heartbeat)
