@@ -1,6 +1,7 @@
 """What each API call does across the shards: the supervisor's side of every command."""
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 from typing import Any, Iterable
@@ -10,7 +11,7 @@ import orjson
 from msgspec import UNSET
 
 from . import __version__, envelopes
-from .cluster import Cluster
+from .cluster import Cluster, ShardUnavailable
 from .config import Config
 from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, MessageItem,
                       SubscribeBody, UserStateBody, encode_checked)
@@ -18,6 +19,7 @@ from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, Mes
 
 NOT_ELSEWHERE = object()    # _elsewhere(): this node answers
 GONE = object()             # a directory's forward(): the holding node is gone
+READY_TIMEOUT = 1.0     # seconds a shard has to answer /ready; its answer is kept as long
 
 
 def _checked(reply: Any) -> Any:
@@ -74,6 +76,8 @@ class Commands:
         self.config = config
         self.directory = directory or LocalDirectory(cluster)
         self.started = time.time()
+        self.readiness: asyncio.Future | None = None    # the last round of /ready questions
+        self.readiness_until = 0.0
 
     async def _elsewhere(self, conn_id: str, op: str, args: dict,
                          timeout: float | None = None) -> Any:
@@ -130,8 +134,31 @@ class Commands:
                 [name, _settings(configs, name), conn_id, user, public_state]
                 for name in group]})
 
+    async def down_shards(self) -> dict[str, str]:
+        """Shards that cannot serve now, by index, with why. /ready needs no signature: the
+        shards are asked once per READY_TIMEOUT at most, however often it is called."""
+        now = time.monotonic()
+        if self.readiness is None or now >= self.readiness_until:
+            self.readiness_until = now + READY_TIMEOUT
+            self.readiness = asyncio.ensure_future(self._ask_shards())
+        return await asyncio.shield(self.readiness)
+
+    async def _ask_shards(self) -> dict[str, str]:
+        down, asked = {}, {}
+        for shard in range(self.cluster.shards):
+            try:
+                asked[shard] = self.cluster.request(shard, "ready", None, timeout=READY_TIMEOUT)
+            except ShardUnavailable:
+                down[str(shard)] = "restarting"
+        for shard, answer in asked.items():
+            try:
+                await answer
+            except (ShardUnavailable, ConnectionError):
+                down[str(shard)] = "not answering"
+        return down
+
     def ws_url(self, host: str, shard: int, conn_id: str) -> str:
-        base = self.config.ws_url_template.format(
+        base = self.config.websocket_url_template.format(
             host=host, port=self.config.ws_port_base + shard, shard=shard)
         return f"{base}?conn_id={conn_id}"
 

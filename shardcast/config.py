@@ -82,9 +82,10 @@ class Config:
         "requests get 503 until older ones leave the window"
     )
     ws_url_template: str = _key(
-        "ws://{host}:{port}/ws",
+        "",
         "websocket URL returned by /connect, before ?conn_id=...; {host} = host name the "
-        "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index",
+        "/connect call was addressed to, {port} = ws_port_base + shard, {shard} = shard index; "
+        "empty: ws://{host}:{port}/ws (wss:// with ssl_certfile)",
     )
     ssl_certfile: str = _key(
         "", "PEM certificate (chain) for TLS on the API and websocket ports; empty: no TLS"
@@ -102,6 +103,24 @@ class Config:
     heartbeat_interval: float = _key(5.0, "seconds between [] heartbeat frames to clients")
     ws_ping_interval: float = _key(20.0, "seconds between websocket pings to detect dead peers")
     max_body_size: int = _key(1048576, "largest HTTP request body accepted, in bytes")
+    max_url_size: int = _key(8192, "longest request URL (path and query) accepted, in bytes")
+    max_header_size: int = _key(32768, "largest request line and headers accepted, in bytes")
+    max_headers: int = _key(100, "most different headers one HTTP request may carry")
+    http_header_timeout: float = _key(
+        10.0, "seconds a client has to send a request line and headers (a new connection too)"
+    )
+    http_body_timeout: float = _key(
+        30.0, "seconds a client has to send a request body once its headers are in"
+    )
+    http_keep_alive_timeout: float = _key(
+        60.0, "seconds an idle keep-alive connection to the API port stays open"
+    )
+    http_send_timeout: float = _key(
+        30.0, "seconds a client may leave its answers unread (socket full) before it is dropped"
+    )
+    max_connections_per_address: int = _key(
+        0, "open API connections one client address may hold; 0: no limit"
+    )
     max_client_frame_size: int = _key(
         65536, "largest websocket frame accepted from a client, in bytes"
     )
@@ -152,6 +171,13 @@ class Config:
     log_level: str = _key("info", "one of debug, info, warning, error")
     log_format: str = _key("text", "text, or json: one JSON object per log line")
 
+    @property
+    def websocket_url_template(self) -> str:
+        """ws_url_template, else the shard ports themselves: wss:// when they serve TLS."""
+        if self.ws_url_template:
+            return self.ws_url_template
+        return ("wss" if self.ssl_certfile else "ws") + "://{host}:{port}/ws"
+
 
     @property
     def node(self) -> str:
@@ -167,13 +193,15 @@ _PORTS = ("port", "ws_port_base")
 _TIMINGS = (
     "signature_max_age", "wake_connections_after", "gc_conns_after", "gc_users_after",
     "gc_channels_after", "heartbeat_interval", "ws_ping_interval", "signature_window",
-    "shutdown_timeout", "node_timeout", "redis_timeout", "history_ttl",
+    "shutdown_timeout", "node_timeout", "redis_timeout", "history_ttl", "http_header_timeout",
+    "http_body_timeout", "http_keep_alive_timeout", "http_send_timeout",
 )
 _SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
-          "max_message_size", "replay_cache_size")
+          "max_message_size", "replay_cache_size", "max_url_size", "max_header_size",
+          "max_headers")
 _LIMITS = ("max_channels_per_connection", "max_connections_per_user",
            "max_connections_per_shard", "max_state_keys", "max_long_polls",
-           "admin_channels_limit")   # 0: no limit
+           "admin_channels_limit", "max_connections_per_address")   # 0: no limit
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 _EXPECTED = {
@@ -324,10 +352,12 @@ def _range_problems(config: Config) -> dict[str, str]:
         problems["log_format"] = "one of " + ", ".join(LOG_FORMATS)
     if config.admin_cookie_secure not in COOKIE_SECURE:
         problems["admin_cookie_secure"] = "one of " + ", ".join(COOKIE_SECURE)
-    if not _valid_ws_url_template(config.ws_url_template):
+    if config.ws_url_template and not _valid_ws_url_template(config.ws_url_template):
         problems["ws_url_template"] = (
             "a ws:// or wss:// URL using no placeholders but {host}, {port} and {shard}"
         )
+    if bool(config.ssl_certfile) != bool(config.ssl_keyfile):
+        problems["ssl_keyfile"] = "set together with ssl_certfile (both, or neither)"
     for address in config.allow_posting_from:
         if not _is_ip(address):
             problems["allow_posting_from"] = "IP addresses (0.0.0.0 allows all)"

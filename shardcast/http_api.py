@@ -35,6 +35,7 @@ COMPAT_OFF = ("x-channelstream-secret is turned off here (allow_compat_signature
 SHUTTING_DOWN = {"server": ["Shutting down; retry in a moment"]}
 REDIS_DOWN = {"error": "Redis is unreachable; retry in a moment"}
 REPLAYED = "this signature was accepted before: sign every request afresh"
+HEALTHY = orjson.dumps({"status": "ok"})
 
 
 
@@ -62,6 +63,8 @@ class HttpApi:
         public = {
             "/disconnect": {"GET": self.disconnect, "POST": self.disconnect},
             "/listen": {"GET": self.listen},
+            "/health": {"GET": self.health},
+            "/ready": {"GET": self.ready},
         }
         self.routes = {path: (methods, True) for path, methods in signed.items()}
         self.routes.update({path: (methods, False) for path, methods in public.items()})
@@ -198,6 +201,15 @@ class HttpApi:
 
     async def admin(self, request: Request) -> Response:
         return json_response(await self.commands.admin())
+
+    def health(self, request: Request) -> Response:
+        return Response(200, HEALTHY)
+
+    async def ready(self, request: Request) -> Response:
+        down = await self.commands.down_shards()
+        if down:
+            return json_response({"status": "not ready", "down": down}, 503)
+        return json_response({"status": "ready", "shards": self.config.workers})
 
     async def disconnect(self, request: Request) -> Response:
         if request.method == "GET":

@@ -15,6 +15,7 @@ from .signing import REQUEST_HEADER
 REF = "#/components/schemas/{name}"
 COMPAT_HEADER = "x-channelstream-secret"
 CLIENT_ENDPOINTS = ("/disconnect", "/listen")   # authorized by the conn_id, not signed
+PROBES = ("/health", "/ready")                  # for load balancers and service managers
 
 # path -> method -> (request body type or None, summary)
 ENDPOINTS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -44,7 +45,11 @@ ENDPOINTS: dict[str, dict[str, tuple[Any, str]]] = {
         "POST": (schemas.DisconnectBody, "Close a connection"),
     },
     "/listen": {"GET": (None, "Long polling: the next batch of envelopes for a connection")},
+    "/health": {"GET": (None, "Liveness: 200 {\"status\": \"ok\"} while the API port serves")},
+    "/ready": {"GET": (None, "Readiness: 200 when every shard answers within a second")},
 }
+NOT_READY = ("A shard is restarting or does not answer, or the server is shutting down: "
+             "{\"status\": \"not ready\", \"down\": {shard: why}}")
 QUERY_CONN_ID = {"name": "conn_id", "in": "query", "required": True,
                  "schema": {"type": "string", "format": "uuid"}}
 CALLBACK = {"name": "callback", "in": "query", "required": False,
@@ -98,6 +103,11 @@ def _operation(path: str, method: str, body: Any, summary: str, body_schemas: di
             "application/json": {"schema": body_schemas[body]}}}
     if (path, method) in QUERY_PARAMETERS:
         operation["parameters"] = QUERY_PARAMETERS[(path, method)]
+    if path in PROBES:
+        operation["security"] = []
+        if path == "/ready":
+            operation["responses"]["503"] = {"description": NOT_READY}
+        return operation
     errors = dict(ERRORS) if path not in CLIENT_ENDPOINTS else {"422": ERRORS["422"]}
     if path in CLIENT_ENDPOINTS:
         operation["security"] = []

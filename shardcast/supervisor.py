@@ -16,11 +16,12 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
-from . import ipc
+from . import descriptors, ipc, tls
 from .cluster import Cluster
 from .commands import Commands
 from .config import Config
 from .http_api import HttpApi
+from .http_limits import HttpLimits
 from .http_server import HttpProtocol
 from .ipc import Link
 from .site import Site
@@ -161,6 +162,7 @@ class Supervisor:
 
 def serve(config: Config) -> None:
     """Run the supervisor until SIGINT or SIGTERM."""
+    descriptors.check_limit(config, descriptors.raise_limit())   # shards inherit the limit
     tune_gc()
     try:
         clean = uvloop.run(_serve(config))
@@ -180,6 +182,10 @@ async def _serve(config: Config) -> bool:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        try:
+            tls_options = tls.server_options(config)
+        except OSError as error:    # ssl.SSLError is one too
+            raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
         await supervisor.start()
         if config.redis_url:
             from .redis.node import Node
@@ -190,12 +196,14 @@ async def _serve(config: Config) -> bool:
             supervisor.node.commands = commands
         api = HttpApi(config, commands)
         site = Site(api, supervisor)
+        limits = HttpLimits(config)
         try:
             server = await loop.create_server(
-                lambda: HttpProtocol(site.handle, config.max_body_size, api.decorate),
-                config.host, config.port)
+                lambda: HttpProtocol(site.handle, limits, api.decorate),
+                config.host, config.port, **tls_options)
         except OSError as error:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
+        descriptors.Watch("the supervisor").start(loop)
         _announce(config)
         await stop.wait()
         server.close()          # no new connections; requests on open ones get 503
@@ -208,9 +216,10 @@ async def _serve(config: Config) -> bool:
 
 
 def _announce(config: Config) -> None:
+    secure = "s" if config.ssl_certfile else ""
     where = f", node {config.node} of the cluster at {config.redis_url}" if config.redis_url else ""
-    print(f"shardcast API on http://{config.host}:{config.port} "
+    print(f"shardcast API on http{secure}://{config.host}:{config.port} "
           f"({config.workers} shards{where})", flush=True)
     for index in range(config.workers):
-        print(f"  shard {index}: websockets on ws://{config.host}:"
+        print(f"  shard {index}: websockets on ws{secure}://{config.host}:"
               f"{config.ws_port_base + index}/ws", flush=True)

@@ -17,7 +17,7 @@ import orjson
 import uvloop
 from picows import ws_create_server
 
-from . import ipc, limits, logs
+from . import descriptors, ipc, limits, logs, tls
 from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
@@ -58,6 +58,7 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    descriptors.raise_limit()   # done by the supervisor already (inherited); cheap to be sure
     tune_gc()
     try:
         uvloop.run(_serve(index, config, ipc_dir))
@@ -110,8 +111,10 @@ class Worker:
             self.actor = Shard(index, config.workers, config, self)
         self.handlers = self.actor.handlers()
         self.handlers["stats"] = self.stats
+        self.handlers["ready"] = lambda args: True     # /ready: this loop answers
         self.peers: list[Link | None] = [None] * config.workers
         self.parent = os.getppid()
+        self.descriptors = descriptors.Watch(f"shard {index}")
         self.long_polls = 0     # /listen requests held open
         self.flush_after = 0.0  # perf_counter time before which no flush starts
         # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
@@ -139,6 +142,7 @@ class Worker:
             read_buffer_init_size=READ_BUFFER,
             use_aiofastnet=False,   # measured: 20 KB vs 11 KB RSS per idle websocket, same CPU
             logger_name=PICOWS_LOG,
+            **tls.server_options(self.config),
         )
         self.actor.start()
         loop.call_later(SWEEP_INTERVAL, self.sweep)
@@ -303,7 +307,9 @@ class Worker:
             log.error("supervisor is gone; shard %d exits", self.index)
             self.stop()
             return
-        self.actor.sweep(time.monotonic())
+        now = time.monotonic()
+        self.actor.sweep(now)
+        self.descriptors.check(now)
         self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     @property

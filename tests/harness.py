@@ -59,7 +59,8 @@ class Server:
 
     # lifecycle -------------------------------------------------------------
 
-    def start(self) -> "Server":
+    def start(self, **popen: Any) -> "Server":
+        """Start it; ``popen`` goes to subprocess.Popen (e.g. a ``preexec_fn``)."""
         command = [
             sys.executable, "-m", "shardcast", "serve",
             "--host", "127.0.0.1",
@@ -71,7 +72,7 @@ class Server:
         ]  # fmt: skip
         env = {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            command, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, **popen
         )
         self._wait_ready()
         return self

@@ -68,6 +68,18 @@ def descendant_pids(pid: int) -> list[int]:
     return found
 
 
+def rss_bytes(pids: list[int]) -> int:
+    """The summed resident memory of ``pids`` (those gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+
 def _listening_inodes(port: int) -> set[str]:
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):

@@ -8,7 +8,6 @@ read everything, all in one channel, while a publisher posts batches for a few s
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 
@@ -18,7 +17,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from contract import unique, wait_until
 from harness import Server
-from processes import descendant_pids
+from processes import descendant_pids, rss_bytes
 from rawws import handshake, last_close_code
 
 WORKERS = 2
@@ -42,17 +41,6 @@ def slow_server():
                                   "SHARDCAST_GC_CONNS_AFTER": "60"}).start()
     yield server
     server.stop()
-
-
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/statm") as statm:
-                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-    return total
 
 
 class RssSampler(threading.Thread):

@@ -12,7 +12,7 @@ from websockets.sync.client import connect as ws_connect
 
 from contract import unique, wait_until
 from harness import Server
-from processes import descendant_pids
+from processes import descendant_pids, rss_bytes
 
 SHARDS = 3
 CHURNERS = 4
@@ -29,15 +29,6 @@ def server_pids(server: Server) -> list[int]:
 
 def fds(pids: list[int]) -> int:
     return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
-
-
-def rss(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as status:
-            total += next(int(line.split()[1]) * 1024 for line in status
-                          if line.startswith("VmRSS"))
-    return total
 
 
 def churn(server: Server, channels: list[str], stop: threading.Event, errors: list) -> None:
@@ -91,11 +82,11 @@ def test_soak_returns_to_baseline_and_loses_nothing():
             return counts == [STABLE, 0, 0]
 
         wait_until(settled, 15)
-        fds_before, rss_before = fds(pids), rss(pids)
+        fds_before, rss_before = fds(pids), rss_bytes(pids)
 
         published = cycle(server, channels, SOAK_SECONDS)
         wait_until(settled, 15)
-        fds_after, rss_after = fds(pids), rss(pids)
+        fds_after, rss_after = fds(pids), rss_bytes(pids)
 
         marker = server.sentinel(channels[0])
         for subscriber in subscribers:

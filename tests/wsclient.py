@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import ssl
 import time
 from json import loads as json_loads
 from typing import Any, Callable
@@ -84,9 +85,10 @@ class WsClient:
         raise AssertionError(f"unexpected envelopes: {list(self.pending)}")
 
 
-def open_websocket(url: str) -> WsClient:
+def open_websocket(url: str, ssl_context: ssl.SSLContext | None = None) -> WsClient:
     connection = ws_connect(
         url,
+        ssl=ssl_context,
         open_timeout=5,
         close_timeout=1,
         ping_interval=None,

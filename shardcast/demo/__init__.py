@@ -13,6 +13,8 @@ import time
 import click
 
 from ..client import AsyncClient, ShardcastError
+from ..config import Config
+from ..http_limits import HttpLimits
 from ..http_server import HttpProtocol, Request, Response
 from .app import DemoApp
 
@@ -52,9 +54,10 @@ async def _serve(host: str, port: int, api: str, secret: str, admin_password: st
         await _wait_for_broker(shardcast, broker)
         app = DemoApp(shardcast, api)
         await app.setup()
+        limits = HttpLimits(Config(max_body_size=MAX_BODY))
         try:
             server = await loop.create_server(
-                lambda: HttpProtocol(app.handle, MAX_BODY, _plain), host, port)
+                lambda: HttpProtocol(app.handle, limits, _plain), host, port)
         except OSError as error:
             raise click.ClickException(f"cannot serve the demo on {host}:{port}: {error}")
         click.echo(f"shardcast demo: open http://{host}:{port}/ in two browser windows\n"
