@@ -28,6 +28,10 @@ class Keys:
         """zset: "<offset>:<history entry JSON>" scored by offset."""
         return f"{self.prefix}:ch:{{{name}}}:hist"
 
+    def deleted(self, name: str) -> str:
+        """zset: offsets of deleted history entries still in history's reach."""
+        return f"{self.prefix}:ch:{{{name}}}:deleted"
+
     def members(self, name: str) -> str:
         """hash: conn id -> username."""
         return f"{self.prefix}:ch:{{{name}}}:conns"

@@ -145,7 +145,7 @@ class RedisOwner:
 
     def _announce(self, name: str, envelope: dict, exclude: list, pm: list = (),
                   amend: list | None = None) -> None:
-        route = ["c", name, exclude, list(pm), None, amend, envelopes.publication_stamp()]
+        route = ["c", name, exclude, list(pm), None, amend, envelopes.publication_stamp(), None]
         self.scripts.send(self.redis, "announce", [self.keys.meta(name)],
                           [self.keys.channel(name), _body(route, envelope)],
                           callback=self._check)
@@ -212,12 +212,25 @@ class RedisOwner:
 
     # -- messages -----------------------------------------------------------------------
 
+    async def history_after(self, name: str, offset: int) -> dict | None:
+        """As ``Channel.history_after``, from Redis."""
+        keys, call = self.keys, self.redis.call
+        meta = call("HMGET", keys.meta(name), "epoch", "offset")
+        kept = call("ZRANGEBYSCORE", keys.history(name), f"({offset}", "+inf")
+        deleted = call("ZRANGEBYSCORE", keys.deleted(name), f"({offset}", "+inf")
+        epoch, top = await meta
+        if epoch is None:
+            return None
+        return {"epoch": epoch.decode(), "top": int(top),
+                "entries": [list(found) for found in history_entries(await kept)],
+                "deleted": [int(o) for o in await deleted]}
+
     def publish(self, items: list[dict]) -> None:
         keys, now, epoch = self.keys, time.time(), envelopes.new_uuid()
         for item in items:
             name = item["channel"]
             route = ["c", name, item["exclude_users"], item["pm_users"], None, None,
-                     item.pop("stamp")]
+                     item.pop("stamp"), None]     # Redis fills in the channel's settings
             entry = b"" if item["no_history"] else orjson.dumps(envelopes.history_entry(item))
             self.scripts.send(
                 self.redis, "publish", [keys.meta(name), keys.history(name), keys.channels],
@@ -251,7 +264,8 @@ class RedisOwner:
                         if field in item:
                             entry[field] = item[field]
                     new = b"%d:%s" % (offset, orjson.dumps(entry))
-                await self.scripts.call(self.redis, "amend", [key], [member, new, offset])
+                await self.scripts.call(self.redis, "amend", [key, self.keys.deleted(name)],
+                                        [member, new, offset, self.ttl_ms])
                 break
         except (RedisUnavailable, RuntimeError) as error:
             self._check(error)
@@ -265,7 +279,7 @@ class RedisOwner:
         for name in args["channels"]:
             keys = self.keys
             envelope = envelopes.state_change(name, user, state, args["changed"])
-            route = ["c", name, [], [], None, None, envelopes.publication_stamp()]
+            route = ["c", name, [], [], None, None, envelopes.publication_stamp(), None]
             self.scripts.send(
                 self.redis, "state_change",
                 [keys.meta(name), keys.member_users(name), keys.member_states(name)],

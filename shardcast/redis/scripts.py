@@ -124,10 +124,18 @@ if redis.call('HLEN', KEYS[3]) == 0 then redis.call('PEXPIRE', meta, ARGV[4]) en
 return 1
 """
 
-# Swap one history entry for its edited form (or remove it: new = ''), if still there.
+# Swap one history entry for its edited form, or remove it (new = '') and remember its offset
+# (for resume, a deleted message is not a hole), forgetting deletions older than history.
 AMEND = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  return 1
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[3])
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or ARGV[3]
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 

@@ -81,6 +81,10 @@ class ClusterShard(Shard):
         table.update({name: getattr(self.owner, name) for name in OWNER_COMMANDS})
         return table
 
+    def history(self, name: str, offset: int) -> asyncio.Future:
+        """What came after ``offset`` in ``name``: read from Redis by this shard itself."""
+        return asyncio.ensure_future(self.owner.history_after(name, offset))
+
     def peer_restarted(self, args: dict) -> None:
         """Nothing to rebuild: what the dead shard owned lives in Redis, and the supervisor
         removes its connections from there."""

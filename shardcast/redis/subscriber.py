@@ -117,6 +117,12 @@ class Subscriber:
     # -- what arrives ----------------------------------------------------------------------
 
     def on_push(self, reply) -> None:
+        try:
+            self._push(reply)
+        except Exception:       # one bad publication must not end the subscription
+            log.exception("cannot handle a publication from Redis")
+
+    def _push(self, reply) -> None:
         if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, key, data = reply[0], reply[1], reply[2]
@@ -156,9 +162,12 @@ class Subscriber:
         offset, epoch, frames = head.split(b" ")
         route_json, _, frame = rest.partition(b"\n")
         route = orjson.loads(route_json)
+        position = int(offset)
         if route[0] == "c":
             route[4] = frames == b"1"
-        publication = (int(offset), epoch, route, frame)
+            if position:            # a message: its position, for clients that want it
+                route[7] = [epoch.decode(), position]
+        publication = (position, epoch, route, frame)
         held = self.held.get(name)
         if held is None:
             self._apply(name, publication)
@@ -232,7 +241,7 @@ class Subscriber:
         found = history_entries(members)
         for offset, entry in found:
             route = ["c", name, entry["exclude_users"], entry["pm_users"], frames == b"1",
-                     None, envelopes.publication_stamp()]
+                     None, envelopes.publication_stamp(), [epoch.decode(), offset]]
             self.deliver(route, orjson.dumps([envelopes.from_history(entry)]))
         missed = last - position[1] - len(found)
         self.repaired += len(found)
