@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from json import dumps as json_dumps
 from pathlib import Path
@@ -19,6 +20,7 @@ import requests
 from itsdangerous import TimestampSigner
 
 from contract import SIGNATURE_HEADER, unique
+from shardcast.routing import owner
 from processes import cmdline, descendant_pids, free_port, free_port_range
 from wsclient import WsClient, open_websocket
 
@@ -255,6 +257,22 @@ class ServerPool:
     def stop_all(self) -> None:
         for server in self.servers.values():
             server.stop()
+
+
+def owned_by(shard: int, shards: int, prefix: str) -> str:
+    """A fresh name (channel or user) that shard ``shard`` of ``shards`` owns."""
+    while True:
+        name = unique(prefix)
+        if owner(name, shards) == shard:
+            return name
+
+
+def conn_id_on(shard: int, shards: int) -> str:
+    """A fresh conn_id that shard ``shard`` of ``shards`` holds."""
+    while True:
+        conn_id = str(uuid.uuid4())
+        if owner(conn_id, shards) == shard:
+            return conn_id
 
 
 class ClusterNodes:

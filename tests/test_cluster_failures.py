@@ -11,6 +11,7 @@ import pytest
 
 from contract import delivered, unique, wait_until
 from harness import ClusterNodes, Server
+from positions import Reader
 from redisserver import RedisServer
 from stallproxy import StallProxy
 
@@ -175,3 +176,25 @@ def test_a_silent_subscription_is_found_by_the_probe_and_repaired(redis, open_ws
     finally:
         nodes.stop()
         proxy.close()
+
+
+def test_clients_of_a_killed_node_resume_on_another_and_lose_nothing(nodes):
+    channel = unique("ch")
+    nodes[0].channel_config({channel: HISTORY})
+    reader = Reader(nodes[2], unique("u"), [channel])
+    client = reader.connect(nodes[2])
+    reader.read(client, until=nodes[0].say(channel, "first")["uuid"])
+    posted: list[dict] = []
+    poster = threading.Thread(target=post_steadily, args=(nodes[1], channel, 1.5, posted))
+    poster.start()
+    time.sleep(0.3)
+    nodes[2].kill()
+    reader.read(client)                                  # until it is dropped
+    client = reader.connect(nodes[0])                    # back through another node
+    poster.join()
+    marker = nodes[1].sentinel(channel)
+    reader.read(client, until=marker)
+    client.close()
+    assert reader.statuses[-1][channel]["recovered"] is True
+    got = [e["uuid"] for e in reader.got[channel]]
+    assert got[1:] == [item["uuid"] for item in posted] + [marker]

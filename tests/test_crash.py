@@ -7,14 +7,13 @@ import os
 import signal
 import threading
 import time
-import uuid
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from contract import unique, wait_until
+import harness
 from harness import Server
-from shardcast.routing import owner
 
 WORKERS = 3
 VICTIM = 2
@@ -24,18 +23,11 @@ PUBLISH_EVERY = 0.005
 
 
 def owned_by(shard: int, prefix: str) -> str:
-    """A fresh name that shard ``shard`` owns."""
-    while True:
-        name = unique(prefix)
-        if owner(name, WORKERS) == shard:
-            return name
+    return harness.owned_by(shard, WORKERS, prefix)
 
 
 def conn_id_on(shard: int) -> str:
-    while True:
-        conn_id = str(uuid.uuid4())
-        if owner(conn_id, WORKERS) == shard:
-            return conn_id
+    return harness.conn_id_on(shard, WORKERS)
 
 
 class Publisher(threading.Thread):

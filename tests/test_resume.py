@@ -4,28 +4,22 @@ positions it had gets what it missed, in order, once, or is told it cannot."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
-from urllib.parse import quote
 
 import pytest
 
 from contract import delivered, unique
+import harness
 from harness import Server
+from positions import Reader, positioned, with_query
 from wsclient import open_websocket
 
 HISTORY = {"store_history": True, "history_size": 1000}
 DROPS = 20
-
-
-def positioned(item: dict, epoch: str, offset: int, catchup: bool = False) -> dict:
-    return {**delivered(item, catchup=catchup), "epoch": epoch, "offset": offset}
-
-
-def with_query(url: str, **params: object) -> str:
-    return url + "".join(f"&{key}={quote(value if isinstance(value, str) else json.dumps(value))}"
-                         for key, value in params.items())
 
 
 def test_offsets_on_request_count_each_channels_messages(server, open_ws):
@@ -187,3 +181,39 @@ def test_twenty_abrupt_drops_during_steady_publishing_lose_and_repeat_nothing(se
         got += [e for e in client.until_uuid(marker) if e["type"] == "message"]
     assert [e["uuid"] for e in got] == [item["uuid"] for item in posted]
     assert [e["offset"] for e in got] == list(range(1, len(posted) + 1))
+
+
+def test_after_its_shard_is_killed_a_client_recovers_what_the_living_owner_kept():
+    shards, victim = 3, 2
+    server = Server(shards).start()
+    try:
+        kept = harness.owned_by(0, shards, "kept")           # its owner survives
+        lost = harness.owned_by(victim, shards, "lost")      # its owner dies with the client's
+        server.channel_config({kept: HISTORY, lost: HISTORY})
+        reader = Reader(server, unique("u"), [kept, lost])
+        client = reader.connect(server, conn_id=harness.conn_id_on(victim, shards))
+        reader.read(client, until=server.say(lost, "a position here too")["uuid"])
+        posted: list[dict] = []
+        stop = threading.Event()
+        publisher = threading.Thread(target=lambda: [
+            posted.append(server.say(kept, str(len(posted)))) or time.sleep(0.005)
+            for _ in iter(lambda: stop.is_set(), True)])
+        publisher.start()
+        time.sleep(0.3)
+        pid = server.ok("GET", "/admin/admin.json")["shards"][victim]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        reader.read(client)                                   # until it is dropped
+        time.sleep(0.3)
+        client = reader.connect(server, conn_id=harness.conn_id_on(0, shards))
+        stop.set()
+        publisher.join()
+        marker = server.sentinel(kept)
+        reader.read(client, until=marker)
+        client.close()
+    finally:
+        server.stop()
+    (status,) = reader.statuses
+    assert status[kept]["recovered"] is True
+    assert status[lost]["recovered"] is False           # its history died with its owner
+    got = [e["uuid"] for e in reader.got[kept]]
+    assert got == [item["uuid"] for item in posted] + [marker]
