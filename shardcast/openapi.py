@@ -54,8 +54,22 @@ QUERY_CONN_ID = {"name": "conn_id", "in": "query", "required": True,
                  "schema": {"type": "string", "format": "uuid"}}
 CALLBACK = {"name": "callback", "in": "query", "required": False,
             "description": "JSONP: answer `callback(<json>)`", "schema": {"type": "string"}}
+OFFSETS = {"name": "offsets", "in": "query", "required": False,
+           "description": "(new) `1`: channel messages also carry their `epoch` and `offset` "
+                          "(the same on the websocket URL)",
+           "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}}
+SINCE = {"name": "since", "in": "query", "required": False,
+         "description": "(new) Resume (implies offsets=1; the same on the websocket URL): "
+                        "URL-encoded JSON `{\"<channel>\": {\"epoch\": \"<epoch>\", \"offset\": "
+                        "<last offset received>}}`. The answer starts with `{\"type\": "
+                        "\"recovery\", \"channels\": {\"<channel>\": {\"recovered\": bool, "
+                        "\"epoch\", \"offset\": <top>}}}`, then the missed messages in order "
+                        "(`catchup: true`); `recovered: false`: the epoch changed or history is "
+                        "too short, reload",
+         "content": {"application/json": {"schema": {
+             "type": "object", "additionalProperties": {"$ref": REF.format(name="Position")}}}}}
 QUERY_PARAMETERS = {("/disconnect", "GET"): [QUERY_CONN_ID],
-                    ("/listen", "GET"): [QUERY_CONN_ID, CALLBACK]}
+                    ("/listen", "GET"): [QUERY_CONN_ID, CALLBACK, OFFSETS, SINCE]}
 ERRORS = {
     "401": "Bad signature: wrong secret, stale timestamp, or altered request",
     "403": "No signature, or the caller's IP is not in allow_posting_from",
@@ -66,7 +80,8 @@ ERRORS = {
 def document() -> dict:
     """The whole OpenAPI document (it depends on nothing but the code: build it once)."""
     types = [body for methods in ENDPOINTS.values() for body, _ in methods.values() if body]
-    bodies, components = msgspec.json.schema_components(types, ref_template=REF)
+    bodies, components = msgspec.json.schema_components([*types, schemas.Position],
+                                                        ref_template=REF)
     body_schemas = dict(zip(types, bodies))
     components["Errors"] = {"type": "object", "description": ERRORS["422"],
                             "additionalProperties": True}
