@@ -232,23 +232,23 @@ class Admin:
         query = request.query.get("q", "").strip()
         if not query:
             return json_response({"q": ["Give a user name or a connection id"]}, 422)
-        cluster = self.api.commands.cluster
+        shards = self.api.commands.shards
         conn_id = _canonical_uuid(query)
         if conn_id is not None:
-            found = await cluster.call(cluster.owner(conn_id), "conn_info",
+            found = await shards.call(shards.owner(conn_id), "conn_info",
                                        {"conn_ids": [conn_id]})
             if conn_id in found:
                 return json_response({"connection": {"conn_id": conn_id,
                                                      **_named(found[conn_id])}})
             return json_response({"q": [f"No connection {conn_id}"]}, 404)
-        users = await cluster.call(cluster.owner(query), "user_states", {
+        users = await shards.call(shards.owner(query), "user_states", {
             "users": [query], "public": False, "connections": True})
         if not users:
             return json_response({"q": [f"No user or connection named {query!r}"]}, 404)
         user = users[0]
-        calls = {shard: {"conn_ids": ids} for shard, ids in cluster.group(user["connections"]).items()}
+        calls = {shard: {"conn_ids": ids} for shard, ids in shards.group(user["connections"]).items()}
         connections: dict[str, Any] = {}
-        for found in await cluster.call_many(calls, "conn_info"):
+        for found in await shards.call_many(calls, "conn_info"):
             connections.update(found)
         user["connections"] = [{"conn_id": conn_id, **_named(info)}
                                for conn_id, info in sorted(connections.items())]

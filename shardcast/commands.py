@@ -11,7 +11,7 @@ import orjson
 from msgspec import UNSET
 
 from . import __version__, envelopes
-from .cluster import Cluster, ShardUnavailable
+from .shards import Shards, ShardUnavailable
 from .config import Config
 from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, MessageItem,
                       SubscribeBody, UserStateBody, encode_checked)
@@ -37,8 +37,8 @@ class LocalDirectory:
     """Where things are on one node: every connection here, every channel owned by one of its
     shards. A cluster node uses ``redis.node.Node``, which answers the same questions."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, shards: Shards) -> None:
+        self.shards = shards
 
     def down(self) -> bool:
         return False
@@ -51,8 +51,8 @@ class LocalDirectory:
         raise AssertionError("one node has no other node to forward to")
 
     async def conn_channels(self, conn_ids: list[str]) -> list[str]:
-        calls = {shard: {"conn_ids": ids} for shard, ids in self.cluster.group(conn_ids).items()}
-        return sorted({name for found in await self.cluster.call_many(calls, "conn_channels")
+        calls = {shard: {"conn_ids": ids} for shard, ids in self.shards.group(conn_ids).items()}
+        return sorted({name for found in await self.shards.call_many(calls, "conn_channels")
                        for name in found})
 
     async def channel_names(self) -> list[str] | None:
@@ -71,10 +71,10 @@ class LocalDirectory:
 
 
 class Commands:
-    def __init__(self, cluster: Cluster, config: Config, directory: Any = None) -> None:
-        self.cluster = cluster
+    def __init__(self, shards: Shards, config: Config, directory: Any = None) -> None:
+        self.shards = shards
         self.config = config
-        self.directory = directory or LocalDirectory(cluster)
+        self.directory = directory or LocalDirectory(shards)
         self.started = time.time()
         self.readiness: asyncio.Future | None = None    # the last round of /ready questions
         self.readiness_until = 0.0
@@ -99,18 +99,18 @@ class Commands:
             if answer is not NOT_ELSEWHERE:
                 return answer
         conn_id = str(body.conn_id) if body.conn_id else envelopes.new_uuid()
-        shard = self.cluster.owner(conn_id)
-        opened = _checked(await self.cluster.call(shard, "conn_open", {
+        shard = self.shards.owner(conn_id)
+        opened = _checked(await self.shards.call(shard, "conn_open", {
             "conn_id": conn_id, "user": body.username, "channels": body.channels}))
-        user = await self.cluster.call(self.cluster.owner(body.username), "user_connect", {
+        user = await self.shards.call(self.shards.owner(body.username), "user_connect", {
             "user": body.username, "fresh_state": body.fresh_user_state,
             "state": body.user_state, "public_keys": body.state_public_keys,
             "conn_id": conn_id})
         if "error" in user:     # a user limit: undo the connection's side, apply nothing
             if opened["created"]:
-                self.cluster.cast(shard, "conn_close", {"conn_id": conn_id})
+                self.shards.cast(shard, "conn_close", {"conn_id": conn_id})
             elif opened["new"]:
-                self.cluster.cast(shard, "conn_unsubscribe",
+                self.shards.cast(shard, "conn_unsubscribe",
                                   {"conn_id": conn_id, "channels": opened["new"]})
             _checked(user)
         self._join(opened["new"], conn_id, body.username, user["public_state"],
@@ -129,8 +129,8 @@ class Commands:
     def _join(self, names: list[str], conn_id: str, user: str, public_state: dict,
               configs: dict) -> None:
         """Casts: the info request that follows on the same links sees them applied."""
-        for shard, group in self.cluster.group(names).items():
-            self.cluster.cast(shard, "join", {"joins": [
+        for shard, group in self.shards.group(names).items():
+            self.shards.cast(shard, "join", {"joins": [
                 [name, _settings(configs, name), conn_id, user, public_state]
                 for name in group]})
 
@@ -145,9 +145,9 @@ class Commands:
 
     async def _ask_shards(self) -> dict[str, str]:
         down, asked = {}, {}
-        for shard in range(self.cluster.shards):
+        for shard in range(self.shards.count):
             try:
-                asked[shard] = self.cluster.request(shard, "ready", None, timeout=READY_TIMEOUT)
+                asked[shard] = self.shards.request(shard, "ready", None, timeout=READY_TIMEOUT)
             except ShardUnavailable:
                 down[str(shard)] = "restarting"
         for shard, answer in asked.items():
@@ -167,10 +167,10 @@ class Commands:
         answer = await self._elsewhere(conn_id, "subscribe", msgspec.to_builtins(body))
         if answer is not NOT_ELSEWHERE:
             return answer
-        joined = _checked(await self.cluster.call(
-            self.cluster.owner(conn_id), "conn_subscribe",
+        joined = _checked(await self.shards.call(
+            self.shards.owner(conn_id), "conn_subscribe",
             {"conn_id": conn_id, "channels": body.channels}))
-        public = _checked(await self.cluster.call(self.cluster.owner(joined["user"]),
+        public = _checked(await self.shards.call(self.shards.owner(joined["user"]),
                                                   "user_public", {"user": joined["user"]}))
         self._join(joined["new"], conn_id, joined["user"], public, body.channel_configs)
         return {"channels": joined["all"],
@@ -182,12 +182,12 @@ class Commands:
         answer = await self._elsewhere(conn_id, "unsubscribe", msgspec.to_builtins(body))
         if answer is not NOT_ELSEWHERE:
             return answer
-        left = _checked(await self.cluster.call(
-            self.cluster.owner(conn_id), "conn_unsubscribe",
+        left = _checked(await self.shards.call(
+            self.shards.owner(conn_id), "conn_unsubscribe",
             {"conn_id": conn_id, "channels": body.channels}))
-        for shard, names in self.cluster.group(left["left"]).items():
+        for shard, names in self.shards.group(left["left"]).items():
             for name in names:
-                self.cluster.cast(shard, "leave", {"channel": name, "conn_id": conn_id})
+                self.shards.cast(shard, "leave", {"channel": name, "conn_id": conn_id})
         return {"channels": left["all"], "channels_info": await self.info(body.info, left["all"]),
                 "unsubscribed_from": left["left"]}
 
@@ -195,7 +195,7 @@ class Commands:
         answer = await self._elsewhere(conn_id, "disconnect", {"conn_id": conn_id})
         if answer is not NOT_ELSEWHERE:
             return answer
-        return await self.cluster.call(self.cluster.owner(conn_id), "conn_close",
+        return await self.shards.call(self.shards.owner(conn_id), "conn_close",
                                        {"conn_id": conn_id})
 
     async def listen(self, conn_id: str, offsets: bool = False,
@@ -207,7 +207,7 @@ class Commands:
         answer = await self._elsewhere(conn_id, "listen", args, wait)
         if answer is not NOT_ELSEWHERE:
             return answer
-        frames = await self.cluster.call(self.cluster.owner(conn_id), "listen", args, raw=True,
+        frames = await self.shards.call(self.shards.owner(conn_id), "listen", args, raw=True,
                                          timeout=self.config.wake_connections_after + 10)
         if frames.startswith(b"{"):     # a refusal; envelopes come as a JSON array
             _checked(orjson.loads(frames))
@@ -243,14 +243,14 @@ class Commands:
         for item in items:
             item["stamp"] = envelopes.publication_stamp()
             if item["channel"] is not None:
-                by_owner.setdefault(self.cluster.owner(item["channel"]), []).append(item)
+                by_owner.setdefault(self.shards.owner(item["channel"]), []).append(item)
             else:
                 direct = envelope(item)
-                for shard, users in self.cluster.group(item["pm_users"]).items():
-                    self.cluster.cast(shard, "direct", {"users": users, "envelope": direct,
+                for shard, users in self.shards.group(item["pm_users"]).items():
+                    self.shards.cast(shard, "direct", {"users": users, "envelope": direct,
                                                         "stamp": item["stamp"]})
         for shard, group in by_owner.items():
-            self.cluster.cast(shard, command, group)
+            self.shards.cast(shard, command, group)
 
     # -- users and channels ---------------------------------------------------------
 
@@ -258,7 +258,7 @@ class Commands:
         args: dict[str, Any] = {"user": body.user, "state": body.user_state}
         if body.state_public_keys is not UNSET:
             args["public_keys"] = body.state_public_keys
-        result = _checked(await self.cluster.call(self.cluster.owner(body.user), "user_state",
+        result = _checked(await self.shards.call(self.shards.owner(body.user), "user_state",
                                                   args))
         if result["refresh"] and result["conns"]:
             await self._spread_state(body.user, result)
@@ -267,16 +267,16 @@ class Commands:
     async def _spread_state(self, user: str, result: dict) -> None:
         """Refresh the user's public state in its channels; notify where configured."""
         names = await self.directory.conn_channels(result["conns"])
-        for shard, group in self.cluster.group(names).items():
-            self.cluster.cast(shard, "state_change", {
+        for shard, group in self.shards.group(names).items():
+            self.shards.cast(shard, "state_change", {
                 "channels": group, "user": user, "public_state": result["public_state"],
                 "changed": result["changed_public"], "notify": bool(result["changed_state"])})
 
     async def channel_config(self, configs: dict) -> dict:
         calls = {shard: {"configs": {name: msgspec.structs.asdict(configs[name]) for name in names}}
-                 for shard, names in self.cluster.group(configs).items()}
+                 for shard, names in self.shards.group(configs).items()}
         channels: dict = {}
-        for found in await self.cluster.call_many(calls, "configure"):
+        for found in await self.shards.call_many(calls, "configure"):
             channels.update(_checked(found))
         return {"channels": channels, "users": []}
 
@@ -290,13 +290,13 @@ class Commands:
         if names is None:
             names = await self.directory.channel_names()
         if names is None:
-            calls = {shard: {**args, "channels": None} for shard in range(self.cluster.shards)}
+            calls = {shard: {**args, "channels": None} for shard in range(self.shards.count)}
         else:
             calls = {shard: {**args, "channels": group}
-                     for shard, group in self.cluster.group(names).items()}
+                     for shard, group in self.shards.group(names).items()}
         channels: dict = {}
         chosen = 0
-        for found in await self.cluster.call_many(calls, "info"):
+        for found in await self.shards.call_many(calls, "info"):
             channels.update(_checked(found)["channels"])
             chosen += found["chosen"]
         listed = sorted(channels)[:flags.limit]
@@ -314,14 +314,14 @@ class Commands:
         members = sorted({user for channel in channels for user in channel["users"]})
         calls = {shard: {"users": group, "public": flags.return_public_state,
                          "connections": flags.include_connections}
-                 for shard, group in self.cluster.group(members).items()}
-        users = [user for found in await self.cluster.call_many(calls, "user_states")
+                 for shard, group in self.shards.group(members).items()}
+        users = [user for found in await self.shards.call_many(calls, "user_states")
                  for user in _checked(found)]
         return sorted(users, key=lambda entry: entry["user"])
 
     async def admin(self) -> dict:
-        shards = await self.cluster.call_many(dict.fromkeys(range(self.cluster.shards)), "stats")
-        for figures, restarts in zip(shards, self.cluster.restarts):
+        shards = await self.shards.call_many(dict.fromkeys(range(self.shards.count)), "stats")
+        for figures, restarts in zip(shards, self.shards.restarts):
             figures["restarts"] = restarts
         info = await self.info(InfoFlags(include_history=False, include_connections=True,
                                          limit=self.config.admin_channels_limit or None))

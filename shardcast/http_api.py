@@ -9,7 +9,7 @@ from typing import Any, Awaitable
 import orjson
 
 from . import schemas, signing
-from .cluster import ShardUnavailable
+from .shards import ShardUnavailable
 from .commands import Commands
 from .config import Config
 from .http_server import Request, Response, json_response

@@ -18,7 +18,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 
 from . import http_api
-from .cluster import ShardUnavailable
+from .shards import ShardUnavailable
 from .http_server import Request, Response, json_response
 from .schemas import Invalid
 
@@ -89,7 +89,7 @@ class Metrics:
         self.registry.register(_RequestCollector(self))
         self.registry.register(_ClusterCollector(self))
         self.stats: list[dict | None] = []
-        self.cluster: dict = {}         # a cluster node: the last scrape's nodes and totals
+        self.cluster_figures: dict = {}     # a cluster node: the last scrape's nodes, totals
         # Plain numbers, made metric families at scrape time: prometheus-client's own
         # metrics take a lock per update, a measured microsecond of each request.
         self.counts: dict[tuple[str, str, str], list[int]] = {}        # [answers]
@@ -151,10 +151,10 @@ class Metrics:
         if not http_api._client_allowed(request.client, self.api.allowed):
             return json_response({"request": f"IP {request.client} may not read metrics: "
                                   "add it to allow_posting_from"}, 403)
-        cluster = self.supervisor.cluster
+        shards = self.supervisor.shards
         self.stats = await asyncio.gather(*(self._shard_stats(shard)
-                                            for shard in range(cluster.shards)))
-        self.cluster = await self._cluster_figures()
+                                            for shard in range(shards.count)))
+        self.cluster_figures = await self._cluster_figures()
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
     async def _cluster_figures(self) -> dict:
@@ -168,7 +168,7 @@ class Metrics:
 
     async def _shard_stats(self, shard: int) -> dict | None:
         try:
-            return await self.supervisor.cluster.call(shard, "stats", None,
+            return await self.supervisor.shards.call(shard, "stats", None,
                                                       timeout=SCRAPE_TIMEOUT)
         except ShardUnavailable:
             return None
@@ -202,7 +202,7 @@ class _ClusterCollector:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        figures = self.metrics.cluster
+        figures = self.metrics.cluster_figures
         if not figures:
             return
         yield GaugeMetricFamily("shardcast_redis_up", "1 if this node's supervisor reached "
@@ -258,7 +258,7 @@ class _ShardCollector:
         queued = GaugeMetricFamily("shardcast_ipc_queued_bytes",
                                    "Bytes written to the shard's IPC link, not yet sent",
                                    labels=["shard"])
-        for index, link in enumerate(supervisor.cluster.links):
+        for index, link in enumerate(supervisor.shards.links):
             label = [str(index)]
             restarts.add_metric(label, supervisor.restarts[index])
             if link is None:

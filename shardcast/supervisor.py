@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 import uvloop
 
 from . import descriptors, ipc, tls
-from .cluster import Cluster
+from .shards import Shards
 from .commands import Commands
 from .config import Config
 from .http_api import HttpApi
@@ -42,9 +42,9 @@ class StartupError(RuntimeError):
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.cluster = Cluster(config.workers)
+        self.shards = Shards(config.workers)
         self.processes: list[BaseProcess | None] = [None] * config.workers
-        self.restarts = self.cluster.restarts
+        self.restarts = self.shards.restarts
         self.ipc_dir = tempfile.mkdtemp(prefix="shardcast-")
         self.stopping = False
         self.spare: tuple[BaseProcess, Connection] | None = None
@@ -73,7 +73,7 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise StartupError(f"shard {index} did not start in {START_TIMEOUT:.0f} s")
                 await asyncio.sleep(0.05)
-        self.cluster.links[index] = link
+        self.shards.links[index] = link
         loop.add_reader(process.sentinel, self._on_exit, index)
 
     def _launch(self, index: int) -> BaseProcess:
@@ -126,7 +126,7 @@ class Supervisor:
             return
         log.warning("shard %d restarted", index)
         self._prepare_spare()
-        for other, link in enumerate(self.cluster.links):
+        for other, link in enumerate(self.shards.links):
             if other != index and link is not None and not link.closed:
                 link.cast("peer_restarted", {"shard": index})
 
@@ -137,10 +137,10 @@ class Supervisor:
         self.stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_timeout
-        self.cluster.cast_all("shutdown", None)
+        self.shards.cast_all("shutdown", None)
         while not idle() and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        self.cluster.cast_all("exit", None)
+        self.shards.cast_all("exit", None)
         processes = [process for process in self.processes if process is not None]
         if self.spare is not None:      # it exits when its orders pipe closes
             spare, orders = self.spare
@@ -189,9 +189,9 @@ async def _serve(config: Config) -> bool:
         await supervisor.start()
         if config.redis_url:
             from .redis.node import Node
-            supervisor.node = Node(config, supervisor.cluster)
+            supervisor.node = Node(config, supervisor.shards)
             await supervisor.node.start()
-        commands = Commands(supervisor.cluster, config, supervisor.node)
+        commands = Commands(supervisor.shards, config, supervisor.node)
         if supervisor.node is not None:
             supervisor.node.commands = commands
         api = HttpApi(config, commands)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import msgspec
 import orjson
 
-from ..cluster import Cluster
+from ..shards import Shards
 from ..commands import GONE
 from ..config import Config
 from ..schemas import ConnectBody, Invalid, SubscribeBody
@@ -40,7 +40,7 @@ UNAVAILABLE = Invalid(REDIS_DOWN["error"], 503)
 
 
 class Node:
-    def __init__(self, config: Config, shards: Cluster) -> None:
+    def __init__(self, config: Config, shards: Shards) -> None:
         self.config = config
         self.id = config.node
         self.shards = shards
@@ -51,7 +51,7 @@ class Node:
         self.inbox = keys.node_inbox(self.id)
         self.listener = Redis(config.redis_url, config.redis_timeout, "supervisor inbox",
                               on_push=self.on_push, on_ready=self._listen)
-        self.owner = RedisOwner(config, self.id, 0, shards.shards, self.redis, self.scripts,
+        self.owner = RedisOwner(config, self.id, 0, shards.count, self.redis, self.scripts,
                                 keys)
         self.commands: Commands | None = None       # set once made (they use this node)
         self.pending: dict[bytes, asyncio.Future] = {}
@@ -200,11 +200,11 @@ class Node:
             await asyncio.sleep(self.interval)
 
     async def _report(self) -> None:
-        stats = await self.shards.call_many(dict.fromkeys(range(self.shards.shards)), "stats")
+        stats = await self.shards.call_many(dict.fromkeys(range(self.shards.count)), "stats")
         report = {
             "node_id": self.id,
             "address": f"{self.config.host}:{self.config.port}",
-            "shards": self.shards.shards,
+            "shards": self.shards.count,
             "connections": sum(s["connections"] for s in stats),
             "messages_published": sum(s["messages_published"] for s in stats),
             "messages_delivered": sum(s["messages_delivered"] for s in stats),

@@ -1,4 +1,4 @@
-"""The supervisor's view of the shards: owner routing and request/cast over IPC links."""
+"""The supervisor's view of its own shards: owner routing and request/cast over IPC links."""
 from __future__ import annotations
 
 import asyncio
@@ -18,14 +18,14 @@ class ShardUnavailable(Exception):
         self.shard = shard
 
 
-class Cluster:
+class Shards:
     def __init__(self, shards: int) -> None:
-        self.shards = shards
+        self.count = shards
         self.links: list[Link | None] = [None] * shards
         self.restarts = [0] * shards        # counted by the supervisor, shown by admin.json
 
     def owner(self, key: str) -> int:
-        return owner(key, self.shards)
+        return owner(key, self.count)
 
     def group(self, keys: Iterable[str]) -> dict[int, list[str]]:
         """Keys by owning shard, order kept."""
