@@ -48,6 +48,10 @@ class Config:
     port: int = _key(8000, "HTTP API port, served by the supervisor")
     ws_port_base: int = _key(8100, "shard i serves websockets on port ws_port_base + i")
     workers: int = _key(_cpu_count, "number of shard processes", default_text="one per CPU")
+    api_workers: int = _key(
+        0, "HTTP API processes sharing the API port (SO_REUSEPORT); 0: as many as shards",
+        default_text="as many as shards"
+    )
     secret: str = _key("", "shared secret that signs API calls; empty: a random one per run")
     admin_user: str = _key("admin", "user name for the admin pages")
     admin_secret: str = _key("", "password for the admin pages; empty: admin login disabled")
@@ -178,6 +182,10 @@ class Config:
             return self.ws_url_template
         return ("wss" if self.ssl_certfile else "ws") + "://{host}:{port}/ws"
 
+
+    @property
+    def api_processes(self) -> int:
+        return self.api_workers or self.workers
 
     @property
     def node(self) -> str:
@@ -327,6 +335,8 @@ def _range_problems(config: Config) -> dict[str, str]:
     last_ws_port = config.ws_port_base + config.workers - 1
     if config.workers < 1:
         problems["workers"] = "at least 1"
+    if config.api_workers < 0:
+        problems["api_workers"] = "a positive number, or 0 for as many as shards"
     elif "ws_port_base" not in problems and last_ws_port > MAX_PORT:
         problems["workers"] = (
             f"at most {MAX_PORT - config.ws_port_base + 1}, so that the last websocket port "

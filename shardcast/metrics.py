@@ -1,23 +1,21 @@
 """``/metrics`` in the Prometheus text format: per-shard figures, shard restarts, IPC queues,
 and the API's request counts and latencies by endpoint.
 
-Shard figures are asked of the shards at scrape time (their ``stats`` command); the API figures
-are counted in the supervisor as requests are answered.
+Rendered by the supervisor: shard figures are asked of the shards at scrape time (their
+``stats`` command), and the request counts of every API process (``api_counts``).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
-from bisect import bisect_left
-from time import perf_counter
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics,
                                generate_latest)
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 
-from . import http_api
+from . import api_counts, http_api
 from .shards import ShardUnavailable
 from .http_server import Request, Response, json_response
 from .schemas import Invalid
@@ -26,10 +24,6 @@ if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 SCRAPE_TIMEOUT = 2.0
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                   5.0, 10.0)
-METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
-STATIC = "/static/"
 # stats() key -> (metric name, help, kind)
 SHARD_FIGURES = {
     "connections": ("shardcast_connections", "Connections owned by the shard", "gauge"),
@@ -76,11 +70,12 @@ CLUSTER_TOTALS = (
     ("unique_user_count", "shardcast_cluster_users_connected",
      "Users with a connection on some node"),
 )
-Handler = Callable[[Request], "Response | Awaitable[Response]"]
 disable_created_metrics()   # no *_created series: this process is the supervisor, ours alone
 
 
 class Metrics:
+    """``/metrics``, rendered by the supervisor: it asks the shards and the API processes."""
+
     def __init__(self, api: "http_api.HttpApi", supervisor: "Supervisor") -> None:
         self.api = api
         self.supervisor = supervisor
@@ -90,61 +85,9 @@ class Metrics:
         self.registry.register(_ClusterCollector(self))
         self.stats: list[dict | None] = []
         self.cluster_figures: dict = {}     # a cluster node: the last scrape's nodes, totals
-        # Plain numbers, made metric families at scrape time: prometheus-client's own
-        # metrics take a lock per update, a measured microsecond of each request.
-        self.counts: dict[tuple[str, str, str], list[int]] = {}        # [answers]
-        self.latencies: dict[tuple[str, str], list[float]] = {}      # [sum, per bucket...]
-        self._cells: dict[tuple, tuple[list[int], list[float]]] = {}
-
-    # -- API requests -------------------------------------------------------------------
-
-    def instrument(self, handle: Handler) -> Handler:
-        """``handle``, counting and timing each answer under its route's path."""
-        def timed(request: Request) -> Response | Awaitable[Response]:
-            start = perf_counter()
-            result = handle(request)
-            if isinstance(result, Response):
-                self._observe(request, result.status, start)
-                return result
-            return self._finish(request, result, start)
-        return timed
-
-    async def _finish(self, request: Request, pending: Awaitable[Response],
-                      start: float) -> Response:
-        try:
-            response = await pending
-        except BaseException:
-            self._observe(request, 500, start)
-            raise
-        self._observe(request, response.status, start)
-        return response
-
-    def _observe(self, request: Request, status: int, start: float) -> None:
-        seconds = perf_counter() - start
-        cells = self._cells.get((request.path, request.method, status))
-        if cells is None:
-            cells = self._new_cells(request, status)
-        cells[0][0] += 1
-        latency = cells[1]
-        latency[0] += seconds
-        latency[1 + bisect_left(LATENCY_BUCKETS, seconds)] += 1
-
-    def _new_cells(self, request: Request, status: int) -> tuple[list[int], list[float]]:
-        endpoint = self._endpoint(request.path)
-        method = request.method if request.method in METHODS else "other"
-        cells = (self.counts.setdefault((endpoint, method, str(status)), [0]),
-                 self.latencies.setdefault((endpoint, method),
-                                           [0.0] * (len(LATENCY_BUCKETS) + 2)))
-        if endpoint != "other":   # unknown paths do not grow the cache
-            self._cells[(request.path, request.method, status)] = cells
-        return cells
-
-    def _endpoint(self, path: str) -> str:
-        if path.startswith(STATIC):
-            return STATIC + "*"
-        return path if path in self.api.routes else "other"
-
-    # -- scrape -------------------------------------------------------------------------
+        self.processes: list[dict | None] = []      # the API processes' snapshots
+        self.counts: api_counts.Counts = {}
+        self.latencies: api_counts.Latencies = {}
 
     async def render(self, request: Request) -> Response:
         """Served to the addresses that may call the API (``allow_posting_from``)."""
@@ -152,8 +95,10 @@ class Metrics:
             return json_response({"request": f"IP {request.client} may not read metrics: "
                                   "add it to allow_posting_from"}, 403)
         shards = self.supervisor.shards
-        self.stats = await asyncio.gather(*(self._shard_stats(shard)
-                                            for shard in range(shards.count)))
+        self.stats, self.processes = await asyncio.gather(
+            asyncio.gather(*(self._shard_stats(shard) for shard in range(shards.count))),
+            self.supervisor.api.gather("counts"))
+        self.counts, self.latencies = api_counts.merge([p for p in self.processes if p])
         self.cluster_figures = await self._cluster_figures()
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
@@ -175,7 +120,7 @@ class Metrics:
 
 
 class _RequestCollector:
-    """The API's request counts and latency histograms, from the supervisor's plain numbers."""
+    """The API's request counts and latency histograms, over all API processes."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -190,7 +135,7 @@ class _RequestCollector:
                                         labels=["endpoint", "method"])
         for labels, (total, *per_bucket) in self.metrics.latencies.items():
             cumulative = list(itertools.accumulate(per_bucket))
-            bounds = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+            bounds = [str(bound) for bound in api_counts.LATENCY_BUCKETS] + ["+Inf"]
             latency.add_metric(list(labels), list(zip(bounds, cumulative)), total)
         yield from (counts, latency)
 
@@ -249,23 +194,33 @@ class _ShardCollector:
         yield from self._supervisor_families()
 
     def _supervisor_families(self) -> Iterator[Metric]:
-        supervisor = self.metrics.supervisor
+        supervisor, processes = self.metrics.supervisor, self.metrics.processes
         restarts = CounterMetricFamily("shardcast_shard_restarts",
                                        "Times the supervisor restarted the shard",
                                        labels=["shard"])
+        for index, count in enumerate(supervisor.restarts):
+            restarts.add_metric([str(index)], count)
         requests = GaugeMetricFamily("shardcast_ipc_pending_requests",
-                                     "Requests to the shard awaiting its answer", labels=["shard"])
+                                     "Requests to the shard awaiting its answer (all API "
+                                     "processes)", labels=["shard"])
         queued = GaugeMetricFamily("shardcast_ipc_queued_bytes",
-                                   "Bytes written to the shard's IPC link, not yet sent",
+                                   "Bytes written to the shard's IPC links, not yet sent",
                                    labels=["shard"])
-        for index, link in enumerate(supervisor.shards.links):
+        for index in range(supervisor.shards.count):
+            links = [p["links"][index] for p in processes if p and p["links"][index]]
+            requests.add_metric([str(index)], sum(link[0] for link in links))
+            queued.add_metric([str(index)], sum(link[1] for link in links))
+        up = GaugeMetricFamily("shardcast_api_process_up", "1 if the API process answered "
+                               "this scrape", labels=["process", "pid"])
+        answered = CounterMetricFamily("shardcast_api_process_requests",
+                                       "Requests the API process answered", labels=["process"])
+        replaced = CounterMetricFamily("shardcast_api_process_restarts",
+                                       "Times the supervisor restarted the API process",
+                                       labels=["process"])
+        for index, snapshot in enumerate(processes):
             label = [str(index)]
-            restarts.add_metric(label, supervisor.restarts[index])
-            if link is None:
-                continue
-            requests.add_metric(label, len(link.requests))
-            transport = link.transport
-            buffered = transport.get_write_buffer_size() if transport is not None else 0
-            queued.add_metric(label, buffered + sum(len(frame) for frame in link.outgoing))
-        yield from (restarts, requests, queued)
-
+            up.add_metric([*label, str(supervisor.api.pids[index])], 0 if snapshot is None else 1)
+            replaced.add_metric(label, supervisor.api.restarts[index])
+            if snapshot is not None:
+                answered.add_metric(label, snapshot["answered"])
+        yield from (restarts, requests, queued, up, answered, replaced)

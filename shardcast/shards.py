@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Iterable
 
-from .ipc import Link
+from .ipc import Link, socket_path
 from .routing import owner
 
 REQUEST_TIMEOUT = 10.0
+log = logging.getLogger("shardcast.api")
 
 
 class ShardUnavailable(Exception):
@@ -18,11 +20,36 @@ class ShardUnavailable(Exception):
         self.shard = shard
 
 
+RECONNECT_EVERY = 0.05     # seconds between tries to reach a (restarting) shard
+
+
 class Shards:
     def __init__(self, shards: int) -> None:
         self.count = shards
         self.links: list[Link | None] = [None] * shards
         self.restarts = [0] * shards        # counted by the supervisor, shown by admin.json
+
+    async def keep_connected(self, ipc_dir: str) -> None:
+        """Links to every shard (an API process's), made again whenever one is lost: a shard
+        that died comes back on the same socket path. Returns once all are linked."""
+        await asyncio.gather(*(self._connect(index, ipc_dir) for index in range(self.count)))
+
+    async def _connect(self, index: int, ipc_dir: str) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                _, link = await loop.create_unix_connection(
+                    lambda: Link(_unexpected, lambda lost: self._lost(index, lost, ipc_dir)),
+                    socket_path(ipc_dir, index))
+            except OSError:
+                await asyncio.sleep(RECONNECT_EVERY)
+                continue
+            self.links[index] = link
+            return
+
+    def _lost(self, index: int, link: Link, ipc_dir: str) -> None:
+        if self.links[index] is link:
+            asyncio.ensure_future(self._connect(index, ipc_dir))
 
     def owner(self, key: str) -> int:
         return owner(key, self.count)
@@ -77,3 +104,7 @@ class Shards:
 def _expire(future: asyncio.Future, shard: int) -> None:
     if not future.done():
         future.set_exception(ShardUnavailable(shard))
+
+
+def _unexpected(link: Link, kind: int, request_id: int, body: bytes) -> None:
+    log.warning("ignoring an unsolicited frame from a shard (kind %d)", kind)

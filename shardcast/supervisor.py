@@ -1,4 +1,6 @@
-"""The supervisor process: starts and restarts the shards, serves the HTTP API."""
+"""The supervisor process: starts and restarts the shards and the API processes (which serve
+the HTTP API), serves what those hand over (admin pages, metrics), and, in a cluster, keeps this
+node's place in it."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +10,6 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Callable
 
 import multiprocessing
 from multiprocessing.connection import Connection
@@ -17,13 +18,12 @@ from multiprocessing.process import BaseProcess
 import uvloop
 
 from . import descriptors, ipc, tls
-from .shards import Shards
+from .api_tier import ApiTier, StartupError
 from .commands import Commands
 from .config import Config
 from .http_api import HttpApi
-from .http_limits import HttpLimits
-from .http_server import HttpProtocol
 from .ipc import Link
+from .shards import Shards
 from .site import Site
 from .worker import shard_main, standby_main, tune_gc
 
@@ -33,10 +33,6 @@ START_TIMEOUT = 20.0
 # add a SyncManager server process, and once that dies (a process-group SIGTERM kills it)
 # no shard can be restarted any more.
 SPAWN = multiprocessing.get_context("spawn")
-
-
-class StartupError(RuntimeError):
-    pass
 
 
 class Supervisor:
@@ -49,6 +45,7 @@ class Supervisor:
         self.stopping = False
         self.spare: tuple[BaseProcess, Connection] | None = None
         self.node = None        # this node in its cluster (redis.node.Node), when there is one
+        self.api: ApiTier | None = None
 
     async def start(self) -> None:
         await asyncio.gather(*(self._start_shard(i) for i in range(self.config.workers)))
@@ -130,18 +127,22 @@ class Supervisor:
             if other != index and link is not None and not link.closed:
                 link.cast("peer_restarted", {"shard": index})
 
-    async def stop(self, idle: Callable[[], bool] = lambda: True) -> bool:
-        """Shards close their websockets (1001) and answer held long polls; API calls in flight
-        get their answers (``idle`` says when none is left); then every process exits, or is
-        killed at shutdown_timeout. True when all exited with code 0."""
+    async def stop(self) -> bool:
+        """Shards close their websockets (1001) and answer held long polls; API processes stop
+        taking connections and exit once their calls in flight are answered; then the shards
+        exit. What is left at shutdown_timeout is killed. True when all exited with code 0."""
         self.stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_timeout
         self.shards.cast_all("shutdown", None)
-        while not idle() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        processes = []
+        if self.api is not None:
+            self.api.shutdown()
+            processes = self.api.alive()
+            while any(process.is_alive() for process in processes) and loop.time() < deadline:
+                await asyncio.sleep(0.01)
         self.shards.cast_all("exit", None)
-        processes = [process for process in self.processes if process is not None]
+        processes += [process for process in self.processes if process is not None]
         if self.spare is not None:      # it exits when its orders pipe closes
             spare, orders = self.spare
             orders.close()
@@ -177,13 +178,12 @@ async def _serve(config: Config) -> bool:
     """Serve until SIGINT or SIGTERM; True when every process then stopped cleanly."""
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config)
-    api: HttpApi | None = None
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         try:
-            tls_options = tls.server_options(config)
+            tls.server_options(config)      # checked here: one error, not one per process
         except OSError as error:    # ssl.SSLError is one too
             raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
         await supervisor.start()
@@ -193,23 +193,14 @@ async def _serve(config: Config) -> bool:
             await supervisor.node.start()
         commands = Commands(supervisor.shards, config, supervisor.node)
         if supervisor.node is not None:
-            supervisor.node.commands = commands
-        api = HttpApi(config, commands)
-        site = Site(api, supervisor)
-        limits = HttpLimits(config)
-        try:
-            server = await loop.create_server(
-                lambda: HttpProtocol(site.handle, limits, api.decorate),
-                config.host, config.port, **tls_options)
-        except OSError as error:
-            raise StartupError(f"cannot listen on {config.host}:{config.port}: {error}")
-        descriptors.Watch("the supervisor").start(loop)
+            supervisor.node.commands = commands     # it serves what other nodes forward
+        site = Site(HttpApi(config, commands), supervisor)
+        supervisor.api = ApiTier(config, supervisor.ipc_dir, site.handle)
+        await supervisor.api.start()
         _announce(config)
         await stop.wait()
-        server.close()          # no new connections; requests on open ones get 503
-        api.closing = True
     finally:
-        clean = await supervisor.stop(lambda: api is None or api.in_flight == 0)
+        clean = await supervisor.stop()
         if supervisor.node is not None:
             supervisor.node.close()
     return clean
@@ -219,7 +210,7 @@ def _announce(config: Config) -> None:
     secure = "s" if config.ssl_certfile else ""
     where = f", node {config.node} of the cluster at {config.redis_url}" if config.redis_url else ""
     print(f"shardcast API on http{secure}://{config.host}:{config.port} "
-          f"({config.workers} shards{where})", flush=True)
+          f"({config.api_processes} API processes, {config.workers} shards{where})", flush=True)
     for index in range(config.workers):
         print(f"  shard {index}: websockets on ws{secure}://{config.host}:"
               f"{config.ws_port_base + index}/ws", flush=True)

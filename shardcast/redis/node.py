@@ -1,4 +1,5 @@
-"""This node in the cluster, as its supervisor runs it.
+"""Nodes in the cluster: where things are, as any process of a node asks (``Directory``), and
+this node itself, as its supervisor runs it (``Node``).
 
 * **Registration**: every ``node_timeout / 5`` the node reports itself (a key that expires,
   and its entry in the nodes hash: address, shards, connections, counters).
@@ -39,26 +40,23 @@ REPORTS_PER_TIMEOUT = 5     # reports per node_timeout; a node key lives 3 of th
 UNAVAILABLE = Invalid(REDIS_DOWN["error"], 503)
 
 
-class Node:
-    def __init__(self, config: Config, shards: Shards) -> None:
+class Directory:
+    """Where things are in the cluster, as one process of a node asks (an API process, or the
+    supervisor): Redis answers; connection commands go to the node holding the connection, and
+    its answers come back to this process's own inbox."""
+
+    def __init__(self, config: Config, process: str) -> None:
         self.config = config
         self.id = config.node
-        self.shards = shards
         self.keys = keys = Keys(config.redis_prefix)
         self.scripts = Scripts()
-        self.redis = Redis(config.redis_url, config.redis_timeout, "supervisor",
+        self.redis = Redis(config.redis_url, config.redis_timeout, process,
                            on_ready=self.scripts.load)
-        self.inbox = keys.node_inbox(self.id)
-        self.listener = Redis(config.redis_url, config.redis_timeout, "supervisor inbox",
+        self.inbox = keys.node_inbox(f"{self.id}:{process}")
+        self.listener = Redis(config.redis_url, config.redis_timeout, f"{process} inbox",
                               on_push=self.on_push, on_ready=self._listen)
-        self.owner = RedisOwner(config, self.id, 0, shards.count, self.redis, self.scripts,
-                                keys)
-        self.commands: Commands | None = None       # set once made (they use this node)
         self.pending: dict[bytes, asyncio.Future] = {}
         self.ids = itertools.count()
-        self.interval = config.node_timeout / REPORTS_PER_TIMEOUT
-        self.up_since: float | None = None
-        self.cleaned = 0            # connections removed after dead nodes and shards
 
     async def start(self) -> None:
         self.redis.start()
@@ -66,7 +64,6 @@ class Node:
         if not await self.redis.wait_up(self.config.redis_timeout * 5):
             log.warning("Redis at %s is not reachable yet; calls answer 503 until it is",
                         self.config.redis_url)
-        asyncio.ensure_future(self._keep_reporting())
 
     def down(self) -> bool:
         return not self.redis.ready
@@ -140,8 +137,6 @@ class Node:
             "nodes": nodes,
         }
 
-    # -- serving other nodes -----------------------------------------------------------------
-
     def _listen(self, listener: Redis) -> None:
         listener.send_unanswered("SUBSCRIBE", self.inbox)
 
@@ -155,8 +150,43 @@ class Node:
             if future is not None and not future.done():
                 future.set_result((extra, body))
         elif kind == b"Q":
-            op, args = orjson.loads(body)
-            asyncio.ensure_future(self._serve(request_id, extra, op, args))
+            self.serve(request_id, extra, body)
+
+    def serve(self, request_id: bytes, reply_to: bytes, body: bytes) -> None:
+        """Requests come to the node's inbox, which only its supervisor (``Node``) reads."""
+
+    def close(self) -> None:
+        self.redis.close()
+        self.listener.close()
+
+
+class Node(Directory):
+    """This node in the cluster, as its supervisor runs it: its registration, the janitor, and
+    the connection commands other nodes forward to it."""
+
+    def __init__(self, config: Config, shards: Shards) -> None:
+        super().__init__(config, "supervisor")
+        self.shards = shards
+        self.requests = self.keys.node_inbox(self.id)
+        self.owner = RedisOwner(config, self.id, 0, shards.count, self.redis, self.scripts,
+                                self.keys)
+        self.commands: Commands | None = None       # set once made (they use this node)
+        self.interval = config.node_timeout / REPORTS_PER_TIMEOUT
+        self.up_since: float | None = None
+        self.cleaned = 0            # connections removed after dead nodes and shards
+
+    async def start(self) -> None:
+        await super().start()
+        asyncio.ensure_future(self._keep_reporting())
+
+    def _listen(self, listener: Redis) -> None:
+        listener.send_unanswered("SUBSCRIBE", self.inbox, self.requests)
+
+    # -- serving other nodes -----------------------------------------------------------------
+
+    def serve(self, request_id: bytes, reply_to: bytes, body: bytes) -> None:
+        op, args = orjson.loads(body)
+        asyncio.ensure_future(self._serve(request_id, reply_to, op, args))
 
     async def _serve(self, request_id: bytes, reply_to: bytes, op: str, args: dict) -> None:
         try:
@@ -240,7 +270,3 @@ class Node:
             for conn_id in await self.redis.call("SMEMBERS", key):
                 await self.owner.forget_conn(conn_id.decode(), key)
                 self.cleaned += 1
-
-    def close(self) -> None:
-        self.redis.close()
-        self.listener.close()

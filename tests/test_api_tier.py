@@ -1,0 +1,71 @@
+"""API processes share the API port: the kernel spreads connections over them, and one that
+dies is replaced while the others answer."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+import requests
+
+from contract import unique, wait_until
+from harness import CONTRACT_ENV, Server
+
+PROCESSES = 2
+CONNECTIONS = 40
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server(2, {**CONTRACT_ENV, "SHARDCAST_API_WORKERS": str(PROCESSES)}).start()
+    yield server
+    server.stop()
+
+
+def processes(server: Server) -> dict[int, dict]:
+    """Per API process: its pid, whether it answered the scrape, requests and restarts."""
+    text = server.get("/metrics").text
+    found: dict[int, dict] = {}
+    for pid, index, up in re.findall(       # labels come sorted by name
+            r'shardcast_api_process_up\{pid="(\d+)",process="(\d+)"\} (\S+)', text):
+        found[int(index)] = {"pid": int(pid), "up": float(up)}
+    for kind in ("requests", "restarts"):
+        for index, value in re.findall(
+                rf'shardcast_api_process_{kind}_total\{{process="(\d+)"\}} (\S+)', text):
+            found[int(index)][kind] = float(value)
+    return found
+
+
+def fresh_connect(server: Server) -> int:
+    """/connect over a connection of its own (the kernel picks an API process per connection)."""
+    response = requests.post(server.api + "/connect", json={"username": unique("u")},
+                             headers={**server.sign(), "connection": "close"}, timeout=10)
+    return response.status_code
+
+
+def test_requests_land_on_every_api_process(server):
+    before = processes(server)
+    assert sorted(before) == list(range(PROCESSES)) and all(p["up"] for p in before.values())
+    assert [fresh_connect(server) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
+    after = processes(server)
+    assert all(after[i]["requests"] > before[i]["requests"] for i in range(PROCESSES)), after
+
+
+def test_a_killed_api_process_is_replaced_and_the_others_answer(server):
+    victim = processes(server)[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    answers = []
+    while time.monotonic() - killed < 1.0:       # new connections go to the living one
+        try:
+            answers.append(fresh_connect(server))
+        except requests.ConnectionError:         # one the dead process had queued
+            answers.append(None)
+    assert answers.count(200) >= len(answers) - 2, answers
+    replaced = wait_until(lambda: (p := processes(server)[0])["restarts"] == 1
+                          and p["up"] == 1 and p["pid"] != victim["pid"], timeout=10)
+    assert replaced
+    assert [fresh_connect(server) for _ in range(10)] == [200] * 10
