@@ -294,7 +294,9 @@ export class ShardcastConnection {
   _listen() {
     this._dropTransport(null);
     const generation = ++this._generation;
-    if (this._websocketPossible() && this._websocketFailures < this.websocketAttempts) {
+    // Without a long-poll URL there is nothing to fall back to: keep trying the websocket.
+    const fallBack = this._websocketFailures >= this.websocketAttempts && this._longPollBase();
+    if (this._websocketPossible() && !fallBack) {
       this._openWebsocket(generation);
     } else {
       this._longPoll(generation);
@@ -425,8 +427,12 @@ export class ShardcastConnection {
     }, this.livenessTimeout);
   }
 
+  _longPollBase() {
+    return this.longPollUrl || (this.serverUrl && `${this.serverUrl}/listen`);
+  }
+
   async _longPoll(generation) {
-    const base = this.longPollUrl || (this.serverUrl && `${this.serverUrl}/listen`);
+    const base = this._longPollBase();
     if (!base) {
       this._emit('error', new Error('websockets failed and there is no long-poll URL: '
         + 'set serverUrl (or longPollUrl)'));

@@ -199,6 +199,18 @@ describe('long polling', () => {
     assert.equal(polls.length, 3);
   });
 
+  test('without a long-poll URL the client keeps trying the websocket', async () => {
+    const {client, clock, sockets} = setup({}, {serverUrl: ''});
+    await client.connect();
+    for (let i = 0; i < 4; i++) {
+      sockets.at(-1).fail();
+      await clock.advance(clock.pending()[0]);
+    }
+    assert.equal(sockets.length, 5);
+    sockets.at(-1).open();
+    assert.equal(client.transport, 'websocket');
+  });
+
   test('a 401 from /listen (connection gone) connects again', async () => {
     let polls = 0;
     const {client, clock, fetch} = setup({'http://api/listen': () => {
