@@ -6,7 +6,9 @@
  * whose `ws_url` the connect answer carries, or by long polling `/listen` on the shardcast API
  * when websockets fail, trying the websocket again now and then to move back to it. Lost
  * transports come back by themselves, with capped exponential backoff and jitter, and the
- * connection's channels are subscribed again.
+ * connection's channels are subscribed again. The client keeps each channel's position (the
+ * epoch and offset of the last message it handed over) and sends them on every reconnect, so
+ * shardcast replays what was missed; messages it already has are never handed over twice.
  *
  * The interface follows Channelstream's ChannelStreamConnection, so a frontend written for it
  * ports with small changes (see README.md in this folder).
@@ -29,6 +31,8 @@ const LEGACY_CALLBACKS = {
   connect: 'connectCallback',
   connectError: 'connectErrorCallback',
   disconnect: 'disconnectCallback',
+  recovery: 'recoveryCallback',
+  recoveryFailed: 'recoveryFailedCallback',
 };
 
 const HEARTBEAT_FRAME = JSON.stringify({type: 'heartbeat'});
@@ -61,9 +65,12 @@ function defaultEnvironment() {
   };
 }
 
-function withConnId(url, connId) {
-  const separator = url.includes('?') ? '&' : '?';
-  return `${url}${separator}conn_id=${encodeURIComponent(connId)}`;
+/** ``url`` with ``params`` ({name: value}) added to its query. */
+function withQuery(url, params) {
+  const query = Object.entries(params)
+    .map(([name, value]) => `${name}=${encodeURIComponent(value)}`).join('&');
+  if (!query) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}${query}`;
 }
 
 /** initial * factor ** attempt, capped at max, jittered to between half and all of that (ms). */
@@ -137,6 +144,12 @@ export class ShardcastConnection {
     /** Delays, shaped like `backoff`, between tries of the websocket while long polling;
      *  null: stay on long polling until the next connect(). */
     this.websocketRetry = {initial: 5000, factor: 2, max: 60000};
+    /** Ask for message positions and resume from them after a drop; false: plain
+     *  Channelstream envelopes and URLs, no recovery, no deduplication. */
+    this.resume = true;
+    /** Per channel, the `{epoch, offset}` of the last message handed to onMessage; save it
+     *  and pass it back (`new ShardcastConnection({positions})`) to resume in a new page. */
+    this.positions = {};
 
     /** Functions that may change a request `{url, method, headers, body, credentials}`. */
     this.mutators = Object.fromEntries(MUTATOR_TYPES.map((type) => [type, []]));
@@ -151,6 +164,9 @@ export class ShardcastConnection {
     this.onConnect = null;        // (answer) after each successful connect call
     this.onConnectError = null;   // (error) when a connect call fails
     this.onDisconnect = null;     // () after disconnect()
+    this.onRecovery = null;       // ({channel: {recovered, epoch, offset}}) after a resume
+    this.onRecoveryFailed = null; // (channel, {epoch, offset}) when messages of the channel
+                                  // were lost: reload it; only later ones are handed over
 
     this._env = {...defaultEnvironment(), ...(environment || {})};
     this._generation = 0;     // bumps on every new transport: older callbacks are ignored
@@ -197,7 +213,7 @@ export class ShardcastConnection {
     }
     this.connectionId = answer.conn_id;
     this._wsUrl = answer.ws_url
-      || (this.websocketUrl ? withConnId(this.websocketUrl, answer.conn_id) : null);
+      || (this.websocketUrl ? withQuery(this.websocketUrl, {conn_id: answer.conn_id}) : null);
     this._setChannels(answer.channels || this.channels);
     this._emit('connect', answer);
     this._listen();
@@ -248,7 +264,7 @@ export class ShardcastConnection {
     let answer = null;
     if (connId && url) {  // first, so the server does not see the close as a drop
       try {
-        answer = await this._request('disconnect', 'POST', withConnId(url, connId),
+        answer = await this._request('disconnect', 'POST', withQuery(url, {conn_id: connId}),
           {conn_id: connId});
       } catch (error) {
         this._emit('error', error);
@@ -270,13 +286,17 @@ export class ShardcastConnection {
   connectCallback(answer) {}
   connectErrorCallback(error) {}
   disconnectCallback(answer) {}
+  recoveryCallback(statuses) {}
+  recoveryFailedCallback(channel, position) {}
 
   // -- transports -------------------------------------------------------------------------
 
   _listen() {
     this._dropTransport(null);
     const generation = ++this._generation;
-    if (this._websocketPossible() && this._websocketFailures < this.websocketAttempts) {
+    // Without a long-poll URL there is nothing to fall back to: keep trying the websocket.
+    const fallBack = this._websocketFailures >= this.websocketAttempts && this._longPollBase();
+    if (this._websocketPossible() && !fallBack) {
       this._openWebsocket(generation);
     } else {
       this._longPoll(generation);
@@ -290,7 +310,7 @@ export class ShardcastConnection {
   _openWebsocket(generation) {
     let socket;
     try {
-      socket = new this._env.WebSocket(this._wsUrl);
+      socket = new this._env.WebSocket(withQuery(this._wsUrl, this._positionParams(true)));
     } catch (error) {
       this._websocketFailures += 1;
       this._emit('error', error);
@@ -338,8 +358,53 @@ export class ShardcastConnection {
       return;
     }
     // `[]` is a heartbeat: it only proves the server is there.
-    if (Array.isArray(frame) && frame.length) {
-      this._emit('message', frame);
+    if (!Array.isArray(frame) || !frame.length) return;
+    const envelopes = this.resume ? frame.filter((envelope) => this._isNew(envelope)) : frame;
+    if (envelopes.length) this._emit('message', envelopes);
+  }
+
+  // -- positions and resume ---------------------------------------------------------------
+
+  /**
+   * Query parameters of a transport: ask for positions and, for the first transport after a
+   * connect (maybe a new connection that holds nothing for us), where to resume from. The
+   * websocket that takes over from long polling does not need them: the shard hands over
+   * what the connection holds.
+   */
+  _positionParams(resuming) {
+    if (!this.resume) return {};
+    if (resuming && Object.keys(this.positions).length) {
+      return {since: JSON.stringify(this.positions)};
+    }
+    return {offsets: 1};
+  }
+
+  /** Whether ``envelope`` goes to the app: recovery news and messages it has had do not. */
+  _isNew(envelope) {
+    if (envelope.type === 'recovery') {
+      this._recovered(envelope.channels || {});
+      return false;
+    }
+    const {channel, epoch, offset} = envelope;
+    if (typeof epoch !== 'string' || typeof offset !== 'number') return true;  // no position
+    const last = this.positions[channel];
+    if (last && last.epoch === epoch && offset <= last.offset) return false;
+    this.positions[channel] = {epoch, offset};  // a new epoch starts the channel over
+    return true;
+  }
+
+  /** Where the server could not fill the gap, the app is told and the position moves on to
+   *  the channel's current one: what came before it is the app's to reload. */
+  _recovered(statuses) {
+    this._emit('recovery', statuses);
+    for (const [channel, {recovered, epoch, offset}] of Object.entries(statuses)) {
+      if (recovered) continue;
+      if (epoch) {
+        this.positions[channel] = {epoch, offset};
+      } else {
+        delete this.positions[channel];  // the channel is gone: nothing to resume from
+      }
+      this._emit('recoveryFailed', channel, {epoch, offset});
     }
   }
 
@@ -362,8 +427,12 @@ export class ShardcastConnection {
     }, this.livenessTimeout);
   }
 
+  _longPollBase() {
+    return this.longPollUrl || (this.serverUrl && `${this.serverUrl}/listen`);
+  }
+
   async _longPoll(generation) {
-    const base = this.longPollUrl || (this.serverUrl && `${this.serverUrl}/listen`);
+    const base = this._longPollBase();
     if (!base) {
       this._emit('error', new Error('websockets failed and there is no long-poll URL: '
         + 'set serverUrl (or longPollUrl)'));
@@ -372,8 +441,11 @@ export class ShardcastConnection {
     }
     this._opened('longpoll');
     this._retryWebsocketLater(generation);
-    const url = withConnId(base, this.connectionId);
+    let resuming = true;
     while (generation === this._generation) {
+      const url = withQuery(base,
+        {conn_id: this.connectionId, ...this._positionParams(resuming)});
+      resuming = false;
       const failure = await this._pollOnce(generation, url);
       if (generation !== this._generation) return;
       if (this._probe && this._probe.open) {
@@ -435,7 +507,7 @@ export class ShardcastConnection {
   _probeWebsocket(generation) {
     let socket;
     try {
-      socket = new this._env.WebSocket(this._wsUrl);
+      socket = new this._env.WebSocket(withQuery(this._wsUrl, this._positionParams(false)));
     } catch (error) {
       this._emit('error', error);
       this._retryWebsocketLater(generation);
@@ -556,6 +628,9 @@ export class ShardcastConnection {
     const sorted = [...channels].sort();
     if (!sameList(sorted, this.channels)) {
       this.channels = sorted;
+      for (const name of Object.keys(this.positions)) {
+        if (!sorted.includes(name)) delete this.positions[name];  // left: nothing to resume
+      }
       this._emit('channelsUpdate', sorted);
     }
   }

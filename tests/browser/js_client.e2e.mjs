@@ -10,6 +10,9 @@ import {API, api, apiOk, launch, newPage, sleep, unique, waitFor} from './lib.mj
 const APP = 'http://app.test';
 const POLL_ANSWER_LAG = 200;  // ms
 const STREAM_PAUSE = 20;  // ms between streamed messages
+const OFFLINE = 5000;  // ms the page's network is down in the resume tests
+/** Spoils a ws_url: nothing listens on port 9, so the client falls back to long polling. */
+const REFUSED_WS = (url) => url.replace(/:\d+\/ws/, ':9/ws');
 let browser;
 
 before(async () => {
@@ -23,10 +26,11 @@ after(async () => {
 /**
  * A page on http://app.test whose backend (this script, through page.route) authorizes
  * everyone and relays to shardcast; `rewriteWsUrl` may spoil the websocket URL it hands out.
+ * While `backend.down`, the page cannot reach it (page.route ignores setOffline).
  */
 async function appPage({rewriteWsUrl = (url) => url} = {}) {
   const page = await newPage(browser);
-  const backend = {connects: []};
+  const backend = {connects: [], down: false};
   const relay = {
     '/api/connect': async (body) => {
       backend.connects.push(body);
@@ -45,6 +49,10 @@ async function appPage({rewriteWsUrl = (url) => url} = {}) {
           import {ShardcastConnection} from '${API}/static/shardcast.js';
           window.ShardcastConnection = ShardcastConnection;
         </script>`});
+      return;
+    }
+    if (backend.down) {
+      await route.abort('internetdisconnected');
       return;
     }
     const answer = await relay[url.pathname](route.request().postDataJSON());
@@ -68,6 +76,8 @@ async function startClient(page, settings) {
       onClose: () => window.events.push(['close']),
       onMessage: record('message'),
       onChannelsUpdate: record('channels'),
+      onRecovery: record('recovery'),
+      onRecoveryFailed: record('recoveryFailed'),
       ...settings,
     });
     window.conn.connect();
@@ -77,6 +87,10 @@ async function startClient(page, settings) {
 function texts(page) {
   return page.evaluate(() => window.events.filter((e) => e[0] === 'message')
     .flatMap((e) => e[1]).filter((m) => m.type === 'message').map((m) => m.message.text));
+}
+
+function recoveryEvents(page) {
+  return page.evaluate(() => window.events.filter((e) => e[0].startsWith('recovery')));
 }
 
 /** Whether the server still has the connection (unsubscribing from nothing it is in). */
@@ -183,10 +197,53 @@ class TcpGate {
     }
   }
 
-  close() {
-    this.server.close();
+  /** Drop every connection made through the gate, and refuse new ones. */
+  cut() {
+    this.blocked = true;
     this.sockets.forEach((socket) => socket.destroy());
   }
+
+  close() {
+    this.server.close();
+    this.cut();
+  }
+}
+
+/**
+ * An app page (see appPage) whose websocket goes to the server through an open TcpGate,
+ * `gate`; with `transport` 'longpoll' its websockets are refused instead. Closed after `t`.
+ */
+async function gatedApp(t, transport = 'websocket') {
+  const gate = await new TcpGate().listen();
+  gate.blocked = false;
+  const app = await appPage({rewriteWsUrl: transport === 'websocket'
+    ? (url) => gate.forward(url) : REFUSED_WS});
+  t.after(async () => {
+    await app.page.close();
+    gate.close();
+  });
+  return {...app, gate};
+}
+
+/**
+ * A network drop of at least OFFLINE ms: the page of `app` (a gatedApp) reaches neither
+ * shardcast nor its backend, and its websocket is cut; the network comes back once the server
+ * has dropped the page's connection, so the client has to resume on a new one. `meanwhile`
+ * runs while it is down.
+ */
+async function dropNetwork({page, backend, gate}, meanwhile = async () => {}) {
+  const connId = await page.evaluate(() => window.conn.connectionId);
+  const start = Date.now();
+  // First: no reconnect may get through meanwhile.
+  await page.context().setOffline(true);
+  backend.down = true;
+  gate.cut();  // going offline stalls an open websocket but does not close it
+  await waitFor(async () => !(await isConnected(connId)), 'the server to drop the connection');
+  await meanwhile();
+  await sleep(OFFLINE - (Date.now() - start));
+  gate.blocked = false;
+  backend.down = false;
+  await page.context().setOffline(false);
 }
 
 test('connects over the websocket of ws_url and receives messages', async () => {
@@ -225,7 +282,7 @@ test('comes back after the server drops the connection, in the same channels', a
 });
 
 test('falls back to long polling /listen when websockets fail', async () => {
-  const {page} = await appPage({rewriteWsUrl: (url) => url.replace(/:\d+\/ws/, ':9/ws')});
+  const {page} = await appPage({rewriteWsUrl: REFUSED_WS});
   const room = unique('room');
   await startClient(page, {username: unique('carol'), channels: [room], serverUrl: API});
   await waitFor(() => page.evaluate(() => window.conn.transport === 'longpoll'),
@@ -305,4 +362,69 @@ test('disconnect() removes the connection at once and does not reconnect', async
   await new Promise((resolve) => setTimeout(resolve, 1000));
   assert.equal(backend.connects.length, 1);
   await page.close();
+});
+
+for (const transport of ['websocket', 'longpoll']) {
+  test(`over ${transport}: the network drops for 5 s while messages are posted; the page `
+    + 'shows every message once, in order', async (t) => {
+    const app = await gatedApp(t, transport);
+    const {page, backend} = app;
+    const room = unique('room');
+    await apiOk('POST', '/channel_config', {[room]: {store_history: true, history_size: 1000}});
+    await startClient(page, {username: unique('ivan'), channels: [room], serverUrl: API});
+    await waitFor(() => page.evaluate((wanted) => window.conn.transport === wanted, transport),
+      `the ${transport}`);
+    const messages = messenger(room);
+    await messages.burst('before', 3);
+    await waitFor(async () => (await texts(page)).length === 3, 'the first messages');
+    const connects = backend.connects.length;
+
+    const stopStream = messages.stream('during');
+    t.after(stopStream);
+    await dropNetwork(app);
+    await waitFor(async () => backend.connects.length > connects
+      && await page.evaluate(() => window.conn.connected), 'the client to come back');
+    await sleep(300);
+    await stopStream();
+    await messages.burst('after', 3);
+
+    await waitFor(async () => (await texts(page)).length >= messages.sent.length,
+      'every message', 15000);
+    await sleep(1000);
+    assert.deepEqual(await texts(page), messages.sent);  // each exactly once, in order
+    assert.deepEqual(await page.evaluate(() => window.events.filter((e) => e[0] === 'open')
+      .map((e) => e[1])), [transport, transport]);
+    const recoveries = await recoveryEvents(page);  // it resumed with its positions
+    assert.deepEqual(recoveries.map(([name, statuses]) => [name, statuses[room].recovered]),
+      [['recovery', true]]);
+  });
+}
+
+test('when history does not reach back far enough, onRecoveryFailed is called with where the '
+  + 'channel is now, and later messages still arrive', async (t) => {
+  const app = await gatedApp(t);
+  const {page} = app;
+  const room = unique('room');
+  await apiOk('POST', '/channel_config', {[room]: {store_history: true, history_size: 2}});
+  await startClient(page, {username: unique('judy'), channels: [room]});
+  await waitFor(() => page.evaluate(() => window.conn.connected), 'the websocket to open');
+  const messages = messenger(room);
+  await messages.burst('before', 3);
+  await waitFor(async () => (await texts(page)).length === 3, 'the first messages');
+  const {epoch} = await page.evaluate((room) => window.conn.positions[room], room);
+
+  await dropNetwork(app, () => messages.burst('missed', 5));
+  await waitFor(async () => (await recoveryEvents(page)).length, 'the recovery');
+  await messages.burst('after', 2);
+  await waitFor(async () => (await texts(page)).length >= 5, 'the later messages');
+  await sleep(500);
+
+  assert.deepEqual(await recoveryEvents(page), [
+    ['recovery', {[room]: {recovered: false, epoch, offset: 8}}],
+    ['recoveryFailed', room, {epoch, offset: 8}],
+  ]);
+  // What history still had of the gap is not handed over: the app reloads up to offset 8.
+  assert.deepEqual(await texts(page), ['before 0', 'before 1', 'before 2', 'after 0', 'after 1']);
+  assert.deepEqual(await page.evaluate((room) => window.conn.positions[room], room),
+    {epoch, offset: 10});
 });

@@ -6,9 +6,11 @@ import {FakeClock, deferred, fakeFetch, fakeWebSocketClass, settle} from './fake
 
 const CONN_ID = '5f0c1a52-6d5e-4d39-9d0a-0d6f2d1c7a11';
 const WS_URL = `ws://127.0.0.1:8101/ws?conn_id=${CONN_ID}`;
+const WS_OFFSETS = `${WS_URL}&offsets=1`;  // what the client opens: ws_url asking for positions
 
-/** A client wired to fakes; `routes` add to or replace the default backend answers. */
-function setup(routes = {}, settings = {}) {
+/** A client (of ``Client``) wired to fakes; `routes` add to or replace the default backend
+ *  answers. */
+function setup(routes = {}, settings = {}, Client = ShardcastConnection) {
   const clock = new FakeClock();
   const WebSocket = fakeWebSocketClass();
   const connectAnswer = (call) => ({body: {
@@ -16,7 +18,7 @@ function setup(routes = {}, settings = {}) {
     ws_url: WS_URL}});
   const fetch = fakeFetch({'/connect': connectAnswer, ...routes});
   const events = [];
-  const client = new ShardcastConnection({
+  const client = new Client({
     username: 'alice', connectUrl: '/connect', serverUrl: 'http://api',
     environment: {WebSocket, fetch, ...clock, random: () => 0.5},
     onMessage: (frame) => events.push(['message', frame]),
@@ -28,8 +30,8 @@ function setup(routes = {}, settings = {}) {
   return {client, clock, WebSocket, fetch, events, sockets: WebSocket.sockets};
 }
 
-async function connected(routes, settings) {
-  const world = setup(routes, settings);
+async function connected(routes, settings, Client) {
+  const world = setup(routes, settings, Client);
   await world.client.connect();
   world.sockets.at(-1).open();
   return world;
@@ -44,7 +46,7 @@ describe('connect', () => {
     assert.deepEqual(fetch.calls[0].body, {username: 'alice', channels: ['b', 'a']});
     assert.equal(fetch.calls[0].method, 'POST');
     assert.equal(sockets.length, 1);
-    assert.equal(sockets[0].url, WS_URL);
+    assert.equal(sockets[0].url, WS_OFFSETS);
     sockets[0].open();
     assert.equal(client.connected, true);
     assert.equal(client.connectionId, CONN_ID);
@@ -67,7 +69,7 @@ describe('connect', () => {
     const {client, sockets} = setup({'/connect': () => ({body: {conn_id: CONN_ID, channels: []}})},
       {websocketUrl: 'ws://old/ws'});
     await client.connect();
-    assert.equal(sockets[0].url, `ws://old/ws?conn_id=${CONN_ID}`);
+    assert.equal(sockets[0].url, `ws://old/ws?conn_id=${CONN_ID}&offsets=1`);
   });
 
   test('a failed connect rejects, reports and retries later', async () => {
@@ -186,7 +188,7 @@ describe('long polling', () => {
     assert.equal(sockets.length, 2);
     assert.equal(client.transport, 'longpoll');
     assert.equal(polls.length, 1);
-    assert.equal(polls[0].call.url, `http://api/listen?conn_id=${CONN_ID}`);
+    assert.equal(polls[0].call.url, `http://api/listen?conn_id=${CONN_ID}&offsets=1`);
     const envelope = {type: 'message', channel: 'a', message: {n: 1}};
     polls[0].answer.resolve({body: [envelope]});
     await settle();
@@ -195,6 +197,18 @@ describe('long polling', () => {
     polls[1].answer.resolve({body: []});
     await settle();
     assert.equal(polls.length, 3);
+  });
+
+  test('without a long-poll URL the client keeps trying the websocket', async () => {
+    const {client, clock, sockets} = setup({}, {serverUrl: ''});
+    await client.connect();
+    for (let i = 0; i < 4; i++) {
+      sockets.at(-1).fail();
+      await clock.advance(clock.pending()[0]);
+    }
+    assert.equal(sockets.length, 5);
+    sockets.at(-1).open();
+    assert.equal(client.transport, 'websocket');
   });
 
   test('a 401 from /listen (connection gone) connects again', async () => {
@@ -241,7 +255,7 @@ describe('moving back to the websocket', () => {
         const before = sockets.length;
         await clock.advance(clock.pending()[0]);
         assert.equal(sockets.length, before + 1);
-        assert.equal(sockets.at(-1).url, WS_URL);
+        assert.equal(sockets.at(-1).url, WS_OFFSETS);
         sockets.at(-1).fail();
         await settle();
       }
@@ -326,6 +340,132 @@ describe('moving back to the websocket', () => {
     const {clock, sockets} = await polling({websocketRetry: null});
     await clock.advance(60000);
     assert.equal(sockets.length, 2);
+  });
+});
+
+/** A channel message at a position, as shardcast sends it to a client that asked for them. */
+const positioned = (channel, epoch, offset) => ({type: 'message', channel,
+  uuid: `${channel}-${epoch}-${offset}`, epoch, offset, message: {n: offset}});
+const messagesOf = (events) => events.filter((e) => e[0] === 'message').flatMap((e) => e[1]);
+const sinceOf = (url) => JSON.parse(new URL(url).searchParams.get('since'));
+
+/** Drop the websocket and let the client connect again; resolves to the new socket. */
+async function reconnected({clock, sockets}) {
+  sockets.at(-1).drop();
+  await clock.advance(clock.pending()[0]);
+  return sockets.at(-1);
+}
+
+describe('positions and resume', () => {
+  test('after a drop the new websocket asks to resume from the last position of each channel',
+    async () => {
+      const world = await connected({}, {channels: ['a', 'b']});
+      world.sockets[0].receive([positioned('a', 'e1', 1), positioned('b', 'e7', 4)]);
+      world.sockets[0].receive([positioned('a', 'e1', 2), {type: 'presence', channel: 'b'}]);
+      const socket = await reconnected(world);
+      assert.equal(world.fetch.calls.at(-1).body.conn_id, CONN_ID);
+      assert.equal(socket.url.split('&')[0], WS_URL);
+      assert.deepEqual(sinceOf(socket.url),
+        {a: {epoch: 'e1', offset: 2}, b: {epoch: 'e7', offset: 4}});
+      assert.deepEqual(world.client.positions, sinceOf(socket.url));
+    });
+
+  test('a message already handed over is dropped, on any transport; a new epoch starts over',
+    async () => {
+      const world = await connected({}, {channels: ['a']});
+      world.sockets[0].receive([positioned('a', 'e1', 1), positioned('a', 'e1', 2)]);
+      const socket = await reconnected(world);
+      socket.open();
+      socket.receive([positioned('a', 'e1', 2), positioned('a', 'e1', 3)]);
+      socket.receive([positioned('a', 'e1', 1)]);
+      socket.receive([positioned('a', 'e2', 1)]);
+      assert.deepEqual(messagesOf(world.events).map((m) => [m.epoch, m.offset]),
+        [['e1', 1], ['e1', 2], ['e1', 3], ['e2', 1]]);
+      assert.equal(world.events.filter((e) => e[0] === 'message').length, 3);  // none empty
+      assert.deepEqual(world.client.positions, {a: {epoch: 'e2', offset: 1}});
+    });
+
+  test('recovered: false calls onRecoveryFailed and moves the position to what the server has',
+    async () => {
+      class App extends ShardcastConnection {
+        recoveryFailedCallback(channel, position) { this.legacy = [channel, position]; }
+      }
+      const failed = [];
+      const recoveries = [];
+      const world = await connected({}, {channels: ['a', 'b'],
+        onRecoveryFailed: (channel, position) => failed.push([channel, position]),
+        onRecovery: (statuses) => recoveries.push(statuses)}, App);
+      world.sockets[0].receive([positioned('a', 'e1', 3), positioned('b', 'e1', 5)]);
+      const socket = await reconnected(world);
+      socket.open();
+      const statuses = {a: {recovered: false, epoch: 'e1', offset: 9},
+        b: {recovered: true, epoch: 'e1', offset: 6}};
+      socket.receive([{type: 'recovery', channels: statuses}]);
+      assert.deepEqual(failed, [['a', {epoch: 'e1', offset: 9}]]);
+      assert.deepEqual(world.client.legacy, failed[0]);
+      assert.deepEqual(recoveries, [statuses]);
+      socket.receive([positioned('a', 'e1', 8), positioned('b', 'e1', 6)]);
+      socket.receive([positioned('a', 'e1', 10)]);
+      assert.deepEqual(messagesOf(world.events).map((m) => m.uuid),
+        ['a-e1-3', 'b-e1-5', 'b-e1-6', 'a-e1-10']);  // no recovery envelope among them
+    });
+
+  test('a channel the server no longer has (epoch null) is forgotten', async () => {
+    const failed = [];
+    const world = await connected({}, {channels: ['a'],
+      onRecoveryFailed: (channel, position) => failed.push([channel, position])});
+    world.sockets[0].receive([positioned('a', 'e1', 3)]);
+    const socket = await reconnected(world);
+    socket.open();
+    socket.receive([{type: 'recovery', channels: {a: {recovered: false, epoch: null, offset: 0}}}]);
+    assert.deepEqual(failed, [['a', {epoch: null, offset: 0}]]);
+    assert.deepEqual(world.client.positions, {});
+    assert.equal((await reconnected(world)).url, WS_OFFSETS);
+  });
+
+  test('long polling resumes on its first poll only; the websocket taking over asks for offsets',
+    async () => {
+      const positions = {a: {epoch: 'e1', offset: 4}};  // saved by an earlier page
+      const {clock, sockets, polls, events} = await polling({channels: ['a'], positions});
+      assert.deepEqual(sockets.map((socket) => sinceOf(socket.url)), [positions, positions]);
+      assert.deepEqual(sinceOf(polls[0].call.url), positions);
+      polls[0].answer.resolve({body: [
+        {type: 'recovery', channels: {a: {recovered: true, epoch: 'e1', offset: 5}}},
+        positioned('a', 'e1', 5)]});
+      await settle();
+      assert.equal(polls[1].call.url, `http://api/listen?conn_id=${CONN_ID}&offsets=1`);
+      await clock.advance(clock.pending()[0]);
+      const socket = sockets.at(-1);
+      assert.equal(socket.url, WS_OFFSETS);
+      socket.open();
+      socket.receive([positioned('a', 'e1', 6), positioned('a', 'e1', 7)]);
+      polls[1].answer.resolve({body: [positioned('a', 'e1', 6)]});  // the seam, repeated
+      await settle();
+      assert.deepEqual(messagesOf(events).map((m) => m.offset), [5, 6, 7]);
+    });
+
+  test('unsubscribing forgets the channel\'s position', async () => {
+    const world = await connected({'/unsubscribe': () => ({body: {channels: ['a']}})},
+      {channels: ['a', 'b'], unsubscribeUrl: '/unsubscribe'});
+    world.sockets[0].receive([positioned('a', 'e1', 1), positioned('b', 'e1', 1)]);
+    await world.client.unsubscribe('b');
+    assert.deepEqual(Object.keys(world.client.positions), ['a']);
+  });
+
+  test('resume: false keeps Channelstream URLs and hands over every envelope', async () => {
+    const {client, clock, sockets, events} = await connected({}, {resume: false});
+    assert.equal(sockets[0].url, WS_URL);
+    const recovery = {type: 'recovery', channels: {}};
+    sockets[0].receive([positioned('a', 'e1', 1), positioned('a', 'e1', 1), recovery]);
+    assert.deepEqual(messagesOf(events),
+      [positioned('a', 'e1', 1), positioned('a', 'e1', 1), recovery]);
+    assert.deepEqual(client.positions, {});
+    assert.equal((await reconnected({clock, sockets})).url, WS_URL);
+  });
+
+  test('resume: false polls /listen with the conn_id only', async () => {
+    const {polls} = await polling({resume: false});
+    assert.equal(polls[0].call.url, `http://api/listen?conn_id=${CONN_ID}`);
   });
 });
 
