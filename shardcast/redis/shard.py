@@ -65,9 +65,7 @@ class ClusterShard(Shard):
 
     def _register(self, conn: Connection) -> None:
         keys, send, now = self.keys, self.redis.send, time.time()
-        send("HSET", keys.conn(conn.id), "user", conn.user, "node", self.node_id,
-             "shard", self.index)
-        send("SADD", self.my_conns, conn.id)
+        self._registration(conn.id, conn.user)
         send("HSET", keys.user_conns(conn.user), conn.id, self.owner.inbox(conn.id))
         send("HSETNX", keys.user(conn.user), "public_keys", "[]")
         send("PERSIST", keys.user_conns(conn.user))
@@ -92,35 +90,33 @@ class ClusterShard(Shard):
     # -- connections hosted here ------------------------------------------------------------
 
     def conn_open(self, args: dict) -> Any:
-        if not (self.redis.ready and self.subscriber.redis.ready):
-            return REDIS_DOWN
-        reply = super().conn_open(args)
-        if "error" in reply:
-            return reply
-        waits = []
-        if reply["created"]:
-            conn_id = args["conn_id"]
-            waits += [self.redis.call("HSET", self.keys.conn(conn_id), "user", args["user"],
-                                      "node", self.node_id, "shard", self.index),
-                      self.redis.call("SADD", self.my_conns, conn_id)]
-        return self._answer_when_subscribed(reply["new"], reply, waits)
+        return self._hosted(super().conn_open, args)
 
     def conn_subscribe(self, args: dict) -> Any:
+        return self._hosted(super().conn_subscribe, args)
+
+    def _hosted(self, command: Any, args: dict) -> Any:
+        """A connection joining channels (a new one: made): refused while Redis is away, and
+        answered once Redis knows a new connection and this shard's subscriptions to its new
+        channels are confirmed, so that their activations reach it."""
         if not (self.redis.ready and self.subscriber.redis.ready):
             return REDIS_DOWN
-        reply = super().conn_subscribe(args)
+        reply = command(args)
         if "error" in reply:
             return reply
-        return self._answer_when_subscribed(reply["new"], reply, [])
-
-    def _answer_when_subscribed(self, names: list[str], reply: dict,
-                                waits: list[asyncio.Future]) -> Any:
-        subscribed = self.subscriber.when_ready(names)
+        waits = self._registration(args["conn_id"], args["user"]) if reply.get("created") else []
+        subscribed = self.subscriber.when_ready(reply["new"])
         if subscribed is not None:
             waits.append(subscribed)
         if not waits:
             return reply
         return asyncio.ensure_future(self._answer(asyncio.gather(*waits), reply))
+
+    def _registration(self, conn_id: str, user: str) -> list[asyncio.Future]:
+        """Tell Redis where the connection lives (for other nodes, and for janitors)."""
+        return [self.redis.call("HSET", self.keys.conn(conn_id), "user", user,
+                                "node", self.node_id, "shard", self.index),
+                self.redis.call("SADD", self.my_conns, conn_id)]
 
     async def _answer(self, waiting: asyncio.Future, reply: dict) -> dict:
         try:
