@@ -1,37 +1,29 @@
-"""Client transports of a shard: picows websockets and held long-poll requests."""
+"""Client transports of a shard: websockets and held long-poll requests."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Callable
 from urllib.parse import parse_qs
 from uuid import UUID
 
 import orjson
-from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport,
-                    WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener)
 
 from . import schemas
 from .connection import HEARTBEAT, Connection, merge_frames
+from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, Settings, WebSocket, frame,
+                        refusal)
 
 SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
 CLOSE_GRACE = 2.0        # seconds a closing websocket may take to flush before it is reset
-# Room for a websocket header (14 bytes at most) in front of each payload we send: picows writes
-# the header there and sends the buffer as it is, copying only what the socket does not take at
-# once. Its send() instead, for payloads over 8 KB, handed uvloop a view of a header buffer it
-# reuses; uvloop keeps such a view while the socket is full, so the next frame's header
-# overwrote it and clients read spliced frames under load (issue 9).
-HEADROOM = 14
+NOT_FOUND = refusal(404, "Not Found", b'{"path": ["Websockets are served on /ws"]}')
 
 
-def wire(frames: list[bytes]) -> bytearray:
-    """JSON-array frames merged into one payload, with room in front for its header."""
-    data = bytearray(HEADROOM)
-    data += merge_frames(frames)
-    return data
+def wire(frames: list[bytes]) -> bytes:
+    """JSON-array frames merged into one text frame, ready for any number of sockets."""
+    return frame(TEXT, merge_frames(frames))
 
 
 def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
@@ -43,82 +35,88 @@ def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
         return None
 
 
-def forget_handshake(transport: WSTransport) -> None:
-    """picows keeps the upgrade request and response on the transport for the socket's life;
-    their headers, never read again, are 2.3 KB of each idle websocket's RSS. A picows that
-    made them read-only would only cost that memory again, never the socket."""
-    with contextlib.suppress(AttributeError):
-        transport.request.headers = transport.response.headers = None
+class Hosting:
+    """What every websocket of a shard shares: the protocol's settings, how to find a
+    connection, what to call when one opens or closes, and the limits."""
 
-
-class WebSocketClient(WSListener):
-    """One browser websocket bound to one connection of this shard."""
-
-    __slots__ = ("conn", "on_open", "on_close", "send_buffer_size", "transport", "heard",
-                 "offsets", "since")
-
-    def __init__(self, conn: Connection | None, on_open: Callable, on_close: Callable,
-                 send_buffer_size: int, offsets: bool = False, since: dict | None = None) -> None:
-        self.conn = conn
+    def __init__(self, settings: Settings, find: Callable[[str], Connection | None],
+                 on_open: Callable, on_close: Callable, send_buffer_size: int,
+                 max_channels: int) -> None:
+        self.settings = settings
+        self.find = find
         self.on_open = on_open
         self.on_close = on_close
         self.send_buffer_size = send_buffer_size
-        self.offsets = offsets
-        self.since = since
-        self.transport: WSTransport | None = None
+        self.max_channels = max_channels
+
+
+class WebSocketClient(WebSocket):
+    """One browser websocket bound to one connection of this shard."""
+
+    __slots__ = ("hosting", "conn", "heard", "offsets", "since")
+
+    def __init__(self, hosting: Hosting) -> None:
+        super().__init__(hosting.settings)
+        self.hosting = hosting
+        self.conn: Connection | None = None
         self.heard = time.monotonic()      # when the peer last sent a frame (pongs included)
+        self.offsets = False
+        self.since: dict | None = None
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
-        forget_handshake(transport)
+    def accept(self, target: str) -> bytes | None:
+        """Take /ws?conn_id=... with valid positions; an unknown conn_id is taken, then
+        closed with 1000 (API.md)."""
+        # Split as http_server does: urlsplit would cache the last 128 URLs, each socket's unique.
+        path, _, query = target.partition("?")
+        if path != "/ws":
+            return NOT_FOUND
+        fields = parse_qs(query)
+        conn_id = conn_id_from_query(fields)
+        if conn_id is None:
+            return _refused({"conn_id": ["Missing or invalid conn_id"]})
+        try:
+            self.offsets, self.since = schemas.positions(
+                {key: values[-1] for key, values in fields.items()}, self.hosting.max_channels)
+        except schemas.Invalid as error:
+            return _refused(error.errors)
+        self.conn = self.hosting.find(conn_id)
+        return None
+
+    def opened(self) -> None:
         if self.conn is None:
-            transport.send_close(WSCloseCode.OK)
-            transport.disconnect()
-            return
-        self.on_open(self.conn, self)
+            self.close(NORMAL)
+        else:
+            self.hosting.on_open(self.conn, self)
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+    def heard_from(self) -> None:
         self.heard = time.monotonic()
-        if self.transport is None:      # we closed: wait for the peer's close, drop the rest
-            if frame.msg_type == WSMsgType.CLOSE:
-                transport.disconnect()
-            return
-        if frame.msg_type == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
-            return
-        if frame.msg_type == WSMsgType.PING:
-            self.pong(frame.get_payload_as_bytes())
         if self.conn is not None:
             self.conn.last_active = self.heard
 
+    def closed(self) -> None:
+        if self.conn is not None:
+            self.hosting.on_close(self.conn, self)
+
     def pong(self, payload: bytes) -> None:
-        """Answer a ping within send_buffer_size, as everything else sent: picows' auto-pong
-        queued a pong per ping for a peer that never read them (190 MB for a million)."""
-        transport = self.transport
-        if transport is None:
-            return
-        if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
-            self.drop_slow_consumer()
-        else:
-            transport.send_pong(payload)
+        """Answer a ping within send_buffer_size, as everything else sent: a peer that pings
+        and never reads would otherwise make the shard queue a pong per ping (190 MB for a
+        million, when picows answered them)."""
+        if self._room():
+            super().pong(payload)
 
     def ping(self, since: float) -> bool:
         """Ping the peer; False (and the socket dropped) if it sent nothing since ``since``."""
-        if self.transport is None:
+        if self.state != OPEN:
             return True
         if self.heard < since:
-            self.transport.disconnect(False)
+            self.abort()
             return False
-        self.transport.send_ping()
+        self.write(PING_FRAME)
         return True
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        if self.conn is not None:
-            self.on_close(self.conn, self)
-
-    def send(self, frame: bytes) -> None:
-        self._write(wire([frame]))
+    def send(self, data: bytes) -> None:
+        if self._room():
+            self.write(frame(TEXT, data))
 
     def send_frames(self, frames: list[bytes], memo: dict) -> int:
         """Send queued frames as one; ``memo`` shares the encoding between the subscribers
@@ -127,63 +125,27 @@ class WebSocketClient(WSListener):
         data = memo.get(key)
         if data is None:
             data = memo[key] = wire(frames)
-        self._write(data)
-        return len(data) - HEADROOM
+        if self._room():
+            self.write(data)
+        return len(data)
 
-    def _write(self, data: bytearray) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        # Measured as fast as a bound method cached per websocket, which cost 64 B of each.
-        if transport.underlying_transport.get_write_buffer_size() > self.send_buffer_size:
-            self.drop_slow_consumer()
-            return
-        # The header written in place is the same for every socket sent this buffer (server
-        # frames are not masked), so one buffer serves them all.
-        transport.send_reuse_external_bytearray(WSMsgType.TEXT, data, HEADROOM)
-
-    def drop_slow_consumer(self) -> None:
+    def _room(self) -> bool:
+        """Whether what is queued for the peer is within send_buffer_size; if not, the peer is
+        dropped as too slow (3008)."""
+        if self.state != OPEN:
+            return False
+        if self.transport.get_write_buffer_size() <= self.hosting.send_buffer_size:
+            return True
         self.close(SLOW_CONSUMER)
         # The connection goes at once, not when the socket is done (it may never be); later,
         # as the caller may be iterating over the shard's connections.
-        asyncio.get_running_loop().call_soon(self.on_close, self.conn, self, SLOW_CONSUMER)
-
-    def close(self, code: int = 1000) -> None:
-        transport, self.transport = self.transport, None
-        if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode(code))
-            # Half-closed: the peer reads what was sent, the close frame, then the end of the
-            # stream, and we read on until it closes its side. Closing ours with its frames
-            # still unread (a flood) would reset the socket, and lose the close frame.
-            if not transport.underlying_transport.is_closing():    # else it raises
-                transport.underlying_transport.write_eof()
-            # A peer that does not read or close would hold the socket and its buffer forever.
-            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.disconnect, False)
+        self.hosting.settings.loop.call_soon(self.hosting.on_close, self.conn, self,
+                                             SLOW_CONSUMER)
+        return False
 
 
-def upgrade(request: WSUpgradeRequest, find: Callable[[str], Connection | None],
-            make: Callable[..., WebSocketClient], max_channels: int):
-    """picows router: refuse other paths and bad ids or positions; unknown ids get a listener
-    that closes."""
-    # Split as http_server does: urlsplit would cache the last 128 URLs, each socket's unique.
-    path, _, query = request.path.decode("latin-1").partition("?")
-    if path != "/ws":
-        return None
-    fields = parse_qs(query)
-    conn_id = conn_id_from_query(fields)
-    if conn_id is None:
-        return _refused({"conn_id": ["Missing or invalid conn_id"]})
-    try:
-        offsets, since = schemas.positions({key: values[-1] for key, values in fields.items()},
-                                           max_channels)
-    except schemas.Invalid as error:
-        return _refused(error.errors)
-    return make(find(conn_id), offsets=offsets, since=since)
-
-
-def _refused(errors: dict) -> WSUpgradeResponseWithListener:
-    return WSUpgradeResponseWithListener(
-        WSUpgradeResponse.create_error_response(400, orjson.dumps(errors)), None)
+def _refused(errors: dict) -> bytes:
+    return refusal(400, "Bad Request", orjson.dumps(errors))
 
 
 class LongPoll:

@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 import uvloop
-from picows import ws_create_server
 
-from . import descriptors, ipc, limits, logs, tls
+from . import descriptors, ipc, limits, logs, tls, websocket
 from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
 from .shard import Shard
-from .transport import CLOSE_GRACE, SLOW_CONSUMER, LongPoll, WebSocketClient, upgrade
+from .transport import CLOSE_GRACE, SLOW_CONSUMER, Hosting, LongPoll, WebSocketClient
+from .websocket import CLOSED
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
@@ -34,12 +34,10 @@ GOING_AWAY = 1001
 # little to write waits microseconds.
 FLUSH_REST = 1.0
 MAX_FLUSH_WAIT = 0.010
-READ_BUFFER = 2048   # per websocket: picows raises anything smaller to this (default 16 KiB)
-# An adapter, unlike a Logger, keeps picows from making a child Logger per socket (0.6 KB each).
-PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
-# picows logs an ERROR for every bad frame, even from a client with no connection: one line of
-# each kind per this many seconds, with a count of those held back.
-PICOWS_LOG_INTERVAL = 10.0
+# A line for every websocket that breaks the protocol, even one with no connection, would be an
+# easy log flood: one line of each kind per this many seconds, with a count of those held back.
+WEBSOCKET_LOG_INTERVAL = 10.0
+HANDSHAKE_TIMEOUT = 5.0     # seconds a new socket has to complete its websocket upgrade
 
 
 def tune_gc() -> None:
@@ -52,8 +50,7 @@ def tune_gc() -> None:
 def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     """Process entry point: one uvloop loop for the shard's whole life."""
     logs.setup(config.log_level, config.log_format, f"shard-{index}")
-    logging.getLogger("picows").setLevel(logging.WARNING)   # it logs every accept at INFO
-    PICOWS_LOG.logger.addFilter(logs.RateLimit(PICOWS_LOG_INTERVAL))
+    websocket.log.addFilter(logs.RateLimit(WEBSOCKET_LOG_INTERVAL))
     # The supervisor decides when shards stop (Ctrl-C and service managers signal the
     # whole process group); a lost supervisor is noticed by the sweep.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,11 +118,11 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.stopped: asyncio.Future | None = None
         self.ws_server: asyncio.AbstractServer | None = None
-        self.closing: list | None = None    # websockets closing at shutdown (picows transports)
-        # Its callbacks bound once: bound per websocket they would cost 128 bytes of each.
-        self.ws_client = functools.partial(WebSocketClient, on_open=self.actor.attach,
-                                           on_close=self.ws_closed,
-                                           send_buffer_size=config.send_buffer_size)
+        self.closing: list[WebSocketClient] | None = None   # websockets closing at shutdown
+        self.hosting = Hosting(
+            websocket.Settings(config.max_client_frame_size, HANDSHAKE_TIMEOUT, CLOSE_GRACE),
+            self.actor.conns.get, self.actor.attach, self.ws_closed, config.send_buffer_size,
+            config.max_channels_per_connection)
 
     async def run(self) -> None:
         loop = self.loop
@@ -134,16 +131,9 @@ class Worker:
         if os.path.exists(path):
             os.unlink(path)
         ipc_server = await loop.create_unix_server(lambda: Link(self.on_frame), path)
-        self.ws_server = await ws_create_server(
-            self.ws_route, self.config.host, self.config.ws_port_base + self.index,
-            enable_auto_ping=False,   # see ping(): picows would run a task per socket
-            enable_auto_pong=False,   # see WebSocketClient.pong(): bounded by send_buffer_size
-            max_frame_size=self.config.max_client_frame_size,
-            read_buffer_init_size=READ_BUFFER,
-            use_aiofastnet=False,   # measured: 20 KB vs 11 KB RSS per idle websocket, same CPU
-            logger_name=PICOWS_LOG,
-            **tls.server_options(self.config),
-        )
+        self.ws_server = await loop.create_server(
+            lambda: WebSocketClient(self.hosting), self.config.host,
+            self.config.ws_port_base + self.index, **tls.server_options(self.config))
         self.actor.start()
         loop.call_later(SWEEP_INTERVAL, self.sweep)
         loop.call_later(self.channel_sweep_interval, self.forget_channels)
@@ -153,7 +143,7 @@ class Worker:
         self.shut_down()
         ipc_server.close()
         deadline = loop.time() + min(CLOSE_GRACE, self.config.shutdown_timeout / 2)
-        while loop.time() < deadline and any(not s.is_disconnected for s in self.closing):
+        while loop.time() < deadline and any(s.state != CLOSED for s in self.closing):
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.01)   # let the last IPC replies leave
         with contextlib.suppress(OSError):     # the supervisor may be gone: tidy up after it
@@ -169,8 +159,8 @@ class Worker:
         self.ws_server.close()
         for conn in list(self.actor.conns.values()):
             transport = conn.transport
-            if isinstance(transport, WebSocketClient) and transport.transport is not None:
-                self.closing.append(transport.transport)
+            if isinstance(transport, WebSocketClient):
+                self.closing.append(transport)
             if transport is not None:
                 transport.close(GOING_AWAY)
 
@@ -289,10 +279,6 @@ class Worker:
 
     # -- websockets -----------------------------------------------------------------
 
-    def ws_route(self, request):
-        return upgrade(request, self.actor.conns.get, self.ws_client,
-                       self.config.max_channels_per_connection)
-
     def ws_closed(self, conn: Connection, client: WebSocketClient,
                   code: int | None = None) -> None:
         if conn.transport is client:
@@ -322,8 +308,8 @@ class Worker:
 
     def ping(self, last_round: float) -> None:
         """Dead-peer detection: one timer pings every websocket each ws_ping_interval, and
-        drops those that sent nothing (not even the pong) since the previous round. picows'
-        auto-ping runs a task per socket instead: 1.9 KB more RSS per idle connection."""
+        drops those that sent nothing (not even the pong) since the previous round. A task per
+        socket (picows' auto-ping) cost 1.9 KB of RSS per idle connection."""
         for conn in list(self.actor.conns.values()):
             if isinstance(conn.transport, WebSocketClient):
                 conn.transport.ping(last_round)
