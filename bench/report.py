@@ -36,6 +36,12 @@ METRICS = {
     "churn": [("churn_per_s", UP), ("churn_cycle_p50_ms", DOWN), ("delivered_msgs_per_s", UP),
               ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("presence_events", None),
               ("churn_errors", None)],
+    "overload": [("sustainable_msgs_per_s", UP), ("unsustainable_msgs_per_s", None),
+                 ("target_msgs_per_s", None), ("offered_msgs_per_s", None),
+                 ("published_msgs_per_s", UP), ("delivered_msgs_per_s", UP),
+                 ("lat_p50_ms", DOWN), ("lat_p90_ms", DOWN), ("lat_p99_ms", DOWN),
+                 ("lat_max_ms", DOWN), ("server_cpu_us_per_msg", DOWN), ("server_cores", None),
+                 ("msgs_per_frame", None)],
     "soak": [("churn_cycles", None), ("churn_per_s", UP), ("delivered", None),
              ("lat_p99_ms", DOWN), ("rss_start_mb", None), ("rss_end_mb", None),
              ("rss_growth_mb", DOWN), ("fds_start", None), ("fds_end", None),
@@ -130,6 +136,18 @@ def on_schedule(result: dict) -> bool:
     return (result.get("offered_msgs_per_s") or 0) >= SCHEDULE_SHARE * result["target_msgs_per_s"]
 
 
+def search_lines(results: list[dict]) -> list[str]:
+    """How ``overload`` found each target's sustainable rate: the rates tried, in order."""
+    lines = []
+    for result in results:
+        if result.get("search"):
+            tried = ", ".join(f"{step['rate']:,g} " + ("✓" if step["sustained"] else
+                                                       f"✗ ({'; '.join(step['faults'])})")
+                              for step in result["search"])
+            lines.append(f"{result['target']}: {tried} ({result['search_seconds']:g} s)")
+    return lines
+
+
 def scenarios_of(results: list[dict]) -> list[str]:
     return list(dict.fromkeys(result["scenario"] for result in results))
 
@@ -147,6 +165,8 @@ def print_tables(results: list[dict], console: Console | None = None) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+        for line in search_lines([r for r in results if r["scenario"] == scenario]):
+            console.print(f"sustainable-rate search, {line}", highlight=False)
     for line in warnings(results):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
@@ -158,6 +178,10 @@ def markdown_tables(results: list[dict]) -> str:
         lines = [f"### {scenario}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
+        searches = search_lines([r for r in results if r["scenario"] == scenario])
+        if searches:
+            lines += ["", "Rates tried by the sustainable-rate search (msg/s; ✓ sustained):", ""]
+            lines += [f"* {line}" for line in searches]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

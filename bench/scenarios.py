@@ -51,6 +51,7 @@ DEFAULTS = {
     # them took 0.85 between them (fewer answers per wake-up each), CPU the server lacked.
     "api": Options(clients=0, publishers=8, loadgen_procs=1),
     "churn": Options(clients=200, channels=10, rate=50.0),
+    "overload": Options(clients=1000, channels=1, duration=6.0),   # bench/overload.py
     "soak": Options(clients=200, channels=10, rate=50.0, duration=60.0),   # bench/soak.py
 }
 

@@ -1,4 +1,4 @@
-"""The bench's own rules: what a subscriber accepts as a frame."""
+"""The bench's own rules: what a subscriber accepts as a frame, and when a rate is sustained."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("rich", reason="the bench extra is not installed (pip install '.[bench]')")
 
 from bench.frames import frame_decoder, padding  # noqa: E402
+from bench.overload import MUST_BE_ZERO, next_rate, shortfalls  # noqa: E402
 from shardcast.envelopes import message  # noqa: E402
 
 PAD = padding(8)
@@ -40,3 +41,18 @@ def test_a_published_envelope_is_accepted_field_for_field() -> None:
 def test_a_frame_that_differs_from_what_was_published_is_refused(frame: bytes) -> None:
     with pytest.raises(ValueError):
         frame_decoder(PAD)(frame)
+
+
+def test_a_rate_is_sustained_only_without_fault_within_the_latency_bound() -> None:
+    clean = {**dict.fromkeys(MUST_BE_ZERO, 0), "lat_p99_ms": 40.0, "target_msgs_per_s": 100.0,
+             "offered_msgs_per_s": 99.5}
+    assert shortfalls(clean) == []
+    assert shortfalls({**clean, "slow_consumer_closes": 2}) == ["slow_consumer_closes 2"]
+    assert shortfalls({**clean, "lat_p99_ms": 140.0}) == ["p99 140 ms"]
+    assert shortfalls({**clean, "offered_msgs_per_s": 80.0}) == ["publisher sent 80.0 msg/s"]
+
+
+def test_the_search_doubles_halves_then_bisects() -> None:
+    assert next_rate(200.0, None) == 400.0
+    assert next_rate(None, 200.0) == 100.0
+    assert next_rate(400.0, 800.0) == 566.0
