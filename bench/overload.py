@@ -11,15 +11,17 @@ client, closes none (not even as a slow consumer), holds the latency p99 within 
 and the publisher kept its schedule. The search doubles from a first guess while rates are
 sustained (halves while not), then bisects the bracket geometrically until it is narrower
 than RESOLUTION, within MAX_STEPS runs and SEARCH_BUDGET seconds. A step that failed while
-other processes kept the machine busy runs once more; the quieter of the two counts.
+other processes kept the machine busy runs once more when it is quiet; the quieter run counts.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import replace
 
 from .report import NOISY_CORES, on_schedule
+from .resources import QUIET_WAIT, wait_until_quiet
 from .scenarios import Run, message_flow
 
 OVERLOAD_FACTOR = 2.0
@@ -67,9 +69,13 @@ async def find_sustainable(run: Run) -> dict:
 
 
 async def search_step(run: Run, rate: float) -> dict:
-    """The figures of a short run at ``rate``: the quietest, if it failed on a busy machine."""
+    """The figures of a short run at ``rate``; if it failed on a busy machine, of the quieter
+    of it and one more run when the machine went quiet (QUIET_WAIT s at most)."""
     best: dict | None = None
-    for _ in range(1 + NOISY_RETRIES):
+    for attempt in range(1 + NOISY_RETRIES):
+        if attempt:
+            run.ui.phase("waiting for the machine to go quiet", 1)
+            await asyncio.to_thread(wait_until_quiet, QUIET_WAIT)
         step = restarted(run, rate=rate, duration=min(STEP_SECONDS, run.options.duration))
         run.ui.run(f"overload @ {run.target.name}: trying {rate:,g} msg/s")
         figures = await message_flow(step, step.channel_names()[:1])
