@@ -7,8 +7,8 @@ publishes at that rate and skips the search. Either way the publisher runs an op
 
 A rate is sustained when a short run at it (a fresh server and fresh subscribers, since an
 overloaded run leaves clients closed and backlogs behind) delivers every message to every
-client, closes none (not even as a slow consumer), holds the latency p99 within P99_LIMIT_MS,
-and the publisher kept its schedule. The search doubles from a first guess while rates are
+client by STEP_DRAIN s after the last was published, closes none (not even as a slow
+consumer), holds the latency p99 within P99_LIMIT_MS, and the publisher kept its schedule. The search doubles from a first guess while rates are
 sustained (halves while not), then bisects the bracket geometrically until it is narrower
 than RESOLUTION, within MAX_STEPS runs and SEARCH_BUDGET seconds. A step that failed while
 other processes kept the machine busy runs once more when it is quiet; the quieter run counts.
@@ -27,6 +27,9 @@ from .scenarios import Run, message_flow
 OVERLOAD_FACTOR = 2.0
 P99_LIMIT_MS = 100.0
 STEP_SECONDS = 3.0            # publishing time of one search step
+# How long a step waits for the last deliveries: a rate whose backlog outlasts this cannot
+# have kept p99 within P99_LIMIT_MS, and a server far behind would take minutes to drain.
+STEP_DRAIN = 2.0
 FIRST_DELIVERIES = 200_000    # deliveries/s the search tries first (rate × subscribers)
 RESOLUTION = 1.25             # bracket (lowest failed / highest sustained) that ends the search
 MAX_STEPS = 8
@@ -78,7 +81,7 @@ async def search_step(run: Run, rate: float) -> dict:
             await asyncio.to_thread(wait_until_quiet, QUIET_WAIT)
         step = restarted(run, rate=rate, duration=min(STEP_SECONDS, run.options.duration))
         run.ui.run(f"overload @ {run.target.name}: trying {rate:,g} msg/s")
-        figures = await message_flow(step, step.channel_names()[:1])
+        figures = await message_flow(step, step.channel_names()[:1], drain_limit=STEP_DRAIN)
         if best is None or noise(figures) < noise(best):
             best = figures
         if not shortfalls(best) or noise(best) <= NOISY_CORES:

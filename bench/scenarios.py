@@ -137,7 +137,8 @@ def publisher_plan(run: Run, channels: list[str], fanout: dict[str, int]) -> dic
                     window=int(options.window * max(average, 1)) if not options.rate else 0)
 
 
-async def message_flow(run: Run, channels: list[str], churn: dict | None = None) -> dict:
+async def message_flow(run: Run, channels: list[str], churn: dict | None = None,
+                       drain_limit: float = DRAIN_LIMIT) -> dict:
     specs = layout(run, channels)
     fanout = fanout_of(specs)
     procs = max(1, min(run.options.loadgen_procs, len(specs)))
@@ -158,7 +159,7 @@ async def message_flow(run: Run, channels: list[str], churn: dict | None = None)
                                             lambda: time.monotonic() - start)
         planned = expected_deliveries(published, fanout)
         run.ui.phase("draining deliveries", planned)
-        await session.drain(planned, DRAIN_IDLE, DRAIN_LIMIT)
+        await session.drain(planned, DRAIN_IDLE, drain_limit)
         run.cpu.stop()
         slow_after = run.target.slow_consumer_closes()
         results = await session.close()
