@@ -1,17 +1,18 @@
 """overload: fan-out to one channel published faster than its subscribers' sockets can take.
 
-Without ``--rate`` the scenario first finds the highest sustainable rate (``sustainable``)
-and then publishes at OVERLOAD_FACTOR times it, so it measures every server at the same
-relative overload, where socket buffers fill and slow consumers get closed; with ``--rate`` it
-publishes at that rate and skips the search. Either way the publisher runs an open loop.
+Without ``--rate`` the scenario first finds the highest sustainable rate and then publishes at
+OVERLOAD_FACTOR times it, so it measures every server at the same relative overload, where
+backlogs grow and slow consumers may be closed; with ``--rate`` it publishes at that rate and
+skips the search. Either way the publisher runs an open loop.
 
 A rate is sustained when a short run at it (a fresh server and fresh subscribers, since an
 overloaded run leaves clients closed and backlogs behind) delivers every message to every
 client by STEP_DRAIN s after the last was published, closes none (not even as a slow
-consumer), holds the latency p99 within P99_LIMIT_MS, and the publisher kept its schedule. The search doubles from a first guess while rates are
-sustained (halves while not), then bisects the bracket geometrically until it is narrower
-than RESOLUTION, within MAX_STEPS runs and SEARCH_BUDGET seconds. A step that failed while
-other processes kept the machine busy runs once more when it is quiet; the quieter run counts.
+consumer), holds the latency p99 within P99_LIMIT_MS, and the publisher kept its schedule.
+The search doubles from a first guess while rates are sustained (halves while not), then
+bisects the bracket geometrically until it is narrower than RESOLUTION, within MAX_STEPS runs
+and SEARCH_BUDGET seconds. A step that failed while other processes kept the machine busy runs
+once more when it is quiet; the quieter run counts.
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ async def find_sustainable(run: Run) -> dict:
         if good is not None and bad is not None and bad / good <= RESOLUTION:
             break
         rate = next_rate(good, bad)
+        if rate in (good, bad):   # rounding left no rate to try (the 1 msg/s floor)
+            break
     return {"sustainable_msgs_per_s": good, "unsustainable_msgs_per_s": bad,
             "search_seconds": round(time.monotonic() - begun, 1), "search": steps}
 
