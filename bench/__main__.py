@@ -8,6 +8,7 @@ import traceback
 
 import uvloop
 
+from .overload import OVERLOAD_SCENARIOS
 from .progress import Progress
 from .report import NOISY_CORES, metadata, print_tables, write_json, write_markdown
 from .resources import QUIET_WAIT, raise_open_file_limit, wait_until_quiet
@@ -16,7 +17,8 @@ from .soak import LONG_SCENARIOS, SERVER_SETTINGS
 from .targets import Target, build_targets
 
 ALL = "all"
-PLAYS = {**SCENARIOS, **LONG_SCENARIOS}   # `all` runs SCENARIOS only
+SHORT_SCENARIOS = {**SCENARIOS, **OVERLOAD_SCENARIOS}   # what `all` runs
+PLAYS = {**SHORT_SCENARIOS, **LONG_SCENARIOS}
 SETTINGS = {"soak": SERVER_SETTINGS}      # server config keys a scenario needs
 LOG_TAIL = 3000   # characters of the server's log kept with a result that saw errors
 
@@ -37,7 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     load.add_argument("--clients", type=int, help="websocket clients")
     load.add_argument("--channels", type=int, help="channels")
     load.add_argument("--duration", type=float, help="seconds of publishing (or connecting)")
-    load.add_argument("--rate", type=float, help="messages/s in total (0: as fast as accepted)")
+    load.add_argument("--rate", type=float,
+                      help="messages/s in total, published on schedule (open loop); 0: as fast "
+                           "as accepted (overload: twice the sustainable rate, searched)")
     load.add_argument("--batch", type=int, help="messages per POST /message")
     load.add_argument("--payload", type=int, metavar="BYTES", help="padding in each message")
     load.add_argument("--loadgen-procs", type=int, metavar="P", help="load-generator processes")
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_open_file_limit()
     targets = build_targets(args.workers, args.api, args.secret, args.compare)
-    scenarios = list(SCENARIOS) if args.scenario == ALL else [args.scenario]
+    scenarios = list(SHORT_SCENARIOS) if args.scenario == ALL else [args.scenario]
     overrides = {name: getattr(args, name) for name in LOAD_OPTIONS}
     with Progress(enabled=not args.no_progress) as ui:
         results = uvloop.run(run_all(scenarios, targets, overrides, ui, args.retries))

@@ -27,8 +27,10 @@ against it through `bench/channelstream_app.py`, which serves the application of
 policy server on port 10843, and aliases `collections.Mapping` for Python ≥ 3.10.
 Channelstream has no `ws_url`: its clients open `ws://host:port/ws?conn_id=...`.
 
-`python -m bench fanout` alone takes about 15 s. `python -m bench.report docs/perf.json
---markdown docs/performance.md --plot docs/performance.png` renders a saved run again.
+`python -m bench fanout` alone takes about 15 s; `python -m bench overload` one to three minutes
+per target, most of it the search for the sustainable rate (`--rate R` skips it). `python -m
+bench.report docs/perf.json --markdown docs/performance.md --plot docs/performance.png` renders
+a saved run again.
 
 `/connect` answers with the member list (and states) of every channel it joins, as Channelstream
 does, so connecting N clients to one channel costs O(N²) on either server; `connect` spreads
@@ -39,13 +41,14 @@ other case).
 
 | scenario | load | defaults |
 |---|---|---|
-| `fanout` | N subscribers of one channel; messages published as fast as the server takes them | 1,000 clients, 1 message per POST, 10 s |
+| `fanout` | N subscribers of one channel; messages published as fast as the server takes them, or on schedule with `--rate` | 1,000 clients, 1 message per POST, 10 s |
 | `channels` | many channels, each client in 3 of them; publishes spread round-robin over the channels | 1,000 clients, 100 channels, 2 publishing connections |
 | `latency` | fixed publish rate (open loop), end-to-end latency percentiles | 100 clients × 200 msg/s on one channel |
 | `connect` | storm of `/connect` + websocket opens (64 in flight per generator process), each client joining one of the channels, then RSS per idle connection | 1,000 connections over 100 channels |
 | `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections from one generator process, 1 message per POST, 10 s |
 | `churn` | 16 loops connect → open websocket → stay 0-10 ms → close + `/disconnect` on presence channels, while messages flow to stable subscribers | 200 subscribers, 10 channels, 50 msg/s |
 | `soak` | `churn`'s join/leave loops and a steady publish rate, first for a warm-up (a quarter of `--duration`, at most 10 s), then for `--duration`; the server's RSS and open file descriptors after each, and the error lines in its log | 200 subscribers, 10 channels, 50 msg/s, 60 s |
+| `overload` | N subscribers of one channel, published on schedule at twice the highest sustainable rate (searched, see below; `--rate` sets the rate and skips the search): socket buffers fill and slow consumers are closed | 1,000 clients, 1 message per POST, 6 s; search steps of 3 s |
 | `all` | all of the above except `soak` (it is long), one after the other | |
 
 ## How the figures are measured
@@ -58,19 +61,58 @@ other case).
   measured phase in all of them at once through shared memory. Each reports its own CPU time
   (`getrusage`) over that phase; a process above 90 % of a core is flagged
   (`loadgen_saturated`), as its figures may measure the generator rather than the server.
-* **Publishers** post with a small keep-alive HTTP/1.1 client on asyncio and httptools, one
-  request in flight per connection, `--batch` messages per `POST /message`. "As fast as the
-  server accepts" (`fanout`, `channels`) is a closed loop limited to `--window` messages
-  (default 50) in flight end to end, i.e. published but not yet received by all their
+* **Publishers** post with a small keep-alive HTTP/1.1 client on asyncio and httptools,
+  `--batch` messages per `POST /message`. "As fast as the server accepts" (`fanout`,
+  `channels`) is a closed loop, one request in flight per connection, limited to `--window`
+  messages (default 50) in flight end to end, i.e. published but not yet received by all their
   subscribers; without that bound the backlog, not the server, would set the figures and a run
-  could not drain in time. `--rate` switches to an open loop: messages leave on schedule and carry
-  their scheduled send time, so a server that falls behind shows it as latency.
+  could not drain in time. It never fills a socket buffer, so it cannot show what a server does
+  when its subscribers fall behind. `--rate R` switches to an open loop: messages have their
+  times in a fixed schedule of R per second over all connections and leave then, whatever the
+  earlier answers did (requests are pipelined on the keep-alive connection; the API answers
+  without waiting for delivery), carrying their scheduled time, so a server that falls behind
+  shows it as latency and nothing holds the publisher back. A publisher that itself runs late
+  sends all that is due at once and stops at the deadline: `target_msgs_per_s` is R,
+  `offered_msgs_per_s` what it did send per second, and a run where that is below 95 % of R is
+  flagged in the notes.
 * **Every message is counted.** Each message carries `{"p": publisher, "s": sequence, "t": send
-  time}`; every client checks the sequence per (channel, publisher): `delivered` counts distinct
-  messages received, `duplicated` repeats, `out_of_order` late arrivals of a skipped number,
-  `lost` = expected − delivered, where expected = Σ over accepted messages of the subscribers of
-  their channel. After publishing stops the bench waits for the deliveries to drain (until all
-  arrived, 3 s without any, or 30 s).
+  time, "pad": padding}`; every client checks the sequence per (channel, publisher): `delivered`
+  counts distinct messages received, `duplicated` repeats, `out_of_order` late arrivals of a
+  skipped number, `lost` = expected − delivered, where expected = Σ over accepted messages of
+  the subscribers of their channel, except that a client that closed early is owed only the
+  messages up to the last it received of each publisher (so a gap before that is lost); what
+  early closes cut off is `cut_off`. After publishing stops the bench waits for the deliveries
+  to drain (until all arrived, 3 s without any, or 30 s).
+* **Every frame is checked**, not only counted: it must be valid UTF-8 JSON, an array of
+  envelopes, and each message envelope exactly what was published: `type` "message", a
+  channel the client joined, `user` "bench", `uuid` and `timestamp` strings, `catchup` false,
+  `edited` null, and a `message` holding exactly `p`, `s` (≥ 0), `t` (not after its receipt)
+  and the run's padding (msgspec checks it while decoding). A client that receives a bad frame,
+  or one picows cannot parse (a bad opcode, a fragmented control frame, …), closes with 1002 as
+  a browser would drop a connection it cannot read: `protocol_errors` counts those clients, and
+  the notes quote the first reasons. `slow_consumer_closes` counts the clients the server closed
+  with 3008 (too slow to keep up), `dropped_connections` those closed otherwise (the notes say
+  whether a close frame came). A server that aborts a slow consumer's socket before it read the
+  3008 frame queued behind its backlog shows as a drop without a close frame; for shardcast,
+  `server_slow_consumer_closes` is its own count (`/admin/admin.json`) over the run. Every
+  scenario with websocket clients reports these counts.
+* **Sustainable rate and overload** (`overload`): a rate is sustained when a 3 s open-loop run
+  at it, on a fresh server with fresh subscribers, delivers every message to every client (by
+  2 s after the last was published: a backlog that outlasts that has broken the latency bound,
+  and a server far behind would take minutes to drain; what has not arrived counts as lost),
+  closes none (not even as a slow consumer: the fan-out is to all 1,000), keeps the latency p99
+  within 100 ms, and the publisher kept its schedule. The search starts at 200,000 deliveries/s
+  (200 msg/s to 1,000 clients), doubles while rates are sustained (halves while not), then
+  bisects the bracket geometrically until it is narrower than 1.25×, within 8 runs and 150 s;
+  a step that failed while other processes kept more than a quarter of a core busy runs once
+  more after waiting (up to 30 s) for a quiet machine, and the quieter run counts.
+  `sustainable_msgs_per_s` is the highest rate sustained, `unsustainable_msgs_per_s` the lowest
+  that was not; the rates tried are listed under the table. The scenario then publishes at
+  twice the sustainable rate for `--duration` (6 s), so every server is measured at the same
+  relative overload: backlogs grow, and whatever the server does about them (latency, closing
+  slow consumers), nothing may arrive corrupted, duplicated or out of order. A higher `--rate`
+  fills the socket buffers for sure: issue 9 (frames corrupted under overload, clients failing
+  with "invalid opcode") shows with `python -m bench overload --workers 2 --rate 8000`.
 * **Throughput**: `delivered_msgs_per_s` = delivered messages (one per subscriber) / (last
   receipt − first publish); `published_msgs_per_s` = accepted messages / publishing time;
   `req_per_s` = answered requests / posting time.
@@ -145,7 +187,7 @@ def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
         REGENERATE,
         "-->",
         "",
-        f"Regenerate this page (about five minutes on a quiet machine) with `{REGENERATE}`.",
+        f"Regenerate this page (about ten minutes on a quiet machine) with `{REGENERATE}`.",
         "",
         METHOD,
         "## Results",

@@ -1,7 +1,9 @@
 """A lean keep-alive HTTP/1.1 client (asyncio + httptools) for the server API.
 
-One ``HttpConnection`` carries one request at a time and reconnects by itself after the
-server closed it; ``ApiClient`` signs requests and hands out connections from a pool.
+One ``HttpConnection`` carries requests in order and reconnects after the server closed it:
+``request`` awaits one answer, ``submit`` pipelines requests and hands each answer to a callback
+(the open-loop publisher, which must not wait for answers to keep its schedule). ``ApiClient``
+signs requests and hands out connections from a pool.
 
 After each request the socket is put in TCP quick-ACK mode. A server that writes a response's
 headers and body in two segments without TCP_NODELAY (gevent's pywsgi, under Channelstream,
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -26,6 +29,9 @@ from shardcast.signing import sign_compat
 
 REQUEST_TIMEOUT = 30.0
 SIGNATURE_HEADER = "x-channelstream-secret"
+NO_ANSWER = 0     # the status an answer callback gets when the request failed (body: why)
+
+Answer = Callable[[int, bytes], None]   # (status, body) of one request
 
 
 class HttpError(Exception):
@@ -55,31 +61,42 @@ class HttpConnection(asyncio.Protocol):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.socket: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future | None = None
+        self.pending: deque[Answer] = deque()   # one per request sent and not yet answered
         self.body: list[bytes] = []
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
+        """Connect unless connected (a closed connection is opened again)."""
+        if self.transport is not None and not self.transport.is_closing():
+            return
         # Kept: Python 3.11's get_running_loop() makes a getpid syscall each time.
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
-        await self.loop.create_connection(lambda: self, self.host, self.port)
+        self.body = []
+        try:
+            await self.loop.create_connection(lambda: self, self.host, self.port)
+        except OSError as error:
+            raise HttpError(f"cannot connect to {self.host}:{self.port}: {error}") from None
+
+    def submit(self, data: bytes, answers: list[Answer]) -> None:
+        """Send raw requests (``answers`` has one callback for each) without waiting for the
+        answers of earlier ones; the connection must be connected."""
+        self.pending.extend(answers)
+        self.transport.write(data)
+        self._quick_ack()
 
     async def request(self, data: bytes, timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
         """Send one raw request; return (status, body)."""
-        if self.transport is None or self.transport.is_closing():
-            try:
-                await self._connect()
-            except OSError as error:
-                raise HttpError(f"cannot connect to {self.host}:{self.port}: {error}") from None
-        self.waiter = waiter = self.loop.create_future()
-        self.body = []
-        self.transport.write(data)
-        self._quick_ack()
+        await self.connect()
+        waiter = self.loop.create_future()
+        self.submit(data, [lambda status, body: waiter.done() or waiter.set_result((status, body))])
         timer = self.loop.call_later(timeout, self._fail, "no answer within %.0f s" % timeout)
         try:
-            return await waiter
+            status, body = await waiter
         finally:
             timer.cancel()
+        if status == NO_ANSWER:
+            raise HttpError(body.decode())
+        return status, body
 
     def close(self) -> None:
         if self.transport is not None:
@@ -94,9 +111,10 @@ class HttpConnection(asyncio.Protocol):
                 self.socket = None
 
     def _fail(self, reason: str) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(HttpError(reason))
+        """Every request not answered yet gets NO_ANSWER; the connection closes."""
+        pending, self.pending = self.pending, deque()
+        for answer in pending:
+            answer(NO_ANSWER, reason.encode())
         self.close()
 
     # asyncio.Protocol and httptools callbacks --------------------------------------
@@ -126,9 +144,9 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), b"".join(self.body)))
+        body, self.body = b"".join(self.body), []
+        if self.pending:
+            self.pending.popleft()(self.parser.get_status_code(), body)
         if not self.parser.should_keep_alive():
             self.close()
 

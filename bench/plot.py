@@ -17,6 +17,8 @@ FIGURES = [   # (scenario, metric, title)
     ("api", "req_per_s", "api: POST /message req/s ↑"),
     ("api", "server_cpu_us_per_msg", "api: server CPU µs/msg ↓"),
     ("churn", "churn_per_s", "churn: join+leave cycles/s ↑"),
+    ("overload", "sustainable_msgs_per_s", "fan-out: sustainable msg/s ↑"),
+    ("overload", "delivered_msgs_per_s", "overload (2× sustainable): delivered msg/s ↑"),
 ]
 COLUMNS = 3
 

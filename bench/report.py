@@ -19,7 +19,8 @@ from rich.table import Table
 
 UP, DOWN = "↑", "↓"   # higher is better, lower is better
 METRICS = {
-    "fanout": [("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP), ("lat_p50_ms", DOWN),
+    "fanout": [("target_msgs_per_s", None), ("offered_msgs_per_s", None),
+               ("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP), ("lat_p50_ms", DOWN),
                ("lat_p99_ms", DOWN), ("server_cpu_us_per_msg", DOWN), ("server_cores", None),
                ("msgs_per_frame", None)],
     "channels": [("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP),
@@ -35,15 +36,23 @@ METRICS = {
     "churn": [("churn_per_s", UP), ("churn_cycle_p50_ms", DOWN), ("delivered_msgs_per_s", UP),
               ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("presence_events", None),
               ("churn_errors", None)],
+    "overload": [("sustainable_msgs_per_s", UP), ("unsustainable_msgs_per_s", None),
+                 ("target_msgs_per_s", None), ("offered_msgs_per_s", None),
+                 ("published_msgs_per_s", UP), ("delivered_msgs_per_s", UP),
+                 ("lat_p50_ms", DOWN), ("lat_p90_ms", DOWN), ("lat_p99_ms", DOWN),
+                 ("lat_max_ms", DOWN), ("server_cpu_us_per_msg", DOWN), ("server_cores", None),
+                 ("msgs_per_frame", None)],
     "soak": [("churn_cycles", None), ("churn_per_s", UP), ("delivered", None),
              ("lat_p99_ms", DOWN), ("rss_start_mb", None), ("rss_end_mb", None),
              ("rss_growth_mb", DOWN), ("fds_start", None), ("fds_end", None),
              ("returned_to_baseline", None), ("errors_logged", None), ("churn_errors", None)],
 }
-INTEGRITY = ["lost", "duplicated", "out_of_order", "dropped_connections", "connect_errors",
+INTEGRITY = ["lost", "duplicated", "out_of_order", "protocol_errors", "slow_consumer_closes",
+             "server_slow_consumer_closes", "dropped_connections", "cut_off", "connect_errors",
              "publish_errors", "request_errors",
              "loadgen_cores", "loadgen_cpu_max_pct", "other_cores"]   # shown without ratios
 NOISY_CORES = 0.25   # other processes busier than this during a run make its figures suspect
+SCHEDULE_SHARE = 0.95   # an open-loop publisher that sent less of its schedule ran late
 BASELINE = "channelstream"
 
 
@@ -105,10 +114,14 @@ def warnings(results: list[dict]) -> list[str]:
         if (result.get("other_cores") or 0) > NOISY_CORES:
             found.append(f"{where}: other processes kept {result['other_cores']} cores busy "
                          f"during the run; its figures are noisy")
+        if result.get("target_msgs_per_s") and not on_schedule(result):
+            found.append(f"{where}: the publisher sent {result['offered_msgs_per_s']} of "
+                         f"{result['target_msgs_per_s']:g} msg/s; it could not keep up")
         if result.get("loadgen_saturated"):
             found.append(f"{where}: a load generator used {result['loadgen_cpu_max_pct']:.0f}% "
                          f"of a core; the figures may measure it rather than the server")
-        for key in ("lost", "duplicated", "out_of_order", "dropped_connections",
+        for key in ("lost", "duplicated", "out_of_order", "protocol_errors",
+                    "slow_consumer_closes", "dropped_connections",
                     "publish_errors", "connect_errors", "request_errors", "churn_errors"):
             if result.get(key):
                 found.append(f"{where}: {key} = {result[key]:,}")
@@ -116,6 +129,23 @@ def warnings(results: list[dict]) -> list[str]:
             found.append(f"{where}: {error}")
         found += [f"{where}: {note}" for note in result.get("baseline_warnings", [])]
     return found
+
+
+def on_schedule(result: dict) -> bool:
+    """An open-loop publisher sent (nearly) all of its schedule."""
+    return (result.get("offered_msgs_per_s") or 0) >= SCHEDULE_SHARE * result["target_msgs_per_s"]
+
+
+def search_lines(results: list[dict]) -> list[str]:
+    """How ``overload`` found each target's sustainable rate: the rates tried, in order."""
+    lines = []
+    for result in results:
+        if result.get("search"):
+            tried = ", ".join(f"{step['rate']:,g} " + ("✓" if step["sustained"] else
+                                                       f"✗ ({'; '.join(step['faults'])})")
+                              for step in result["search"])
+            lines.append(f"{result['target']}: {tried} ({result['search_seconds']:g} s)")
+    return lines
 
 
 def scenarios_of(results: list[dict]) -> list[str]:
@@ -135,6 +165,8 @@ def print_tables(results: list[dict], console: Console | None = None) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+        for line in search_lines([r for r in results if r["scenario"] == scenario]):
+            console.print(f"sustainable-rate search, {line}", highlight=False)
     for line in warnings(results):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
@@ -146,6 +178,10 @@ def markdown_tables(results: list[dict]) -> str:
         lines = [f"### {scenario}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
+        searches = search_lines([r for r in results if r["scenario"] == scenario])
+        if searches:
+            lines += ["", "Rates tried by the sustainable-rate search (msg/s; ✓ sustained):", ""]
+            lines += [f"* {line}" for line in searches]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

@@ -13,11 +13,11 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Awaitable, Callable
 
+from .figures import api_figures, connect_figures, difference, expected_deliveries, flow_figures
 from .httpclient import ApiClient
 from .progress import Progress
-from .resources import SATURATED_PCT, CpuWindow
+from .resources import CpuWindow
 from .session import Session
-from .stats import Histogram, add_counts
 from .targets import Target
 
 DRAIN_IDLE = 3.0          # stop waiting for deliveries after this long without any
@@ -51,6 +51,7 @@ DEFAULTS = {
     # them took 0.85 between them (fewer answers per wake-up each), CPU the server lacked.
     "api": Options(clients=0, publishers=8, loadgen_procs=1),
     "churn": Options(clients=200, channels=10, rate=50.0),
+    "overload": Options(clients=1000, channels=1, duration=6.0),   # bench/overload.py
     "soak": Options(clients=200, channels=10, rate=50.0, duration=60.0),   # bench/soak.py
 }
 
@@ -91,7 +92,8 @@ class Run:
 
     def spawn_clients(self, session: Session, specs: list[dict], storm: bool) -> list[int]:
         procs = max(1, min(self.options.loadgen_procs, len(specs)))
-        return [session.spawn("clients", self.plan(clients=specs[index::procs], storm=storm))
+        return [session.spawn("clients", self.plan(clients=specs[index::procs], storm=storm,
+                                                   payload=self.options.payload))
                 for index in range(procs)]
 
     def header(self) -> dict:
@@ -135,7 +137,8 @@ def publisher_plan(run: Run, channels: list[str], fanout: dict[str, int]) -> dic
                     window=int(options.window * max(average, 1)) if not options.rate else 0)
 
 
-async def message_flow(run: Run, channels: list[str], churn: dict | None = None) -> dict:
+async def message_flow(run: Run, channels: list[str], churn: dict | None = None,
+                       drain_limit: float = DRAIN_LIMIT) -> dict:
     specs = layout(run, channels)
     fanout = fanout_of(specs)
     procs = max(1, min(run.options.loadgen_procs, len(specs)))
@@ -147,6 +150,7 @@ async def message_flow(run: Run, channels: list[str], churn: dict | None = None)
         run.ui.phase(f"opening {len(specs):,} websockets", len(specs))
         await session.wait_opened(clients)
         await session.wait_ready([publisher, *extra])
+        slow_before = run.target.slow_consumer_closes()
         run.cpu.start()
         session.go()
         run.ui.phase("publishing", run.options.duration)
@@ -155,67 +159,14 @@ async def message_flow(run: Run, channels: list[str], churn: dict | None = None)
                                             lambda: time.monotonic() - start)
         planned = expected_deliveries(published, fanout)
         run.ui.phase("draining deliveries", planned)
-        await session.drain(planned, DRAIN_IDLE, DRAIN_LIMIT)
+        await session.drain(planned, DRAIN_IDLE, drain_limit)
         run.cpu.stop()
+        slow_after = run.target.slow_consumer_closes()
         results = await session.close()
     finally:
         session.kill()
-    return flow_figures(run, published, results)
-
-
-def expected_deliveries(published: dict, fanout: dict[str, int]) -> int:
-    """Σ over accepted messages of the subscribers of their channel."""
-    return sum(count * fanout.get(channel, 0) for channel, _, count in published["published"])
-
-
-def flow_figures(run: Run, published: dict, results: list[dict],
-                 churn_seconds: float | None = None) -> dict:
-    """The figures of a message flow; ``churn_seconds`` (default: the duration) is how long
-    connections churned."""
-    clients = [result for result in results if result["role"] == "clients"]
-    joined: dict[str, int] = {}   # the clients that did connect (a failed /connect expects nothing)
-    for result in clients:
-        add_counts(joined, result["joined"])
-    expected = expected_deliveries(published, joined)
-    latency = Histogram()
-    for result in clients:
-        latency.merge(result["latency"])
-    delivered = sum(result["unique"] for result in clients)
-    sent = sum(count for _, _, count in published["published"])
-    first_tx = published["first_tx"] or published["last_tx"]
-    last_rx = max([result["last_rx"] for result in clients] + [first_tx])
-    figures = {
-        "clients_open": sum(result["opened"] for result in clients),
-        "connect_errors": sum(result["error_count"] for result in clients),
-        "published": sent,
-        "publish_errors": published["error_count"],
-        "published_msgs_per_s": _per(sent, published["last_tx"] - first_tx),
-        "expected": expected,
-        "delivered": delivered,
-        "lost": max(expected - delivered, 0),
-        "duplicated": sum(result["duplicated"] for result in clients),
-        "out_of_order": sum(result["out_of_order"] for result in clients),
-        "dropped_connections": sum(result["dropped"] for result in clients),
-        "delivered_msgs_per_s": _per(delivered, last_rx - first_tx),
-        "msgs_per_frame": _per(sum(r["received"] for r in clients),
-                                sum(r["frames"] for r in clients)),
-        **latency.summary_ms("lat"),
-        **server_figures(run, delivered, "msg"),
-        **loadgen_figures(run, results),
-        "errors": _errors(results),
-    }
-    churn = [result for result in results if result["role"] == "churn"]
-    if churn:
-        cycles = sum(result["cycles"] for result in churn)
-        cycle_latency = Histogram()
-        for result in churn:
-            cycle_latency.merge(result["cycle_latency"])
-        figures.update(churn_cycles=cycles,
-                       churn_per_s=_per(cycles, churn_seconds or run.options.duration),
-                       churn_errors=sum(result["error_count"] for result in churn),
-                       presence_events=sum(result["presence"] for result in clients),
-                       **cycle_latency.summary_ms("churn_cycle"))
-    return figures
+    return {**flow_figures(run, published, results),
+            "server_slow_consumer_closes": difference(slow_after, slow_before)}
 
 
 # ---------------------------------------------------------------------------- scenarios
@@ -264,24 +215,6 @@ async def connect(run: Run) -> dict:
     return connect_figures(run, results, rss_before, rss_after)
 
 
-def connect_figures(run: Run, results: list[dict], rss_before: int | None,
-                    rss_after: int | None) -> dict:
-    opened = sum(result["opened"] for result in results)
-    seconds = max(result["open_seconds"] or 0 for result in results)
-    latency = Histogram()
-    for result in results:
-        latency.merge(result["open_latency"])
-    rss = None
-    if rss_before is not None and rss_after is not None and opened:
-        rss = round((rss_after - rss_before) / opened / 1024, 2)
-    return {"connections": opened, "connect_errors": sum(r["error_count"] for r in results),
-            "conn_per_s": _per(opened, seconds), **latency.summary_ms("conn"),
-            "rss_kb_per_conn": rss, "server_rss_mb": mib(rss_after),
-            "dropped_connections": sum(result["dropped"] for result in results),
-            **server_figures(run, opened, "conn"), **loadgen_figures(run, results),
-            "errors": _errors(results)}
-
-
 async def api(run: Run) -> dict:
     """POST /message throughput: a channel with no subscribers, keep-alive connections."""
     names = run.channel_names()[:1]
@@ -308,21 +241,6 @@ async def api(run: Run) -> dict:
     return api_figures(run, results)
 
 
-def api_figures(run: Run, results: list[dict]) -> dict:
-    requests = sum(result["requests"] for result in results)
-    errors = sum(result["error_count"] for result in results)
-    accepted = sum(count for result in results for _, _, count in result["published"])
-    first = min(result["first_tx"] or result["last_tx"] for result in results)
-    seconds = max(result["last_tx"] for result in results) - first
-    latency = Histogram()
-    for result in results:
-        latency.merge(result["request_latency"])
-    return {"requests": requests, "request_errors": errors, "messages": accepted,
-            "req_per_s": _per(requests - errors, seconds), "msgs_per_s": _per(accepted, seconds),
-            **latency.summary_ms("req"), **server_figures(run, accepted, "msg"),
-            **loadgen_figures(run, results), "errors": _errors(results)}
-
-
 Play = Callable[[Run], Awaitable[dict]]
 SCENARIOS: dict[str, Play] = {"fanout": fanout, "channels": channels, "latency": latency,
                               "connect": connect, "api": api, "churn": churn}   # `all` runs these
@@ -334,40 +252,3 @@ async def run_scenario(scenario: str, play: Play, target: Target, options: Optio
     ui.run(f"{scenario} @ {target.name}")
     figures = await play(run)
     return {**run.header(), **figures}
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def server_figures(run: Run, units: int, unit: str) -> dict:
-    cpu = run.cpu
-    return {"server_cpu_s": None if cpu.cpu is None else round(cpu.cpu, 3),
-            "server_cores": cpu.cores(),
-            f"server_cpu_us_per_{unit}": cpu.per_unit_us(units)}
-
-
-def loadgen_figures(run: Run, results: list[dict]) -> dict:
-    """The generators' own CPU use, and what the rest of the machine did meanwhile."""
-    processes = [{"role": result["role"], "pid": result["pid"], "cpu_pct": result["cpu_pct"]}
-                 for result in results]
-    busiest = max((process["cpu_pct"] for process in processes), default=0.0)
-    loadgen_cpu = sum(result["cpu_s"] for result in results)
-    return {"loadgen": processes, "loadgen_cpu_max_pct": busiest,
-            "loadgen_cores": round(loadgen_cpu / run.cpu.wall, 2) if run.cpu.wall else None,
-            "loadgen_saturated": busiest > SATURATED_PCT,
-            "other_cores": run.cpu.others_cores(loadgen_cpu)}
-
-
-def _errors(results: list[dict]) -> list[str]:
-    return [error for result in results for error in result.get("errors", [])][:10]
-
-
-def _per(count: int, per: float) -> float | None:
-    """count / per (a rate when ``per`` is seconds), or None when either is zero."""
-    return round(count / per, 1) if per > 0 and count else None
-
-
-def mib(value: int | None) -> float | None:
-    """Bytes in MiB (the ``_mb`` figures), one decimal."""
-    return None if value is None else round(value / 2**20, 1)
-

@@ -8,8 +8,9 @@ from typing import Callable
 import aiomultiprocess
 import uvloop
 
-from .loadgen import OPENED, READY, Shared, worker_main
+from .loadgen import worker_main
 from .progress import Progress
+from .shared import OPENED, READY, Shared
 
 POLL = 0.1
 START_TIMEOUT = 120.0     # worker start and client connection phase

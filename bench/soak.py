@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 
 from .httpclient import ApiClient, HttpError
-from .scenarios import (CHURN_HOLD, DRAIN_IDLE, DRAIN_LIMIT, SETTLE, WORKER_SLACK, Run,
-                        expected_deliveries, fanout_of, flow_figures, layout, mib,
-                        publisher_plan)
+from .figures import expected_deliveries, flow_figures, mib
+from .scenarios import (CHURN_HOLD, DRAIN_IDLE, DRAIN_LIMIT, SETTLE, WORKER_SLACK, Run, fanout_of,
+                        layout, publisher_plan)
 from .session import Session
 
 WARMUP_MAX = 10.0
@@ -120,6 +120,7 @@ def merged_publishers(results: list[dict]) -> dict:
             "first_tx": min((result["first_tx"] for result in runs if result["first_tx"]),
                             default=None),
             "last_tx": max(result["last_tx"] for result in runs),
+            "sent": sum(result["sent"] for result in runs),
             "error_count": sum(result["error_count"] for result in runs)}
 
 

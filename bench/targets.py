@@ -83,6 +83,7 @@ class Target:
     secret = ""
     ws_template: str | None = None   # None: /connect returns ws_url
     workers: int | None = None
+    counts_slow_consumers = False    # /admin/admin.json counts each shard's slow consumers
 
     def start(self, settings: dict[str, object] | None = None) -> None:
         """Start (or reach) the server; ``settings`` are shardcast config keys for a server
@@ -103,6 +104,16 @@ class Target:
 
     def probe(self) -> ServerProbe:
         return ServerProbe(self.root_pid())
+
+    def slow_consumer_closes(self) -> int | None:
+        """Websockets the server says it closed as slow consumers so far (None: not known)."""
+        if not self.counts_slow_consumers:
+            return None
+        try:
+            admin = signed_get(f"{self.api}/admin/admin.json", self.secret)
+        except (OSError, ValueError):
+            return None
+        return sum(shard.get("slow_consumer_disconnects", 0) for shard in admin.get("shards", []))
 
 
 class LocalServer(Target):
@@ -184,6 +195,8 @@ class LocalServer(Target):
 class ShardcastServer(LocalServer):
     """``python -m shardcast serve --workers N`` on free loopback ports."""
 
+    counts_slow_consumers = True
+
     def __init__(self, workers: int) -> None:
         super().__init__()
         self.workers = workers
@@ -249,6 +262,8 @@ def ensure_channelstream(venv: Path) -> None:
 
 class ExternalServer(Target):
     """A shardcast server that is already running (``--api URL --secret S``)."""
+
+    counts_slow_consumers = True
 
     def __init__(self, api: str, secret: str) -> None:
         self.api = api.rstrip("/")

@@ -16,7 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT = 180
 FLOW_FIELDS = ("delivered_msgs_per_s", "published_msgs_per_s", "lat_p50_ms", "lat_p99_ms",
                "server_cpu_us_per_msg", "delivered", "expected", "lost", "duplicated",
-               "out_of_order", "loadgen_cpu_max_pct")
+               "out_of_order", "protocol_errors", "slow_consumer_closes",
+               "server_slow_consumer_closes", "cut_off", "loadgen_cpu_max_pct")
+OVERLOAD_FIELDS = ("target_msgs_per_s", "offered_msgs_per_s", "lat_p90_ms", "lat_max_ms")
+CLOSES = ("protocol_errors", "slow_consumer_closes", "server_slow_consumer_closes",
+          "dropped_connections", "cut_off")
 API_FIELDS = ("req_per_s", "msgs_per_s", "req_p50_ms", "req_p99_ms", "server_cpu_us_per_msg",
               "request_errors")
 SOAK_FIELDS = ("rss_start_mb", "rss_end_mb", "rss_growth_mb", "fds_start", "fds_end",
@@ -42,7 +46,22 @@ def test_fanout_delivers_every_message_once_and_in_order(tmp_path: Path) -> None
     assert result["published"] > 0
     assert result["delivered"] == result["expected"] == result["published"] * 20
     assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
-    assert result["dropped_connections"] == result["publish_errors"] == 0
+    assert result["publish_errors"] == 0
+    assert [result[field] for field in CLOSES] == [0] * len(CLOSES)
+
+
+def test_overload_at_a_given_rate_publishes_on_schedule_and_checks_every_frame(
+        tmp_path: Path) -> None:
+    (result,) = run_bench(tmp_path, "overload", "--workers", "2", "--clients", "20",
+                          "--duration", "2", "--rate", "300")
+    for field in FLOW_FIELDS + OVERLOAD_FIELDS:
+        assert field in result, field
+    assert "search" not in result   # --rate: no search for the sustainable rate
+    assert result["target_msgs_per_s"] == 300
+    assert result["offered_msgs_per_s"] >= 0.95 * 300
+    assert result["delivered"] == result["expected"] == result["published"] * 20 > 0
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
+    assert [result[field] for field in CLOSES] == [0] * len(CLOSES)
 
 
 def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
@@ -51,6 +70,7 @@ def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
     for field in API_FIELDS:
         assert field in result, field
     assert result["req_per_s"] > 0 and result["request_errors"] == 0
+    assert result["protocol_errors"] == result["slow_consumer_closes"] == 0
     assert result["server_cpu_us_per_msg"] > 0
 
 

@@ -1,0 +1,58 @@
+"""The bench's own rules: what a subscriber accepts as a frame, and when a rate is sustained."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+pytest.importorskip("rich", reason="the bench extra is not installed (pip install '.[bench]')")
+
+from bench.frames import frame_decoder, padding  # noqa: E402
+from bench.overload import MUST_BE_ZERO, next_rate, shortfalls  # noqa: E402
+from shardcast.envelopes import message  # noqa: E402
+
+PAD = padding(8)
+
+
+def published(**changes: object) -> dict:
+    """The envelope shardcast sends for a bench message, with ``changes``."""
+    item = {"channel": "c", "user": "bench", "uuid": "u-1", "timestamp": "2026-01-01T00:00:00",
+            "message": {"p": "0.0", "s": 3, "t": 12.5, "pad": PAD}}
+    return {**message(item), **changes}
+
+
+def test_a_published_envelope_is_accepted_field_for_field() -> None:
+    (envelope,) = frame_decoder(PAD)(orjson.dumps([published()]))
+    assert (envelope.channel, envelope.message.p, envelope.message.s) == ("c", "0.0", 3)
+
+
+@pytest.mark.parametrize("frame", [
+    orjson.dumps([published(message={"p": "0.0", "s": 3, "t": 12.5, "pad": "xxxxxxxy"})]),
+    orjson.dumps([published(message={"p": "0.0", "s": 3, "t": 12.5, "pad": PAD, "x": 1})]),
+    orjson.dumps([published(message={"p": "0.0", "s": -1, "t": 12.5, "pad": PAD})]),
+    orjson.dumps([published(user="other")]),
+    orjson.dumps([published(catchup=True)]),
+    orjson.dumps([published(type="message:edit")]),
+    orjson.dumps(published()),
+    orjson.dumps([published()])[:-5],
+    orjson.dumps([published()]).replace(b'"c"', b'"\xff"'),
+], ids=["padding", "extra-field", "negative-sequence", "user", "catchup", "type", "not-a-list",
+        "truncated", "invalid-utf8"])
+def test_a_frame_that_differs_from_what_was_published_is_refused(frame: bytes) -> None:
+    with pytest.raises(ValueError):
+        frame_decoder(PAD)(frame)
+
+
+def test_a_rate_is_sustained_only_without_fault_within_the_latency_bound() -> None:
+    clean = {**dict.fromkeys(MUST_BE_ZERO, 0), "lat_p99_ms": 40.0, "target_msgs_per_s": 100.0,
+             "offered_msgs_per_s": 99.5}
+    assert shortfalls(clean) == []
+    assert shortfalls({**clean, "slow_consumer_closes": 2}) == ["slow_consumer_closes 2"]
+    assert shortfalls({**clean, "lat_p99_ms": 140.0}) == ["p99 140 ms"]
+    assert shortfalls({**clean, "offered_msgs_per_s": 80.0}) == ["publisher sent 80.0 msg/s"]
+
+
+def test_the_search_doubles_halves_then_bisects() -> None:
+    assert next_rate(200.0, None) == 400.0
+    assert next_rate(None, 200.0) == 100.0
+    assert next_rate(400.0, 800.0) == 566.0
