@@ -17,7 +17,7 @@ from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, Settings, WebSocket, fra
 SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
-CLOSE_GRACE = 2.0        # seconds a closing websocket may take to flush before it is reset
+CLOSE_GRACE = 10.0       # seconds a closing websocket may take to flush before it is reset
 NOT_FOUND = refusal(404, "Not Found", b'{"path": ["Websockets are served on /ws"]}')
 
 
@@ -134,7 +134,7 @@ class WebSocketClient(WebSocket):
         dropped as too slow (3008)."""
         if self.state != OPEN:
             return False
-        if self.transport.get_write_buffer_size() <= self.hosting.send_buffer_size:
+        if self.backlog() <= self.hosting.send_buffer_size:
             return True
         self.close(SLOW_CONSUMER)
         # The connection goes at once, not when the socket is done (it may never be); later,

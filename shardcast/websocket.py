@@ -66,7 +66,8 @@ class WebSocket(asyncio.Protocol):
     """One websocket. A subclass decides on the upgrade (``accept``) and hears what happens
     (``opened``, ``heard_from``, ``closed``); ``write`` sends a whole frame."""
 
-    __slots__ = ("settings", "transport", "state", "buffer", "need", "fragmented", "timer")
+    __slots__ = ("settings", "transport", "state", "buffer", "need", "fragmented", "timer",
+                 "queue", "queued")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -76,6 +77,11 @@ class WebSocket(asyncio.Protocol):
         self.need = 0                            # and how many it takes to go on
         self.fragmented = False                  # a data message's first frame came, not its last
         self.timer: asyncio.TimerHandle | None = None
+        # Frames waiting while the socket's own buffer is over its high-water mark (uvloop
+        # pauses us at 64 KiB): references to bytes shared with other sockets, so that a close
+        # frame can go out behind that little rather than behind everything queued.
+        self.queue: list[bytes] | None = None
+        self.queued = 0
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -118,7 +124,7 @@ class WebSocket(asyncio.Protocol):
         was_open = self.state in (OPEN, CLOSING)
         self.state = CLOSED
         self.transport = None
-        self.buffer = None
+        self.buffer = self.queue = None
         if self.timer is not None:
             self.timer.cancel()
         if was_open:
@@ -239,8 +245,26 @@ class WebSocket(asyncio.Protocol):
     # -- what we send ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.state == OPEN:
+        if self.state != OPEN:
+            return
+        if self.queue is None:
             self.transport.write(data)
+        else:
+            self.queue.append(data)
+            self.queued += len(data)
+
+    def backlog(self) -> int:
+        """Bytes sent to this peer that it has not taken yet."""
+        return self.queued + self.transport.get_write_buffer_size()
+
+    def pause_writing(self) -> None:
+        if self.queue is None:
+            self.queue = []
+
+    def resume_writing(self) -> None:
+        queue, self.queue, self.queued = self.queue, None, 0
+        if queue and self.state == OPEN:
+            self.transport.writelines(queue)
 
     def pong(self, payload: bytes) -> None:
         self.write(frame(PONG, payload))
@@ -252,6 +276,7 @@ class WebSocket(asyncio.Protocol):
         if self.state != OPEN:
             return
         self.state = CLOSING
+        self.queue, self.queued = None, 0       # what it has not taken by now it never will
         transport = self.transport
         transport.write(close_frame(code))
         if transport.can_write_eof():
