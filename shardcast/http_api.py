@@ -68,7 +68,8 @@ class HttpApi:
         }
         self.routes = {path: (methods, True) for path, methods in signed.items()}
         self.routes.update({path: (methods, False) for path, methods in public.items()})
-        self.needs_state = frozenset(self.routes)   # what a cluster node cannot answer alone
+        # What a cluster node cannot answer without Redis (/health and /ready say so).
+        self.needs_state = frozenset(self.routes) - {"/health", "/ready"}
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -207,6 +208,8 @@ class HttpApi:
 
     async def ready(self, request: Request) -> Response:
         down = await self.commands.down_shards()
+        if self.commands.directory.down():
+            down["redis"] = f"unreachable at {_redis_host(self.config.redis_url)}"
         if down:
             return json_response({"status": "not ready", "down": down}, 503)
         return json_response({"status": "ready", "shards": self.config.workers})
@@ -256,6 +259,11 @@ def _host(request: Request, config: Config) -> str:
     if host:
         return host
     return "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+
+
+def _redis_host(url: str) -> str:
+    """host:port of a Redis URL, without its password."""
+    return url.rpartition("@")[2].partition("/")[0].removeprefix("redis://")
 
 
 def _bad_signature(hint: str) -> Response:

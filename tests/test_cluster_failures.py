@@ -198,3 +198,13 @@ def test_clients_of_a_killed_node_resume_on_another_and_lose_nothing(nodes):
     assert reader.statuses[-1][channel]["recovered"] is True
     got = [e["uuid"] for e in reader.got[channel]]
     assert got[1:] == [item["uuid"] for item in posted] + [marker]
+
+
+def test_ready_says_redis_is_away_while_health_stays(redis, nodes):
+    assert nodes[0].get("/ready", sign=False).status_code == 200
+    redis.stop()
+    ready = nodes[0].get("/ready", sign=False)
+    assert ready.status_code == 503 and "redis" in ready.json()["down"]
+    assert nodes[0].get("/health", sign=False).status_code == 200
+    redis.start()
+    wait_until(lambda: nodes[0].get("/ready", sign=False).status_code == 200, timeout=10)
