@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from urllib.parse import urlsplit
 from typing import Any, Awaitable
 
 import orjson
@@ -263,7 +264,8 @@ def _host(request: Request, config: Config) -> str:
 
 def _redis_host(url: str) -> str:
     """host:port of a Redis URL, without its password."""
-    return url.rpartition("@")[2].partition("/")[0].removeprefix("redis://")
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
 
 
 def _bad_signature(hint: str) -> Response:
