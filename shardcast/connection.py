@@ -20,7 +20,7 @@ class Transport(Protocol):
     since: dict | None
 
     def send(self, frame: bytes) -> None: ...
-    def send_frames(self, frames: list[bytes], memo: dict) -> int: ...
+    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int: ...
     def close(self, code: int = 1000) -> None: ...
 
 
@@ -48,16 +48,9 @@ class Connection:
         # frame, [epoch, offset] of a message or None).
         self.pending: dict[str, deque[Held]] | None = None
         self.catchup_size = catchup_size
-        # Frames queued in this loop tick; flushed together as one frame.
-        self.out: list[bytes] | None = None
-
-    def push(self, frame: bytes) -> bool:
-        """Queue ``frame`` for the attached transport; True when a flush is needed."""
-        if self.out is None:
-            self.out = [frame]
-            return True
-        self.out.append(frame)
-        return False
+        # Frames queued since the last flush, sent together as one frame: a lone one as
+        # itself (no list made and dropped per delivery), more in a list (Shard.deliver).
+        self.out: bytes | list[bytes] | None = None
 
     def hold(self, frame: bytes, channel: str | None, replay: bool, amend: list | None,
              stamp: int, position: list | None = None) -> None:
@@ -103,14 +96,6 @@ class Connection:
                     held[index] = (stamp, orjson.dumps([envelope]), position)
                 return True
         return False
-
-    def flush(self, memo: dict) -> int:
-        """Send what was queued as one frame; returns its size in bytes. ``memo`` is shared by
-        the connections flushed together: a channel's subscribers mostly queue the same frames."""
-        frames, self.out = self.out, None
-        if frames is None or self.transport is None:
-            return 0
-        return self.transport.send_frames(frames, memo)
 
     def take_catchup(self, offsets: bool) -> bytes | None:
         """Held frames as one array marked ``catchup``, in the order they were published

@@ -330,29 +330,42 @@ class Shard(UserOwner, Recovery, Resume):
         dirty = self.dirty
         was_clean = not dirty
         with_position = None        # the frame for clients that asked for positions
-        for conn in targets:
+        for conn in targets:        # the hot loop: each line here costs per delivery
             transport = conn.transport
             if transport is None:
                 conn.hold(frame, channel, replay, amend, stamp, position)
-            elif position is not None and transport.offsets:
+                continue
+            data = frame
+            if position is not None and transport.offsets:
                 if with_position is None:
                     with_position = envelopes.positioned(frame, position)
-                if conn.push(with_position):
-                    dirty.append(conn)
-            elif conn.push(frame):
+                data = with_position
+            out = conn.out
+            if out is None:
+                conn.out = data
                 dirty.append(conn)
+            elif out.__class__ is list:
+                out.append(data)
+            else:
+                conn.out = [out, data]
         self.delivered += len(targets)
         if was_clean and dirty:
             self.net.schedule_flush()
 
     def flush(self) -> None:
+        """Send what each connection queued since the last flush as one frame. ``memo`` is
+        shared by the connections flushed together: a channel's subscribers mostly queued the
+        same frames, encoded once for all of them (the hot loop: a call less is measurable)."""
         dirty, self.dirty = self.dirty, []
         now = time.monotonic()      # a frame sent counts as activity
         sent = 0
         memo: dict = {}
         for conn in dirty:
             conn.last_active = now
-            sent += conn.flush(memo)
+            out, conn.out = conn.out, None
+            transport = conn.transport
+            if out is not None and transport is not None:
+                sent += transport.send_frames(out, memo)
         self.bytes_sent += sent
 
     def heartbeat(self) -> None:
@@ -361,7 +374,7 @@ class Shard(UserOwner, Recovery, Resume):
         for conn in self.conns.values():
             if conn.transport is not None:
                 conn.last_active = now
-                self.bytes_sent += conn.transport.send_frames([HEARTBEAT], memo)
+                self.bytes_sent += conn.transport.send_frames(HEARTBEAT, memo)
 
     # -- housekeeping ---------------------------------------------------------------
 

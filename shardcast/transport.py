@@ -11,19 +11,20 @@ import orjson
 
 from . import schemas
 from .connection import HEARTBEAT, Connection, merge_frames
-from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, Settings, WebSocket, frame,
+from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, TOO_SLOW, Settings, WebSocket, frame,
                         refusal)
 
-SLOW_CONSUMER = 3008     # close code for a client that cannot keep up (as Centrifugo)
+SLOW_CONSUMER = TOO_SLOW
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
 CLOSE_GRACE = 10.0       # seconds a closing websocket may take to flush before it is reset
 NOT_FOUND = refusal(404, "Not Found", b'{"path": ["Websockets are served on /ws"]}')
 
 
-def wire(frames: list[bytes]) -> bytes:
-    """JSON-array frames merged into one text frame, ready for any number of sockets."""
-    return frame(TEXT, merge_frames(frames))
+def wire(out: bytes | list[bytes]) -> bytes:
+    """A connection's queued frames (one, or a list) as one text frame, ready for any number
+    of sockets."""
+    return frame(TEXT, out if out.__class__ is bytes else merge_frames(out))
 
 
 def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
@@ -37,16 +38,15 @@ def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
 
 class Hosting:
     """What every websocket of a shard shares: the protocol's settings, how to find a
-    connection, what to call when one opens or closes, and the limits."""
+    connection, what to call when one opens or closes, and how many channels ``since`` may
+    name."""
 
     def __init__(self, settings: Settings, find: Callable[[str], Connection | None],
-                 on_open: Callable, on_close: Callable, send_buffer_size: int,
-                 max_channels: int) -> None:
+                 on_open: Callable, on_close: Callable, max_channels: int) -> None:
         self.settings = settings
         self.find = find
         self.on_open = on_open
         self.on_close = on_close
-        self.send_buffer_size = send_buffer_size
         self.max_channels = max_channels
 
 
@@ -97,13 +97,6 @@ class WebSocketClient(WebSocket):
         if self.conn is not None:
             self.hosting.on_close(self.conn, self)
 
-    def pong(self, payload: bytes) -> None:
-        """Answer a ping within send_buffer_size, as everything else sent: a peer that pings
-        and never reads would otherwise make the shard queue a pong per ping (190 MB for a
-        million, when picows answered them)."""
-        if self._room():
-            super().pong(payload)
-
     def ping(self, since: float) -> bool:
         """Ping the peer; False (and the socket dropped) if it sent nothing since ``since``."""
         if self.state != OPEN:
@@ -115,33 +108,29 @@ class WebSocketClient(WebSocket):
         return True
 
     def send(self, data: bytes) -> None:
-        if self._room():
-            self.write(frame(TEXT, data))
+        self.write(frame(TEXT, data))
 
-    def send_frames(self, frames: list[bytes], memo: dict) -> int:
-        """Send queued frames as one; ``memo`` shares the encoding between the subscribers
-        that queued the same frames in one flush (a frame's bytes cache their hash)."""
-        key = frames[0] if len(frames) == 1 else tuple(frames)
+    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int:
+        """Send queued frames (one, or a list) as one; ``memo`` shares the encoding between
+        the subscribers that queued the same frames in one flush (bytes cache their hash)."""
+        key = out if out.__class__ is bytes else tuple(out)
         data = memo.get(key)
         if data is None:
-            data = memo[key] = wire(frames)
-        if self._room():
+            data = memo[key] = wire(out)
+        if self.queue is None and self.state == OPEN:   # write()'s fast path, a call less
+            self.transport.write(data)
+        else:
             self.write(data)
         return len(data)
 
-    def _room(self) -> bool:
-        """Whether what is queued for the peer is within send_buffer_size; if not, the peer is
-        dropped as too slow (3008)."""
-        if self.state != OPEN:
-            return False
-        if self.backlog() <= self.hosting.send_buffer_size:
-            return True
+    def overflowed(self) -> None:
+        """More than send_buffer_size unread (pongs too: a peer that pings and never reads
+        made picows queue a pong per ping, 190 MB for a million): dropped as too slow."""
         self.close(SLOW_CONSUMER)
         # The connection goes at once, not when the socket is done (it may never be); later,
         # as the caller may be iterating over the shard's connections.
         self.hosting.settings.loop.call_soon(self.hosting.on_close, self.conn, self,
                                              SLOW_CONSUMER)
-        return False
 
 
 def _refused(errors: dict) -> bytes:
@@ -184,8 +173,8 @@ class LongPoll:
         self.timer.cancel()
         self.timer = self.loop.call_later(min(LISTEN_QUIET, self.last_call - now), self.finish)
 
-    def send_frames(self, frames: list[bytes], memo: dict) -> int:
-        data = merge_frames(frames)
+    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int:
+        data = out if out.__class__ is bytes else merge_frames(out)
         self.send(data)
         return len(data)
 

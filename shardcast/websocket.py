@@ -22,8 +22,10 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE = 8192          # bytes of request line and headers
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, TOO_BIG = 1000, 1001, 1002, 1009
+TOO_SLOW = 3008             # a client that cannot keep up (as Centrifugo)
 OPENING, OPEN, CLOSING, CLOSED = range(4)
 PING_FRAME = b"\x89\x00"
+HIGH_WATER = 64 * 1024        # bytes in a socket's own buffer before it is paused (uvloop's)
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -53,12 +55,16 @@ def refusal(status: int, reason: str, body: bytes, extra: str = "") -> bytes:
 
 
 class Settings:
-    """What every websocket of one server shares (one reference each, not a copy)."""
+    """What every websocket of one server shares (one reference each, not a copy):
+    ``max_backlog`` bounds what one peer may leave unread (past it: ``overflowed``)."""
 
-    def __init__(self, max_frame: int, handshake_timeout: float, close_grace: float) -> None:
+    def __init__(self, max_frame: int, handshake_timeout: float, close_grace: float,
+                 max_backlog: int) -> None:
         self.max_frame = max_frame
         self.handshake_timeout = handshake_timeout
         self.close_grace = close_grace
+        self.max_backlog = max_backlog
+        self.high_water = min(HIGH_WATER, max_backlog)
         self.loop = asyncio.get_running_loop()
 
 
@@ -98,10 +104,16 @@ class WebSocket(asyncio.Protocol):
     def closed(self) -> None:
         """The socket is gone."""
 
+    def overflowed(self) -> None:
+        """The peer left more than ``max_backlog`` unread: it is not keeping up."""
+        self.close(TOO_SLOW)
+
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Paused (``queue``) past this: while not paused, the backlog is within max_backlog.
+        transport.set_write_buffer_limits(high=self.settings.high_water)
         self.timer = self.settings.loop.call_later(self.settings.handshake_timeout,
                                                    self.abort)
 
@@ -245,17 +257,18 @@ class WebSocket(asyncio.Protocol):
     # -- what we send ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.state != OPEN:
-            return
-        if self.queue is None:
-            self.transport.write(data)
-        else:
-            self.queue.append(data)
+        """Send a whole frame: at once while the socket takes it, else queued (within
+        max_backlog with what the socket holds, or the peer has ``overflowed``)."""
+        queue = self.queue
+        if queue is None:
+            if self.state == OPEN:
+                self.transport.write(data)
+        elif self.state == OPEN:
             self.queued += len(data)
-
-    def backlog(self) -> int:
-        """Bytes sent to this peer that it has not taken yet."""
-        return self.queued + self.transport.get_write_buffer_size()
+            if self.queued + self.transport.get_write_buffer_size() > self.settings.max_backlog:
+                self.overflowed()
+            else:
+                queue.append(data)
 
     def pause_writing(self) -> None:
         if self.queue is None:

@@ -120,8 +120,9 @@ class Worker:
         self.ws_server: asyncio.AbstractServer | None = None
         self.closing: list[WebSocketClient] | None = None   # websockets closing at shutdown
         self.hosting = Hosting(
-            websocket.Settings(config.max_client_frame_size, HANDSHAKE_TIMEOUT, CLOSE_GRACE),
-            self.actor.conns.get, self.actor.attach, self.ws_closed, config.send_buffer_size,
+            websocket.Settings(config.max_client_frame_size, HANDSHAKE_TIMEOUT, CLOSE_GRACE,
+                               config.send_buffer_size),
+            self.actor.conns.get, self.actor.attach, self.ws_closed,
             config.max_channels_per_connection)
 
     async def run(self) -> None:

@@ -46,8 +46,8 @@ class Socket:
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
 
-    def send_frames(self, frames: list[bytes], memo: dict) -> int:
-        self.send(merge_frames(frames))
+    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int:
+        self.send(out if isinstance(out, bytes) else merge_frames(out))
         return len(self.frames[-1])
 
     def close(self, code: int = 1000) -> None:
