@@ -2,18 +2,27 @@
 
 Every message posted to a channel gets the next ``offset``; ``epoch`` names this life of the
 channel's history (made anew when the channel is made again, e.g. after its shard restarted),
-so a client that kept (epoch, offset) can ask for what came after it (``history_after``)."""
+so a client that kept (epoch, offset) can ask for what came after it (``history_after``).
+``ChannelOwner`` is what a shard answers for the channels it owns."""
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import orjson
 
+from . import envelopes
 from .envelopes import TIME_FORMAT, history_entry, new_epoch, new_uuid
+from .routing import owner
 from .schemas import ChannelConfig
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .shard import Net
 
 DEFAULT_SETTINGS: dict[str, Any] = msgspec.structs.asdict(ChannelConfig())
 
@@ -162,3 +171,137 @@ def describe(name: str, uuid: str, settings: dict, history: list, last_active: f
         "total_users": len(users),
         "users": users,
     }
+
+
+class ChannelOwner:
+    """The commands a shard answers for the channels it owns (a part of the ``Shard`` actor):
+    members, settings, history, and the fan-out of what is posted to them."""
+
+    channels: dict[str, Channel]
+    shards: int
+    published: int
+    net: Net
+    config: Config
+
+    def join(self, args: dict) -> None:
+        activations: dict[int, list] = {}
+        announce = []
+        for name, settings, conn_id, user, public_state in args["joins"]:
+            conn_id, user = self._own_copies(conn_id, user)
+            channel = self.channels.get(name)
+            if channel is None:
+                channel = self.channels[name] = Channel(name, settings, self.shards)
+            shard = owner(conn_id, self.shards)
+            activations.setdefault(shard, []).append([name, conn_id])
+            if channel.join(conn_id, user, shard, public_state):
+                if channel.settings["notify_presence"]:
+                    announce.append((channel, user, public_state))
+        for shard, pairs in activations.items():
+            self.net.cast(shard, "activate", {"pairs": pairs})
+        for channel, user, public_state in announce:
+            self._presence(channel, user, public_state)
+
+    def leave(self, args: dict) -> None:
+        channel = self.channels.get(args["channel"])
+        if channel is None:
+            return
+        user = channel.leave(args["conn_id"], owner(args["conn_id"], self.shards))
+        if user is not None and channel.settings["notify_presence"]:
+            self._presence(channel, user, None)
+
+    def _presence(self, channel: Channel, user: str, state: dict | None) -> None:
+        """``state`` is the joiner's public state, or None for a part."""
+        users = (channel.member_list()
+                 if channel.settings["broadcast_presence_with_user_lists"] else [])
+        envelope = envelopes.presence(channel.name, user, state is not None, state, users)
+        self._fanout(channel, envelope, [user], [], envelopes.publication_stamp())
+
+    def configure(self, args: dict) -> dict:
+        result = {}
+        for name, settings in args["configs"].items():
+            channel = self.channels.get(name)
+            if channel is None:
+                channel = self.channels[name] = Channel(name, settings, self.shards)
+            else:
+                channel.configure(settings)
+            result[name] = channel.info(False, False)
+        return result
+
+    def info(self, args: dict) -> dict:
+        """Infos of the chosen channels owned here, and how many were chosen: all of them, or
+        with ``limit`` the first ones by name (the supervisor merges the shards' pages).
+        ``match`` (the admin panel's filter) keeps names holding it, whatever the case."""
+        names = args["channels"]
+        exclude = set(args["exclude"])
+        after, match = args.get("after"), args.get("match")
+        chosen = [name for name in (self.channels if names is None else names)
+                  if name in self.channels and name not in exclude
+                  and (after is None or name > after)
+                  and (not match or match in name.casefold())]
+        count = len(chosen)
+        if args.get("limit") is not None:
+            chosen = heapq.nsmallest(args["limit"], chosen)
+        return {"channels": {name: self.channels[name].info(args["history"], args["users"])
+                             for name in chosen}, "chosen": count}
+
+    def publish(self, items: list[dict]) -> None:
+        for item in items:
+            stamp = item.pop("stamp")
+            channel = self.channels.get(item["channel"])
+            if channel is None:
+                continue
+            self.published += 1
+            position = channel.record(item)
+            self._fanout(channel, envelopes.message(item), item["exclude_users"],
+                         item["pm_users"], stamp, position=position)
+
+    def edit(self, items: list[dict]) -> None:
+        for item in items:
+            stamp = item.pop("stamp")
+            channel = self.channels.get(item["channel"])
+            if channel is not None:
+                channel.edit(item)
+                self._fanout(channel, envelopes.edit(item), item["exclude_users"],
+                             item["pm_users"], stamp, ["edit", item["uuid"]])
+
+    def delete(self, items: list[dict]) -> None:
+        for item in items:
+            stamp = item.pop("stamp")
+            channel = self.channels.get(item["channel"])
+            if channel is not None:
+                channel.delete(item["uuid"])
+                self._fanout(channel, envelopes.delete(item), item["exclude_users"],
+                             item["pm_users"], stamp, ["delete", item["uuid"]])
+
+    def state_change(self, args: dict) -> None:
+        for name in args["channels"]:
+            channel = self.channels.get(name)
+            if channel is None or args["user"] not in channel.user_conns:
+                continue
+            channel.set_public_state(args["user"], args["public_state"])
+            if args["notify"] and channel.settings["notify_state"]:
+                envelope = envelopes.state_change(name, args["user"], args["public_state"],
+                                                  args["changed"])
+                self._fanout(channel, envelope, [], [], envelopes.publication_stamp())
+
+    def _fanout(self, channel: Channel, envelope: dict, exclude: list, pm: list, stamp: int,
+                amend: list | None = None, position: list | None = None) -> None:
+        """Serialize once; one frame per shard that has subscribers (none: nothing to do).
+        ``stamp`` orders the frame among those a connection holds for catch-up; a message's
+        ``position`` ([epoch, offset]) goes along for the clients that asked for it."""
+        targets = channel.targets()
+        if not targets:
+            return
+        frame = orjson.dumps([envelope])
+        route = ["c", channel.name, exclude, pm, channel.settings["store_frames"], amend, stamp,
+                 position]
+        for shard in targets:
+            self.net.deliver(shard, route, frame)
+
+    def forget_channels(self, now: float) -> None:
+        """Forget the channels owned here that have nothing to keep and were untouched for
+        gc_channels_after; ``now`` is wall-clock time, as channels' last_active."""
+        before = now - self.config.gc_channels_after
+        for name in [name for name, channel in self.channels.items()
+                     if channel.forgettable(before)]:
+            del self.channels[name]

@@ -328,15 +328,20 @@ def load_config(
 
 def _range_problems(config: Config) -> dict[str, str]:
     """key -> what was expected, for every value out of range."""
+    return {**_process_problems(config), **_value_problems(config)}
+
+
+def _process_problems(config: Config) -> dict[str, str]:
+    """Ports and process counts."""
     problems = {}
     for key in _PORTS:
         if not 1 <= getattr(config, key) <= MAX_PORT:
             problems[key] = f"a port number 1..{MAX_PORT}"
+    if config.api_workers < 0:
+        problems["api_workers"] = "a positive number, or 0 for as many as shards"
     last_ws_port = config.ws_port_base + config.workers - 1
     if config.workers < 1:
         problems["workers"] = "at least 1"
-    if config.api_workers < 0:
-        problems["api_workers"] = "a positive number, or 0 for as many as shards"
     elif "ws_port_base" not in problems and last_ws_port > MAX_PORT:
         problems["workers"] = (
             f"at most {MAX_PORT - config.ws_port_base + 1}, so that the last websocket port "
@@ -346,6 +351,12 @@ def _range_problems(config: Config) -> dict[str, str]:
         problems["port"] = (
             f"a port outside the websocket ports {config.ws_port_base}..{last_ws_port}"
         )
+    return problems
+
+
+def _value_problems(config: Config) -> dict[str, str]:
+    """Timings, sizes, limits, names and addresses."""
+    problems = {}
     for key in _TIMINGS:
         value = getattr(config, key)
         if not (math.isfinite(value) and value > 0):

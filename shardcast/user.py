@@ -1,16 +1,22 @@
-"""A user as its owning shard sees it: state, public keys and live connections."""
+"""A user as its owning shard sees it: state, public keys and live connections; ``UserOwner``
+is what a shard answers for the users it owns (direct messages too)."""
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from . import limits
+from .routing import owner
 
 if TYPE_CHECKING:
     from .config import Config
     from .connection import Connection
 
 UNKNOWN_USER = {"error": {"user": ["Unknown user"]}}
+AMENDS = {"message:edit": "edit", "message:delete": "delete"}
+
 
 def _same(old: Any, new: Any) -> bool:
     # 1, 1.0 and True compare equal in Python but are different JSON values.
@@ -121,3 +127,21 @@ class UserOwner:
         if user is not None:
             user.conns.pop(args["conn_id"], None)
             user.last_active = time.monotonic()
+
+    def direct(self, args: dict) -> None:
+        """Direct envelopes to every connection of the named users owned here."""
+        envelope = args["envelope"]
+        frame = orjson.dumps([envelope])
+        amend = AMENDS.get(envelope["type"])
+        if amend is None:
+            self.published += 1
+        else:
+            amend = [amend, envelope["uuid"]]
+        by_shard: dict[int, list[str]] = {}
+        for name in set(args["users"]):     # a user listed twice still gets one copy
+            user = self.users.get(name)
+            if user is not None:
+                for conn_id in user.conns:
+                    by_shard.setdefault(owner(conn_id, self.shards), []).append(conn_id)
+        for shard, conn_ids in by_shard.items():
+            self.net.deliver(shard, ["u", conn_ids, amend, args["stamp"]], frame)
