@@ -51,9 +51,9 @@ def check_limit(config: Config, limit: int) -> None:
                       f"{config.max_connections_per_shard}"))
     if config.max_long_polls:
         polls = config.max_long_polls * config.workers
-        needs.append((polls + RESERVE, f"the supervisor, for {polls} held long polls "
+        needs.append((polls + RESERVE, f"the API processes, for {polls} held long polls "
                       f"(max_long_polls = {config.max_long_polls} on each of {config.workers} "
-                      "shards)"))
+                      "shards, any of them through one API process)"))
     short = [f"{need} in {what}" for need, what in needs if need > limit]
     if short:
         log.warning("RLIMIT_NOFILE is %d, below the file descriptors the configured limits may "
