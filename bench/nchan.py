@@ -27,9 +27,10 @@ MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 SYSTEM_PID_FILE = Path("/run/nginx.pid")   # where Debian's nginx service keeps its pid
 NGINX_WORKERS = 2
 SCENARIOS = frozenset({"fanout", "latency", "overload", "connect"})   # one channel per client
-# Generator processes for Nchan's scenarios (unless --loadgen-procs): it delivers faster than
-# two Python subscriber processes can read, and a saturated generator measures itself.
-LOADGEN_PROCS = 4
+# Subscriber processes for Nchan's fan-outs (unless --loadgen-procs): it sends a frame per
+# message, faster than two Python processes read them, and a saturated generator measures
+# itself. The connect storm keeps the default, and with it the opens in flight.
+LOADGEN_PROCS = {"fanout": 4, "overload": 4}
 STATUS_PATH = "/nchan_status"
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")   # nginx's http temp paths
 

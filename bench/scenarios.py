@@ -62,8 +62,8 @@ def options_for(scenario: str, overrides: dict, target: Target) -> Options:
     given."""
     given = {key: value for key, value in overrides.items() if value is not None}
     defaults = DEFAULTS[scenario]
-    if target.loadgen_procs:
-        defaults = replace(defaults, loadgen_procs=target.loadgen_procs)
+    if scenario in target.loadgen_procs:
+        defaults = replace(defaults, loadgen_procs=target.loadgen_procs[scenario])
     options = replace(defaults, **given)
     if options.batch > 1 and not CODECS[target.codec].batches:
         raise ValueError(f"{target.name} takes one message per publish request: run it with "

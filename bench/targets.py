@@ -3,8 +3,8 @@
 
 A target knows its API URL, secret, how its clients talk to it (``bench.codec``), how to reach a
 connection's websocket, which scenarios apply to it, and which processes are the server (for
-CPU and memory figures). ``start``/``stop`` bracket every
-scenario, so each one begins on a fresh server where the bench owns the process.
+CPU and memory figures). ``start``/``stop`` bracket every scenario, so each one begins on a
+fresh server where the bench owns the process.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Target:
     counts_slow_consumers = False    # /admin/admin.json counts each shard's slow consumers
     codec = "channelstream"          # bench.codec.CODECS: how its clients publish and listen
     scenarios: frozenset[str] | None = None   # the scenarios that apply to it (None: all)
-    loadgen_procs: int | None = None   # generator processes it needs unless --loadgen-procs
+    loadgen_procs: dict[str, int] = {}   # scenario -> generator processes it needs by default
 
     def start(self, settings: dict[str, object] | None = None) -> None:
         """Start (or reach) the server; ``settings`` are shardcast config keys for a server
