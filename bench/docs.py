@@ -71,15 +71,16 @@ other case).
 ## How the figures are measured
 
 * **Load generators** are separate processes (aiomultiprocess + uvloop): `--loadgen-procs`
-  (default 2; 4 in Nchan's `fanout` and `overload`: it sends a frame per message, and reading
-  and checking one costs a generator about 5 µs, more than twice what Nchan spends on it)
-  subscriber processes holding picows websocket clients, one publisher process, and for `churn`
-  one churn process; `api` posts from one process (`--loadgen-procs` splits its connections over
-  more), as one drives 8 connections with about 0.65 of a core while two took 0.85 between them,
-  CPU the server then lacked on a small machine. They open their clients first; the coordinator
-  then starts the measured phase in all of them at once through shared memory. Each reports its
-  own CPU time (`getrusage`) over that phase; a process above 90 % of a core is flagged
-  (`loadgen_saturated`), as its figures may measure the generator rather than the server.
+  (default 2; in Nchan's `fanout` and `overload` one per core, at least 2: it sends a frame per
+  message, and reading and checking one costs a generator about 5 µs, more than twice what Nchan
+  spends on it) subscriber processes holding picows websocket clients, one publisher process,
+  and for `churn` one churn process; `api` posts from one process (`--loadgen-procs` splits its
+  connections over more), as one drives 8 connections with about 0.65 of a core while two took
+  0.85 between them, CPU the server then lacked on a small machine. They open their clients
+  first; the coordinator then starts the measured phase in all of them at once through shared
+  memory. Each reports its own CPU time (`getrusage`) over that phase; a process above 90 % of a
+  core is flagged (`loadgen_saturated`), as its figures may measure the generator rather than
+  the server.
 * **Publishers** post with a small keep-alive HTTP/1.1 client on asyncio and httptools,
   `--batch` messages per `POST /message`. "As fast as the server accepts" (`fanout`,
   `channels`) is a closed loop, one request in flight per connection, limited to `--window`

@@ -12,7 +12,7 @@ import pytest
 for _module in ("psutil", "rich", "matplotlib"):
     pytest.importorskip(_module, reason="the bench extra is not installed (pip install '.[bench]')")
 
-from bench.nchan import MODULE as NCHAN_MODULE  # noqa: E402
+from bench.nchan import LOADGEN_PROCS as NCHAN_LOADGEN_PROCS, MODULE as NCHAN_MODULE  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT = 180
@@ -57,7 +57,8 @@ def test_fanout_delivers_every_message_once_and_in_order(tmp_path: Path) -> None
 def test_fanout_against_nchan_checks_each_frame_is_the_body_published(tmp_path: Path) -> None:
     shardcast, nchan = run_bench(tmp_path, "fanout", "--workers", "1", "--compare", "nchan",
                                  "--clients", "20", "--duration", "1")
-    assert nchan["target"].startswith("nchan") and nchan["options"]["loadgen_procs"] > 2
+    assert nchan["target"].startswith("nchan")
+    assert nchan["options"]["loadgen_procs"] == NCHAN_LOADGEN_PROCS["fanout"]
     for field in FLOW_FIELDS:
         assert field in nchan, field
     assert nchan["delivered"] == nchan["expected"] == nchan["published"] * 20 > 0
