@@ -42,7 +42,10 @@ requests). Nchan publishes one message per request (`--batch 1`), has no `/conne
 or connections in several channels (its multiplexed subscribers get frames that do not name
 their channel), so `channels`, `api`, `churn` and `soak` do not apply to it. Its `connect`
 storm only opens websockets, where shardcast's and Channelstream's clients call `/connect`
-first: compare its `conn_per_s` and `server_cpu_us_per_conn` with that in mind.
+first: compare its `conn_per_s` and `server_cpu_us_per_conn` with that in mind. Reading and
+checking Nchan's frames costs the generators more than twice the CPU Nchan spends sending them,
+so on a small machine its `delivered_msgs_per_s` (and its sustainable rate) is bounded by the
+generators sharing the cores; its `server_cpu_us_per_msg` is the figure that carries over.
 
 `python -m bench fanout` alone takes about 15 s; `python -m bench overload` one to three minutes
 per target, most of it the search for the sustainable rate (`--rate R` skips it). `python -m
@@ -212,7 +215,8 @@ def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
         REGENERATE,
         "-->",
         "",
-        f"Regenerate this page (about ten minutes on a quiet machine) with `{REGENERATE}`.",
+        f"Regenerate this page (about a quarter of an hour on a quiet machine) with "
+        f"`{REGENERATE}`.",
         "",
         METHOD,
         "## Results",
