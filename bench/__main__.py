@@ -1,4 +1,5 @@
-"""``python -m bench SCENARIO``: load-test shardcast (and, side by side, Channelstream)."""
+"""``python -m bench SCENARIO``: load-test shardcast (and, side by side, Channelstream and
+Nchan)."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ from .report import NOISY_CORES, metadata, print_tables, write_json, write_markd
 from .resources import QUIET_WAIT, raise_open_file_limit, wait_until_quiet
 from .scenarios import SCENARIOS, options_for, run_scenario
 from .soak import LONG_SCENARIOS, SERVER_SETTINGS
-from .targets import Target, build_targets
+from .targets import COMPARISONS, Target, build_targets
 
 ALL = "all"
 SHORT_SCENARIOS = {**SCENARIOS, **OVERLOAD_SCENARIOS}   # what `all` runs
@@ -33,8 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     where.add_argument("--secret", help="its secret (with --api)")
     where.add_argument("--workers", type=_counts, default=[2], metavar="N[,N...]",
                        help="shards of the server started here; a list runs each (default 2)")
-    where.add_argument("--compare", choices=["channelstream"],
-                       help="run the same scenarios against Channelstream 0.7.1 too")
+    where.add_argument("--compare", choices=COMPARISONS, action="append", default=[],
+                       help="run the same scenarios against Channelstream 0.7.1 or Nchan too "
+                            "(repeat for both; Nchan: fanout, latency, overload, connect)")
     load = parser.add_argument_group("load")
     load.add_argument("--clients", type=int, help="websocket clients")
     load.add_argument("--channels", type=int, help="channels")
@@ -82,6 +84,9 @@ async def run_all(scenarios: list[str], targets: list[Target], overrides: dict,
     results = []
     for scenario in scenarios:
         for target in targets:
+            if target.scenarios is not None and scenario not in target.scenarios:
+                ui.log(f"{scenario} does not apply to {target.name}: skipped")
+                continue
             ui.run(f"{scenario} @ {target.name}")
             results.append(await run_quietest(scenario, target, overrides, ui, retries))
     return results
@@ -107,9 +112,9 @@ async def run_quietest(scenario: str, target: Target, overrides: dict, ui: Progr
 async def run_once(scenario: str, target: Target, overrides: dict, ui: Progress) -> dict:
     ui.phase("starting the server", 1)
     try:
+        options = options_for(scenario, overrides, target)
         target.start(SETTINGS.get(scenario))
-        result = await run_scenario(scenario, PLAYS[scenario], target,
-                                    options_for(scenario, overrides), ui)
+        result = await run_scenario(scenario, PLAYS[scenario], target, options, ui)
         if result.get("errors") or result.get("errors_logged"):
             result["server_log"] = target.output()[-LOG_TAIL:]
         return result

@@ -1,8 +1,9 @@
 """docs/performance.md: the method, the results tables and the plot, all from one run."""
 from __future__ import annotations
 
-REGENERATE = ("python -m bench all --workers 1,2 --compare channelstream --retries 2 "
-              "--json docs/perf.json --plot docs/performance.png --markdown docs/performance.md")
+REGENERATE = ("python -m bench all --workers 1,2 --compare channelstream --compare nchan "
+              "--retries 2 --json docs/perf.json --plot docs/performance.png "
+              "--markdown docs/performance.md")
 
 METHOD = """\
 ## How to run
@@ -12,8 +13,8 @@ From the repository root, with the bench extra installed (`pip install -e '.[ben
 ```sh
 python -m bench SCENARIO [--api URL --secret S | --workers N[,N...]] [--clients N] [--channels N]
                 [--duration S] [--rate R] [--batch B] [--payload BYTES] [--loadgen-procs P]
-                [--publishers K] [--window W] [--compare channelstream] [--retries N]
-                [--json FILE] [--plot FILE.png] [--markdown FILE] [--no-progress]
+                [--publishers K] [--window W] [--compare channelstream] [--compare nchan]
+                [--retries N] [--json FILE] [--plot FILE.png] [--markdown FILE] [--no-progress]
 ```
 
 Without `--api` the bench starts `python -m shardcast serve --workers N` on free loopback ports
@@ -26,6 +27,25 @@ against it through `bench/channelstream_app.py`, which serves the application of
 `channelstream` command (gevent, ws4py, HTTP API and `/ws` on one port) without the flash
 policy server on port 10843, and aliases `collections.Mapping` for Python ≥ 3.10.
 Channelstream has no `ws_url`: its clients open `ws://host:port/ws?conn_id=...`.
+
+`--compare nchan` runs `fanout`, `latency`, `overload` and `connect` against Nchan (the nginx
+module, in C; Debian's `nginx-light` and `libnginx-mod-nchan`, 1.3.6 on Debian 12), which it
+installs with `apt-get` when missing (as root; otherwise it says the command to run); an nginx
+service that the installation starts is stopped and disabled, and none is ever used. For each
+scenario the bench starts an nginx of its own (`bench/nchan.py`): a generated configuration in a
+temporary prefix, `daemon off` under the bench, 2 worker processes, one free loopback port,
+publishers posting each message to `/pub/<channel>` (`nchan_publisher http`), subscribers
+opening `ws /sub/<channel>` (`nchan_subscriber websocket`, first message `newest`), Nchan's
+default message buffer (10 per channel), and keep-alive connections allowed any number of
+requests (nginx closes one after 1,000 by default, cutting off a publisher's pipelined
+requests). Nchan publishes one message per request (`--batch 1`), has no `/connect`, presence
+or connections in several channels (its multiplexed subscribers get frames that do not name
+their channel), so `channels`, `api`, `churn` and `soak` do not apply to it. Its `connect`
+storm only opens websockets, where shardcast's and Channelstream's clients call `/connect`
+first: compare its `conn_per_s` and `server_cpu_us_per_conn` with that in mind. Reading and
+checking Nchan's frames costs the generators more than twice the CPU Nchan spends sending them,
+so on a small machine its `delivered_msgs_per_s` (and its sustainable rate) is bounded by the
+generators sharing the cores; its `server_cpu_us_per_msg` is the figure that carries over.
 
 `python -m bench fanout` alone takes about 15 s; `python -m bench overload` one to three minutes
 per target, most of it the search for the sustainable rate (`--rate R` skips it). `python -m
@@ -54,13 +74,16 @@ other case).
 ## How the figures are measured
 
 * **Load generators** are separate processes (aiomultiprocess + uvloop): `--loadgen-procs`
-  (default 2) subscriber processes holding picows websocket clients, one publisher process, and
-  for `churn` one churn process; `api` posts from one process (`--loadgen-procs` splits its
-  connections over more), as one drives 8 connections with about 0.65 of a core while two
-  took 0.85 between them, CPU the server then lacked on a small machine. They open their clients first; the coordinator then starts the
-  measured phase in all of them at once through shared memory. Each reports its own CPU time
-  (`getrusage`) over that phase; a process above 90 % of a core is flagged
-  (`loadgen_saturated`), as its figures may measure the generator rather than the server.
+  (default 2; in Nchan's `fanout` and `overload` one per core, at least 2: it sends a frame per
+  message, and reading and checking one costs a generator about 5 µs, more than twice what Nchan
+  spends on it) subscriber processes holding picows websocket clients, one publisher process,
+  and for `churn` one churn process; `api` posts from one process (`--loadgen-procs` splits its
+  connections over more), as one drives 8 connections with about 0.65 of a core while two took
+  0.85 between them, CPU the server then lacked on a small machine. They open their clients
+  first; the coordinator then starts the measured phase in all of them at once through shared
+  memory. Each reports its own CPU time (`getrusage`) over that phase; a process above 90 % of a
+  core is flagged (`loadgen_saturated`), as its figures may measure the generator rather than
+  the server.
 * **Publishers** post with a small keep-alive HTTP/1.1 client on asyncio and httptools,
   `--batch` messages per `POST /message`. "As fast as the server accepts" (`fanout`,
   `channels`) is a closed loop, one request in flight per connection, limited to `--window`
@@ -84,18 +107,21 @@ other case).
   early closes cut off is `cut_off`. After publishing stops the bench waits for the deliveries
   to drain (until all arrived, 3 s without any, or 30 s).
 * **Every frame is checked**, not only counted: it must be valid UTF-8 JSON, an array of
-  envelopes, and each message envelope exactly what was published: `type` "message", a
-  channel the client joined, `user` "bench", `uuid` and `timestamp` strings, `catchup` false,
-  `edited` null, and a `message` holding exactly `p`, `s` (≥ 0), `t` (not after its receipt)
-  and the run's padding (msgspec checks it while decoding). A client that receives a bad frame,
-  or one picows cannot parse (a bad opcode, a fragmented control frame, …), closes with 1002 as
-  a browser would drop a connection it cannot read: `protocol_errors` counts those clients, and
-  the notes quote the first reasons. `slow_consumer_closes` counts the clients the server closed
-  with 3008 (too slow to keep up), `dropped_connections` those closed otherwise (the notes say
-  whether a close frame came). A server that aborts a slow consumer's socket before it read the
-  3008 frame queued behind its backlog shows as a drop without a close frame; for shardcast,
-  `server_slow_consumer_closes` is its own count (`/admin/admin.json`) over the run. Every
-  scenario with websocket clients reports these counts.
+  envelopes, and each message envelope exactly what was published: `type` "message", a channel
+  the client joined, `user` "bench", `uuid` and `timestamp` strings, `catchup` false, `edited`
+  null, and a `message` holding exactly `p`, `s` (≥ 0), `t` (not after its receipt) and the
+  run's padding (msgspec checks it while decoding). Nchan sends each message as a frame of its
+  own holding the body that was posted: it must be that body byte for byte (decoded with the
+  same strict schema, then written again as the publisher wrote it, the bytes must match). A
+  client that receives a bad frame, or one picows cannot parse (a bad opcode, a fragmented
+  control frame, …), closes with 1002 as a browser would drop a connection it cannot read:
+  `protocol_errors` counts those clients, and the notes quote the first reasons.
+  `slow_consumer_closes` counts the clients the server closed with 3008 (too slow to keep up),
+  `dropped_connections` those closed otherwise (the notes say whether a close frame came). A
+  server that aborts a slow consumer's socket before it read the 3008 frame queued behind its
+  backlog shows as a drop without a close frame; for shardcast, `server_slow_consumer_closes` is
+  its own count (`/admin/admin.json`) over the run. Every scenario with websocket clients
+  reports these counts.
 * **Sustainable rate and overload** (`overload`): a rate is sustained when a 3 s open-loop run
   at it, on a fresh server with fresh subscribers, delivers every message to every client (by
   2 s after the last was published: a backlog that outlasts that has broken the latency bound,
@@ -117,16 +143,18 @@ other case).
   receipt − first publish); `published_msgs_per_s` = accepted messages / publishing time;
   `req_per_s` = answered requests / posting time.
 * **Coalescing**: `msgs_per_frame` = messages per websocket frame received. shardcast merges
-  what one connection gets in one event-loop tick into one frame; Channelstream sends a frame
-  per message. Under saturation bigger batches cost less CPU per message, so compare
-  `server_cpu_us_per_msg` of runs with similar `msgs_per_frame`.
+  what one connection gets in one event-loop tick into one frame; Channelstream and Nchan send
+  a frame per message. Under saturation bigger batches cost less CPU per message, so compare
+  `server_cpu_us_per_msg` of runs with similar `msgs_per_frame`, and `server_cpu_us_per_frame`
+  for the cost of each socket write.
 * **Latency**: receive time − send time, both CLOCK_MONOTONIC (shared by all processes of the
   machine), in mergeable log buckets of 1 % width; p50/p90/p99/max.
 * **Server CPU**: user + system CPU time of the server process and all its descendants (the
-  supervisor and the shards; for Channelstream its one process), read with psutil at the start
-  and the end of the measured phase. `server_cpu_us_per_msg` = CPU µs / delivered messages (for
-  `api`: / accepted messages; for `connect`: `server_cpu_us_per_conn`). `server_cores` = CPU
-  seconds / wall seconds.
+  supervisor and the shards; for Channelstream its one process; for Nchan the nginx master and
+  its workers), read with psutil at the start and the end of the measured phase.
+  `server_cpu_us_per_msg` = CPU µs / delivered messages (for `api`: / accepted messages; for
+  `connect`: `server_cpu_us_per_conn`); `server_cpu_us_per_frame` = CPU µs / websocket frames
+  that carried messages to the subscribers. `server_cores` = CPU seconds / wall seconds.
 * **Soak** (`python -m bench soak`, about 80 s; `--duration` sets the measured phase): the
   stable subscribers stay connected throughout; each phase's publisher and churner are processes
   that exit with it, so at both readings the bench holds the same connections open. The
@@ -199,7 +227,8 @@ def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
         f"Command: `{meta.get('command', '?')}`.",
         "",
         "↑ higher is better, ↓ lower is better. `w=N` is shardcast with N shards; `w=N / cs` "
-        "divides its figure by Channelstream's, `w=2 / w=1` shows what the second shard buys.",
+        "divides its figure by Channelstream's, `w=N / nchan` by Nchan's, `w=2 / w=1` shows "
+        "what the second shard buys.",
         "",
         tables,
         "",

@@ -51,6 +51,7 @@ def flow_figures(run: Run, published: dict, results: list[dict],
     for result in clients:
         latency.merge(result["latency"])
     delivered = sum(result["unique"] for result in clients)
+    frames = sum(result["frames"] for result in clients)
     sent = sum(count for _, _, count in published["published"])
     first_tx = published["first_tx"] or published["last_tx"]
     last_rx = max([result["last_rx"] for result in clients] + [first_tx])
@@ -71,10 +72,10 @@ def flow_figures(run: Run, published: dict, results: list[dict],
         "cut_off": cut_off,
         **closes(clients),
         "delivered_msgs_per_s": per(delivered, last_rx - first_tx),
-        "msgs_per_frame": per(sum(r["received"] for r in clients),
-                                sum(r["frames"] for r in clients)),
+        "msgs_per_frame": per(sum(r["received"] for r in clients), frames),
         **latency.summary_ms("lat"),
         **server_figures(run, delivered, "msg"),
+        "server_cpu_us_per_frame": run.cpu.per_unit_us(frames),
         **loadgen_figures(run, results),
         "errors": error_samples(results),
     }

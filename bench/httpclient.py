@@ -152,23 +152,25 @@ class HttpConnection(asyncio.Protocol):
 
 
 class ApiClient:
-    """Signed JSON calls to one server over a pool of keep-alive connections."""
+    """Signed JSON calls to one server over a pool of keep-alive connections (unsigned with an
+    empty secret: Nchan's endpoints take none)."""
 
     def __init__(self, api_url: str, secret: str, connections: int = 1) -> None:
         parts = urlsplit(api_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.host_header = parts.netloc
-        self.signer = Signer(secret)
+        self.signer = Signer(secret) if secret else None
         self.idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
         self.connections = [HttpConnection(self.host, self.port) for _ in range(connections)]
         for connection in self.connections:
             self.idle.put_nowait(connection)
 
     def encode(self, method: str, path: str, body: bytes = b"") -> bytes:
+        signature = f"{SIGNATURE_HEADER}: {self.signer.header()}\r\n" if self.signer else ""
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"{SIGNATURE_HEADER}: {self.signer.header()}\r\n\r\n")
+                f"{signature}\r\n")
         return head.encode("latin-1") + body
 
     async def call(self, method: str, path: str, payload: Any = None) -> Any:

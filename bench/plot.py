@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 FIGURES = [   # (scenario, metric, title)
     ("fanout", "delivered_msgs_per_s", "fan-out: delivered msg/s ↑"),
     ("fanout", "server_cpu_us_per_msg", "fan-out: server CPU µs/msg ↓"),
+    ("fanout", "server_cpu_us_per_frame", "fan-out: server CPU µs/frame ↓"),
     ("channels", "delivered_msgs_per_s", "channels: delivered msg/s ↑"),
     ("latency", "lat_p50_ms", "latency: p50 ms ↓"),
     ("latency", "lat_p99_ms", "latency: p99 ms ↓"),

@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
-
-from .frames import USER, padding
+from .codec import CODECS
+from .frames import USER, message_body, padding
 from .httpclient import NO_ANSWER, REQUEST_TIMEOUT, Answer, ApiClient, HttpError
 from .shared import POLL, Shared, Worker
 from .stats import Histogram
@@ -55,6 +54,7 @@ class Publisher:
     def __init__(self, ident: str, index: int, api: ApiClient, plan: dict, flow: Flow) -> None:
         self.ident = ident
         self.api = api
+        self.codec = CODECS[plan["codec"]]
         self.connection = api.connections[index]
         self.channels = plan["channels"]
         self.turn = index
@@ -79,10 +79,10 @@ class Publisher:
             seq = self.next_seq.get(channel, 0)
             self.next_seq[channel] = seq + 1
             items.append({"user": USER, "channel": channel,
-                          "message": {"p": self.ident, "s": seq, "t": stamp, "pad": self.pad}})
+                          "message": message_body(self.ident, seq, stamp, self.pad)})
             channels.append(channel)
         self.flow.sending(channels)
-        return self.api.encode("POST", "/message", orjson.dumps(items)), channels
+        return self.codec.publish(self.api, items), channels
 
     async def run(self, deadline: float) -> None:
         if self.interval:
@@ -146,7 +146,7 @@ class Publisher:
     def answered(self, channels: list[str], sent: float, status: int, body: bytes) -> None:
         self.latency.add(time.monotonic() - sent)
         self.requests += 1
-        if status != 200:
+        if status not in self.codec.accepted:
             self.errors.append(f"{status or 'no answer'}: {body[:200]!r}")
             return
         for channel in channels:

@@ -18,30 +18,28 @@ from rich.console import Console
 from rich.table import Table
 
 UP, DOWN = "↑", "↓"   # higher is better, lower is better
+CPU = [("server_cpu_us_per_msg", DOWN), ("server_cpu_us_per_frame", DOWN), ("server_cores", None),
+       ("msgs_per_frame", None)]   # of a scenario whose subscribers receive messages
 METRICS = {
     "fanout": [("target_msgs_per_s", None), ("offered_msgs_per_s", None),
                ("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP), ("lat_p50_ms", DOWN),
-               ("lat_p99_ms", DOWN), ("server_cpu_us_per_msg", DOWN), ("server_cores", None),
-               ("msgs_per_frame", None)],
+               ("lat_p99_ms", DOWN), *CPU],
     "channels": [("delivered_msgs_per_s", UP), ("published_msgs_per_s", UP),
-                 ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("server_cpu_us_per_msg", DOWN),
-                 ("server_cores", None), ("msgs_per_frame", None)],
+                 ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), *CPU],
     "latency": [("lat_p50_ms", DOWN), ("lat_p90_ms", DOWN), ("lat_p99_ms", DOWN),
-                ("lat_max_ms", DOWN), ("delivered_msgs_per_s", UP),
-                ("server_cpu_us_per_msg", DOWN), ("server_cores", None)],
+                ("lat_max_ms", DOWN), ("delivered_msgs_per_s", UP), *CPU],
     "connect": [("conn_per_s", UP), ("conn_p50_ms", DOWN), ("conn_p99_ms", DOWN),
                 ("rss_kb_per_conn", DOWN), ("server_cpu_us_per_conn", DOWN)],
     "api": [("req_per_s", UP), ("msgs_per_s", UP), ("req_p50_ms", DOWN), ("req_p99_ms", DOWN),
             ("server_cpu_us_per_msg", DOWN), ("server_cores", None)],
     "churn": [("churn_per_s", UP), ("churn_cycle_p50_ms", DOWN), ("delivered_msgs_per_s", UP),
-              ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), ("presence_events", None),
+              ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), *CPU, ("presence_events", None),
               ("churn_errors", None)],
     "overload": [("sustainable_msgs_per_s", UP), ("unsustainable_msgs_per_s", None),
                  ("target_msgs_per_s", None), ("offered_msgs_per_s", None),
                  ("published_msgs_per_s", UP), ("delivered_msgs_per_s", UP),
                  ("lat_p50_ms", DOWN), ("lat_p90_ms", DOWN), ("lat_p99_ms", DOWN),
-                 ("lat_max_ms", DOWN), ("server_cpu_us_per_msg", DOWN), ("server_cores", None),
-                 ("msgs_per_frame", None)],
+                 ("lat_max_ms", DOWN), *CPU],
     "soak": [("churn_cycles", None), ("churn_per_s", UP), ("delivered", None),
              ("lat_p99_ms", DOWN), ("rss_start_mb", None), ("rss_end_mb", None),
              ("rss_growth_mb", DOWN), ("fds_start", None), ("fds_end", None),
@@ -49,44 +47,46 @@ METRICS = {
 }
 INTEGRITY = ["lost", "duplicated", "out_of_order", "protocol_errors", "slow_consumer_closes",
              "server_slow_consumer_closes", "dropped_connections", "cut_off", "connect_errors",
-             "publish_errors", "request_errors",
-             "loadgen_cores", "loadgen_cpu_max_pct", "other_cores"]   # shown without ratios
+             "publish_errors", "request_errors", "loadgen_cores", "loadgen_cpu_max_pct",
+             "loadgen_saturated", "other_cores"]   # shown without ratios
 NOISY_CORES = 0.25   # other processes busier than this during a run make its figures suspect
 SCHEDULE_SHARE = 0.95   # an open-loop publisher that sent less of its schedule ran late
-BASELINE = "channelstream"
+BASELINES = {"channelstream": "cs", "nchan": "nchan"}   # other servers, short names
 
 
 # ---------------------------------------------------------------------------- the rows
 
 
 def scenario_rows(results: list[dict], scenario: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one scenario's table: a column per target, then ratios."""
+    """Header and rows of one scenario's table: a column per target, then ratios: each
+    shardcast run to each other server's, and the last shardcast run to the first."""
     runs = [result for result in results if result["scenario"] == scenario]
-    baseline = next((run for run in runs if run["target"].startswith(BASELINE)), None)
-    others = [run for run in runs if run is not baseline]
-    header = ["metric", *(run["target"] for run in runs)]
-    if baseline is not None:
-        header += [f"{_short(run['target'])} / cs" for run in others]
-    scaling = len(others) >= 2   # e.g. w=2 / w=1: what one more shard buys
-    if scaling:
-        header.append(f"{_short(others[-1]['target'])} / {_short(others[0]['target'])}")
+    others = [run for run in runs if _baseline(run["target"])]
+    ours = [run for run in runs if not _baseline(run["target"])]
+    ratios = [(run, other) for other in others for run in ours]
+    if len(ours) >= 2:   # e.g. w=2 / w=1: what one more shard buys
+        ratios.append((ours[-1], ours[0]))
+    header = ["metric", *(run["target"] for run in runs),
+              *(f"{_short(run['target'])} / {_short(base['target'])}" for run, base in ratios)]
     rows = []
     for metric, better in METRICS.get(scenario, []) + [(name, None) for name in INTEGRITY]:
         if all(run.get(metric) is None for run in runs):
             continue
         label = f"{metric} {better}" if better else metric
         row = [label, *(_format(run.get(metric)) for run in runs)]
-        if baseline is not None:
-            row += [_ratio(run.get(metric), baseline.get(metric)) if better else ""
-                    for run in others]
-        if scaling:
-            row.append(_ratio(others[-1].get(metric), others[0].get(metric)) if better else "")
+        row += [_ratio(run.get(metric), base.get(metric)) if better else ""
+                for run, base in ratios]
         rows.append(row)
     return header, rows
 
 
+def _baseline(target: str) -> str | None:
+    """The short name of another server (the one ratios divide by), None for shardcast."""
+    return next((short for name, short in BASELINES.items() if target.startswith(name)), None)
+
+
 def _short(target: str) -> str:
-    return target.replace("shardcast ", "")
+    return _baseline(target) or target.replace("shardcast ", "")
 
 
 def _format(value: object) -> str:

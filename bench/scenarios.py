@@ -13,6 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Awaitable, Callable
 
+from .codec import CODECS
 from .figures import api_figures, connect_figures, difference, expected_deliveries, flow_figures
 from .httpclient import ApiClient
 from .progress import Progress
@@ -56,9 +57,18 @@ DEFAULTS = {
 }
 
 
-def options_for(scenario: str, overrides: dict) -> Options:
+def options_for(scenario: str, overrides: dict, target: Target) -> Options:
+    """The scenario's defaults, the target's need for generator processes, then the options
+    given."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    return replace(DEFAULTS[scenario], **given)
+    defaults = DEFAULTS[scenario]
+    if scenario in target.loadgen_procs:
+        defaults = replace(defaults, loadgen_procs=target.loadgen_procs[scenario])
+    options = replace(defaults, **given)
+    if options.batch > 1 and not CODECS[target.codec].batches:
+        raise ValueError(f"{target.name} takes one message per publish request: run it with "
+                         f"--batch 1")
+    return options
 
 
 @dataclass
@@ -76,7 +86,7 @@ class Run:
 
     def plan(self, **fields: object) -> dict:
         return {"api": self.target.api, "secret": self.target.secret,
-                "ws_template": self.target.ws_template,
+                "codec": self.target.codec, "ws_template": self.target.ws_template,
                 "max_seconds": self.options.duration + WORKER_SLACK, **fields}
 
     def channel_names(self) -> list[str]:

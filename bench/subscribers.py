@@ -21,7 +21,8 @@ from typing import Any
 from picows import (WSCloseCode, WSError, WSListener, WSMsgType, WSParsedURL, WSProtocolError,
                     WSTransport, ws_connect)
 
-from .frames import BadFrame, Presence, frame_decoder, padding
+from .codec import CODECS
+from .frames import BadFrame, Presence, padding
 from .httpclient import ApiClient, HttpError
 from .shared import OPENED, Worker
 from .stats import Histogram, Sequence
@@ -39,9 +40,9 @@ CLOSE_WAIT = 1.0              # for the clients to be gone at the end
 class Tally:
     """Everything one worker's clients received, and why any of them closed early."""
 
-    def __init__(self, worker: Worker, payload: int) -> None:
+    def __init__(self, worker: Worker, payload: int, codec: str) -> None:
         self.worker = worker
-        self.decode = frame_decoder(padding(payload))
+        self.decoder = CODECS[codec].decoders(padding(payload))   # a client's channels -> decode
         self.latency = Histogram()
         self.received = 0
         self.frames = 0
@@ -57,7 +58,7 @@ class Tally:
         now = time.monotonic()
         streams = client.streams
         ages = []
-        for envelope in self.decode(data):
+        for envelope in client.decode(data):
             if envelope.__class__ is Presence:
                 self.presence += 1
                 continue
@@ -127,6 +128,7 @@ class Client(WSListener):
     def __init__(self, tally: Tally | None, channels: list[str]) -> None:
         self.tally = tally
         self.channels = frozenset(channels)
+        self.decode = tally.decoder(self.channels) if tally is not None else None
         self.conn_id = ""
         self.streams: dict[tuple, Sequence] = {}
         self.transport: WSTransport | None = None
@@ -220,6 +222,7 @@ class Opener:
 
     def __init__(self, plan: dict, worker: Worker, tally: Tally | None) -> None:
         self.api = ApiClient(plan["api"], plan["secret"], API_CONNECTIONS)
+        self.codec = CODECS[plan["codec"]]
         self.ws_template = plan["ws_template"]
         self.worker = worker
         self.tally = tally
@@ -241,17 +244,16 @@ class Opener:
     async def open(self, spec: dict) -> Client | None:
         start = time.monotonic()
         try:
-            reply = await self.api.call("POST", "/connect", spec)
-            url = reply.get("ws_url") or self.ws_template.format(conn_id=reply["conn_id"])
+            conn_id, url = await self.codec.websocket(self.api, spec, self.ws_template)
             _, client = await ws_connect(lambda: Client(self.tally, spec["channels"]), url,
                                          websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
                                          max_frame_size=MAX_FRAME, socket_factory=numeric_socket)
             if client is None:   # picows: the server closed it during the handshake
-                raise WSError(f"websocket of {reply['conn_id']} closed at once")
+                raise WSError(f"websocket {url} closed at once")
         except (HttpError, WSError, OSError, asyncio.TimeoutError, ValueError) as error:
             self.errors.append(f"{type(error).__name__}: {error}"[:200])
             return None
-        client.conn_id = reply["conn_id"]
+        client.conn_id = conn_id
         client.watcher = asyncio.ensure_future(client.watch())
         self.latency.add(time.monotonic() - start)
         self.opened += 1
@@ -276,7 +278,7 @@ async def run_clients(plan: dict, worker: Worker) -> dict:
     """Subscribers (opened before ``go``) or a connection storm (opened after it)."""
     # picows logs each protocol error it meets; the tally counts them and keeps samples.
     logging.getLogger("picows").setLevel(logging.CRITICAL)
-    tally = Tally(worker, plan["payload"])
+    tally = Tally(worker, plan["payload"], plan["codec"])
     opener = Opener(plan, worker, tally)
     if plan["storm"]:
         await worker.start_when_told(plan["max_seconds"])

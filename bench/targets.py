@@ -1,8 +1,10 @@
-"""The servers under test: shardcast started here or already running, and Channelstream 0.7.1.
+"""The servers under test: shardcast started here or already running, and Channelstream 0.7.1
+(Nchan is in ``bench.nchan``).
 
-A target knows its API URL, secret, how to reach a connection's websocket, and which
-processes are the server (for CPU and memory figures). ``start``/``stop`` bracket every
-scenario, so each one begins on a fresh server where the bench owns the process.
+A target knows its API URL, secret, how its clients talk to it (``bench.codec``), how to reach a
+connection's websocket, which scenarios apply to it, and which processes are the server (for
+CPU and memory figures). ``start``/``stop`` bracket every scenario, so each one begins on a
+fresh server where the bench owns the process.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ STOP_TIMEOUT = 10.0
 CHANNELSTREAM_VERSION = "0.7.1"
 CHANNELSTREAM_APP = Path(__file__).with_name("channelstream_app.py")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shardcast-bench"
+COMPARISONS = ("channelstream", "nchan")   # other servers --compare runs the scenarios on
 ERROR_MARKS = ("ERROR", "Traceback")   # a server log line with one of these reports an error
 
 
@@ -84,6 +87,9 @@ class Target:
     ws_template: str | None = None   # None: /connect returns ws_url
     workers: int | None = None
     counts_slow_consumers = False    # /admin/admin.json counts each shard's slow consumers
+    codec = "channelstream"          # bench.codec.CODECS: how its clients publish and listen
+    scenarios: frozenset[str] | None = None   # the scenarios that apply to it (None: all)
+    loadgen_procs: dict[str, int] = {}   # scenario -> generator processes it needs by default
 
     def start(self, settings: dict[str, object] | None = None) -> None:
         """Start (or reach) the server; ``settings`` are shardcast config keys for a server
@@ -152,15 +158,19 @@ class LocalServer(Target):
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
                                    f"{self.output()}")
-            if all(_accepts(port) for port in self.ports()):
-                try:
-                    signed_get(f"{self.api}/info", self.secret)
-                    return
-                except OSError:
-                    pass
+            if all(_accepts(port) for port in self.ports()) and self.answers():
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} not ready within {READY_TIMEOUT:.0f} s:\n{self.output()}")
+
+    def answers(self) -> bool:
+        """The API answers (the ports accept connections already)."""
+        try:
+            signed_get(f"{self.api}/info", self.secret)
+        except OSError:
+            return False
+        return True
 
     def output(self) -> str:
         return self.log_text()[-5000:]
@@ -286,9 +296,11 @@ class ExternalServer(Target):
 
 
 def build_targets(workers: list[int], api: str | None, secret: str | None,
-                  compare: str | None) -> list[Target]:
+                  compare: list[str]) -> list[Target]:
+    from .nchan import NchanServer   # it builds on LocalServer
+
     targets: list[Target] = ([ExternalServer(api, secret or "")] if api
                              else [ShardcastServer(count) for count in workers])
-    if compare == "channelstream":
-        targets.append(ChannelstreamServer())
+    made = {"channelstream": ChannelstreamServer, "nchan": NchanServer}
+    targets += [made[name]() for name in dict.fromkeys(compare)]
     return targets

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the suite needs besides Python packages, installed when missing: Debian's redis-server
-# (the cluster tests start their own on free loopback ports, never a system service) and the
+# (the cluster tests start their own on free loopback ports, never a system service), nginx with
+# the Nchan module (the bench's smoke test compares with it, on an nginx of its own) and the
 # browser tests' tools. tox runs this before the suite, so `tox` alone works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,4 +13,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# The bench installs Nchan as it would for `python -m bench --compare nchan` (apt-get as root,
+# otherwise it says the command), leaving no nginx service running.
+(cd .. && python -c "from bench.nchan import ensure_nchan; ensure_nchan()")
 bash browser/setup.sh

@@ -1,4 +1,5 @@
-"""The bench's own rules: what a subscriber accepts as a frame, and when a rate is sustained."""
+"""The bench's own rules: what a subscriber accepts as a frame, when a rate is sustained, and
+what the tables divide by what."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 
 pytest.importorskip("rich", reason="the bench extra is not installed (pip install '.[bench]')")
 
-from bench.frames import frame_decoder, padding  # noqa: E402
+from bench.frames import body_decoder, frame_decoder, message_body, padding  # noqa: E402
 from bench.overload import MUST_BE_ZERO, next_rate, shortfalls  # noqa: E402
+from bench.report import scenario_rows  # noqa: E402
 from shardcast.envelopes import message  # noqa: E402
 
 PAD = padding(8)
@@ -41,6 +43,39 @@ def test_a_published_envelope_is_accepted_field_for_field() -> None:
 def test_a_frame_that_differs_from_what_was_published_is_refused(frame: bytes) -> None:
     with pytest.raises(ValueError):
         frame_decoder(PAD)(frame)
+
+
+BODY = orjson.dumps(message_body("0.0", 3, 12.5, PAD))
+
+
+def test_an_nchan_frame_is_accepted_when_it_is_the_body_published() -> None:
+    stamp = body_decoder(PAD)(BODY)
+    assert (stamp.p, stamp.s, stamp.t, stamp.pad) == ("0.0", 3, 12.5, PAD)
+
+
+@pytest.mark.parametrize("frame", [
+    BODY.replace(b",", b", "),
+    orjson.dumps({"s": 3, "p": "0.0", "t": 12.5, "pad": PAD}),
+    orjson.dumps({**message_body("0.0", 3, 12.5, PAD), "x": 1}),
+    orjson.dumps(message_body("0.0", 3, 12.5, "xxxxxxxy")),
+    orjson.dumps([message_body("0.0", 3, 12.5, PAD)]),
+    BODY + b" ",
+    BODY[:-1],
+], ids=["spaces", "reordered", "extra-field", "padding", "in-a-list", "trailing-space",
+        "truncated"])
+def test_an_nchan_frame_that_is_not_byte_for_byte_the_body_is_refused(frame: bytes) -> None:
+    with pytest.raises(ValueError):
+        body_decoder(PAD)(frame)
+
+
+def test_tables_divide_shardcast_by_each_other_server_and_w2_by_w1() -> None:
+    runs = [{"scenario": "fanout", "target": target, "delivered_msgs_per_s": rate}
+            for target, rate in (("shardcast w=1", 100.0), ("shardcast w=2", 150.0),
+                                 ("channelstream 0.7.1", 10.0), ("nchan 1.3.6", 200.0))]
+    header, rows = scenario_rows(runs, "fanout")
+    assert header[5:] == ["w=1 / cs", "w=2 / cs", "w=1 / nchan", "w=2 / nchan", "w=2 / w=1"]
+    (delivered,) = [row for row in rows if row[0].startswith("delivered_msgs_per_s")]
+    assert delivered[5:] == ["10×", "15×", "0.5×", "0.75×", "1.5×"]
 
 
 def test_a_rate_is_sustained_only_without_fault_within_the_latency_bound() -> None:

@@ -12,12 +12,15 @@ import pytest
 for _module in ("psutil", "rich", "matplotlib"):
     pytest.importorskip(_module, reason="the bench extra is not installed (pip install '.[bench]')")
 
+from bench.nchan import LOADGEN_PROCS as NCHAN_LOADGEN_PROCS, MODULE as NCHAN_MODULE  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT = 180
 FLOW_FIELDS = ("delivered_msgs_per_s", "published_msgs_per_s", "lat_p50_ms", "lat_p99_ms",
-               "server_cpu_us_per_msg", "delivered", "expected", "lost", "duplicated",
-               "out_of_order", "protocol_errors", "slow_consumer_closes",
-               "server_slow_consumer_closes", "cut_off", "loadgen_cpu_max_pct")
+               "server_cpu_us_per_msg", "server_cpu_us_per_frame", "delivered", "expected",
+               "lost", "duplicated", "out_of_order", "protocol_errors", "slow_consumer_closes",
+               "server_slow_consumer_closes", "cut_off", "loadgen_cpu_max_pct",
+               "loadgen_saturated")
 OVERLOAD_FIELDS = ("target_msgs_per_s", "offered_msgs_per_s", "lat_p90_ms", "lat_max_ms")
 CLOSES = ("protocol_errors", "slow_consumer_closes", "server_slow_consumer_closes",
           "dropped_connections", "cut_off")
@@ -48,6 +51,23 @@ def test_fanout_delivers_every_message_once_and_in_order(tmp_path: Path) -> None
     assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
     assert result["publish_errors"] == 0
     assert [result[field] for field in CLOSES] == [0] * len(CLOSES)
+
+
+@pytest.mark.skipif(not NCHAN_MODULE.exists(), reason="no Nchan: tests/setup.sh installs it")
+def test_fanout_against_nchan_checks_each_frame_is_the_body_published(tmp_path: Path) -> None:
+    shardcast, nchan = run_bench(tmp_path, "fanout", "--workers", "1", "--compare", "nchan",
+                                 "--clients", "20", "--duration", "1")
+    assert nchan["target"].startswith("nchan")
+    assert nchan["options"]["loadgen_procs"] == NCHAN_LOADGEN_PROCS["fanout"]
+    for field in FLOW_FIELDS:
+        assert field in nchan, field
+    assert nchan["delivered"] == nchan["expected"] == nchan["published"] * 20 > 0
+    assert nchan["msgs_per_frame"] == 1   # a frame per message, each checked byte for byte
+    assert nchan["lost"] == nchan["duplicated"] == nchan["out_of_order"] == 0
+    assert nchan["publish_errors"] == 0 and nchan["server_slow_consumer_closes"] is None
+    assert [nchan[field] for field in CLOSES if field != "server_slow_consumer_closes"] == [0] * 4
+    assert nchan["server_cpu_us_per_frame"] == nchan["server_cpu_us_per_msg"] > 0
+    assert shardcast["server_cpu_us_per_frame"] >= shardcast["server_cpu_us_per_msg"] > 0
 
 
 def test_overload_at_a_given_rate_publishes_on_schedule_and_checks_every_frame(
