@@ -12,14 +12,22 @@ from .overload import OVERLOAD_SCENARIOS
 from .progress import Progress
 from .report import NOISY_CORES, metadata, print_tables, write_json, write_markdown
 from .resources import QUIET_WAIT, raise_open_file_limit, wait_until_quiet
-from .scenarios import SCENARIOS, options_for, run_scenario
+from .cluster import Shape, parse_shapes
+from .scenarios import SCENARIOS, label, options_for, run_scenario
 from .soak import LONG_SCENARIOS, SERVER_SETTINGS
 from .targets import Target, build_targets
 
 ALL = "all"
 SHORT_SCENARIOS = {**SCENARIOS, **OVERLOAD_SCENARIOS}   # what `all` runs
 PLAYS = {**SHORT_SCENARIOS, **LONG_SCENARIOS}
-SETTINGS = {"soak": SERVER_SETTINGS}      # server config keys a scenario needs
+GROUPS = {   # scenarios run one after the other, each in a mode (options it sets)
+    ALL: [(name, {}) for name in SHORT_SCENARIOS],
+    # What a cluster costs against one node (docs/performance.md, "Cluster").
+    "cluster": [("fanout", {}), ("latency", {}), ("api", {"history": True}),
+                ("churn", {"resume": True})],
+}
+SETTINGS = {"soak": SERVER_SETTINGS,   # server config keys a scenario (and mode) needs
+            "churn --resume": SERVER_SETTINGS}
 LOG_TAIL = 3000   # characters of the server's log kept with a result that saw errors
 
 
@@ -27,12 +35,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         epilog="Options left out take the scenario's defaults (see docs/performance.md).")
-    parser.add_argument("scenario", choices=[*PLAYS, ALL])
+    parser.add_argument("scenario", choices=[*PLAYS, *GROUPS])
     where = parser.add_argument_group("server under test (default: start shardcast here)")
     where.add_argument("--api", metavar="URL", help="a running shardcast, e.g. http://127.0.0.1:8000")
     where.add_argument("--secret", help="its secret (with --api)")
-    where.add_argument("--workers", type=_counts, default=[2], metavar="N[,N...]",
-                       help="shards of the server started here; a list runs each (default 2)")
+    where.add_argument("--workers", type=_shapes, default=[Shape(2)], metavar="W[,W|NxW...]",
+                       help="shards of the server started here; a list runs each (default 2); "
+                            "NxW: N nodes of W shards over Redis (needs --redis)")
+    where.add_argument("--nodes", type=int, metavar="N",
+                       help="run every W of --workers as N nodes of W shards sharing a Redis "
+                            "(needs --redis)")
+    where.add_argument("--redis", action="store_true",
+                       help="start a redis-server here for the nodes to share (loopback, a "
+                            "temporary directory, no persistence)")
     where.add_argument("--compare", choices=["channelstream"],
                        help="run the same scenarios against Channelstream 0.7.1 too")
     load = parser.add_argument_group("load")
@@ -48,6 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     load.add_argument("--publishers", type=int, help="keep-alive publishing connections")
     load.add_argument("--window", type=int,
                       help="messages in flight end to end when publishing as fast as accepted")
+    load.add_argument("--history", action="store_const", const=True,
+                      help="channels keep history (store_history, history_size 1000)")
+    load.add_argument("--resume", action="store_const", const=True,
+                      help="churn: clients drop abruptly and resume with since= on a fresh "
+                           "/connect, while messages flow to channels with history")
     load.add_argument("--retries", type=int, default=0,
                       help="wait for a quiet machine before each run, and run a scenario again "
                            "(up to this many times) when other processes kept the machine busy "
@@ -60,30 +80,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.api and not args.secret:
         parser.error("--api needs --secret")
+    if args.resume and args.scenario != "churn":
+        parser.error("--resume is a mode of churn")
+    if args.nodes is not None:
+        if args.nodes < 1:
+            parser.error("--nodes starts at 1")
+        args.workers = [Shape(shape.workers, shape.nodes or args.nodes) for shape in args.workers]
+    clustered = any(shape.nodes for shape in args.workers)
+    if clustered and not args.redis:
+        parser.error("nodes of a cluster share a Redis: add --redis (the bench starts a "
+                     "redis-server of its own)")
+    if args.redis and not clustered:
+        parser.error("--redis serves the nodes of --nodes N (or NxW in --workers); none given")
     return args
 
 
-def _counts(text: str) -> list[int]:
+def _shapes(text: str) -> list[Shape]:
     try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or list of numbers: {text!r}") from None
-    if any(count < 1 for count in counts):
-        raise argparse.ArgumentTypeError("worker counts start at 1")
-    return counts
+        return parse_shapes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 LOAD_OPTIONS = ("clients", "channels", "duration", "rate", "batch", "payload", "loadgen_procs",
-                "publishers", "window")
+                "publishers", "window", "history", "resume")
 
 
-async def run_all(scenarios: list[str], targets: list[Target], overrides: dict,
+async def run_all(plays: list[tuple[str, dict]], targets: list[Target], overrides: dict,
                   ui: Progress, retries: int) -> list[dict]:
+    """Each (scenario, mode) on each target."""
     results = []
-    for scenario in scenarios:
+    for scenario, mode in plays:
         for target in targets:
             ui.run(f"{scenario} @ {target.name}")
-            results.append(await run_quietest(scenario, target, overrides, ui, retries))
+            results.append(await run_quietest(scenario, target, {**overrides, **mode}, ui,
+                                              retries))
     return results
 
 
@@ -107,9 +138,9 @@ async def run_quietest(scenario: str, target: Target, overrides: dict, ui: Progr
 async def run_once(scenario: str, target: Target, overrides: dict, ui: Progress) -> dict:
     ui.phase("starting the server", 1)
     try:
-        target.start(SETTINGS.get(scenario))
-        result = await run_scenario(scenario, PLAYS[scenario], target,
-                                    options_for(scenario, overrides), ui)
+        options = options_for(scenario, overrides)
+        target.start(SETTINGS.get(label(scenario, options)))
+        result = await run_scenario(scenario, PLAYS[scenario], target, options, ui)
         if result.get("errors") or result.get("errors_logged"):
             result["server_log"] = target.output()[-LOG_TAIL:]
         return result
@@ -134,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_open_file_limit()
     targets = build_targets(args.workers, args.api, args.secret, args.compare)
-    scenarios = list(SHORT_SCENARIOS) if args.scenario == ALL else [args.scenario]
+    plays = GROUPS.get(args.scenario, [(args.scenario, {})])
     overrides = {name: getattr(args, name) for name in LOAD_OPTIONS}
     with Progress(enabled=not args.no_progress) as ui:
-        results = uvloop.run(run_all(scenarios, targets, overrides, ui, args.retries))
+        results = uvloop.run(run_all(plays, targets, overrides, ui, args.retries))
     print_tables([result for result in results if "failed" not in result])
     meta = metadata(argv)
     if args.json:

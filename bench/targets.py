@@ -82,7 +82,8 @@ class Target:
     api = ""
     secret = ""
     ws_template: str | None = None   # None: /connect returns ws_url
-    workers: int | None = None
+    workers: int | None = None       # shards (of each node)
+    nodes = 1                        # nodes sharing a Redis (bench.cluster)
     counts_slow_consumers = False    # /admin/admin.json counts each shard's slow consumers
 
     def start(self, settings: dict[str, object] | None = None) -> None:
@@ -90,6 +91,11 @@ class Target:
         the bench starts itself, ignored where it cannot set them."""
 
     def stop(self) -> None: ...
+
+    @property
+    def apis(self) -> list[str]:
+        """The API URLs clients connect through, in turn (several for a cluster)."""
+        return [self.api]
 
     def root_pid(self) -> int | None:
         return None
@@ -131,6 +137,11 @@ class LocalServer(Target):
         raise NotImplementedError
 
     def start(self, settings: dict[str, object] | None = None) -> None:
+        self.launch(settings)
+        self.wait_ready()
+
+    def launch(self, settings: dict[str, object] | None = None) -> None:
+        """Start the process on fresh ports, without waiting for it to serve."""
         self.allocate_ports()
         self.log.seek(0)
         self.log.truncate()
@@ -138,7 +149,6 @@ class LocalServer(Target):
             self.command(), stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=raise_open_file_limit,
             env={**os.environ, **self.environment(settings or {})})
-        self.wait_ready()
 
     def allocate_ports(self) -> None:
         raise NotImplementedError
@@ -285,10 +295,13 @@ class ExternalServer(Target):
             return None
 
 
-def build_targets(workers: list[int], api: str | None, secret: str | None,
+def build_targets(shapes: list, api: str | None, secret: str | None,
                   compare: str | None) -> list[Target]:
+    """``shapes``: ``bench.cluster.Shape`` of each shardcast target started here."""
+    from .cluster import cluster_target   # it builds on ShardcastServer
+
     targets: list[Target] = ([ExternalServer(api, secret or "")] if api
-                             else [ShardcastServer(count) for count in workers])
+                             else [cluster_target(shape) for shape in shapes])
     if compare == "channelstream":
         targets.append(ChannelstreamServer())
     return targets
