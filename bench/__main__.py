@@ -72,27 +72,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help="wait for a quiet machine before each run, and run a scenario again "
                            "(up to this many times) when other processes kept the machine busy "
                            "during it; the quietest run is kept")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    out.add_argument("--plot", metavar="FILE.png", help="write a PNG of the figures")
-    out.add_argument("--markdown", metavar="FILE", help="write the performance page")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _output_options(parser.add_argument_group("output"))
     args = parser.parse_args(argv)
     if args.api and not args.secret:
         parser.error("--api needs --secret")
     if args.resume and args.scenario != "churn":
         parser.error("--resume is a mode of churn")
+    _check_nodes(parser, args)
+    return args
+
+
+def _output_options(out: argparse._ArgumentGroup) -> None:
+    out.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    out.add_argument("--plot", metavar="FILE.png", help="write a PNG of the figures")
+    out.add_argument("--markdown", metavar="FILE", help="write the performance page")
+    out.add_argument("--cluster", metavar="FILE.json",
+                     help="with --markdown: the JSON of a cluster run (python -m bench cluster), "
+                          "for the page's cluster section")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_nodes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--nodes N turns every W of --workers into NxW; the nodes of a cluster need --redis."""
     if args.nodes is not None:
         if args.nodes < 1:
             parser.error("--nodes starts at 1")
         args.workers = [Shape(shape.workers, shape.nodes or args.nodes) for shape in args.workers]
     clustered = any(shape.nodes for shape in args.workers)
+    if clustered and args.api:
+        parser.error("--api measures a server already running; --nodes and NxW start nodes here")
     if clustered and not args.redis:
         parser.error("nodes of a cluster share a Redis: add --redis (the bench starts a "
                      "redis-server of its own)")
     if args.redis and not clustered:
         parser.error("--redis serves the nodes of --nodes N (or NxW in --workers); none given")
-    return args
 
 
 def _shapes(text: str) -> list[Shape]:
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
         plot([result for result in results if "failed" not in result], args.plot)
     if args.markdown:
-        write_markdown(args.markdown, meta, results, args.plot)
+        write_markdown(args.markdown, meta, results, args.plot, args.cluster)
     return 1 if any("failed" in result for result in results) else 0
 
 

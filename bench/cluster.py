@@ -40,8 +40,8 @@ def parse_shapes(text: str) -> list[Shape]:
     """``--workers``: "1,2" (one node of 1, then of 2 shards), "3x1" (3 nodes of 1 shard)."""
     shapes = []
     for part in text.split(","):
-        nodes, _, workers = part.strip().lower().rpartition("x")
-        if not workers.isdigit() or (nodes and not nodes.isdigit()):
+        nodes, times, workers = part.strip().lower().rpartition("x")
+        if not workers.isdigit() or (times and not nodes.isdigit()):
             raise ValueError(f"not a shard count (W) or nodes × shards (NxW): {part!r}")
         shapes.append(Shape(int(workers), int(nodes) if nodes else None))
     if any(shape.workers < 1 or (shape.nodes is not None and shape.nodes < 1)

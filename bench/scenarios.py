@@ -27,8 +27,9 @@ SETTLE = 1.0              # idle connections settle this long before RSS is read
 WORKER_SLACK = 180.0      # how long workers outlive the planned duration at most
 CHURN_HOLD = 0.01         # a churning client stays up to this long (uniformly drawn)
 HISTORY = {"store_history": True, "history_size": 1000}   # what channels keep with --history
-# churn --resume waits this long after the drain, so that the server has forgotten the dropped
-# connections (gc_conns_after of bench.soak.SERVER_SETTINGS) within the measured phase.
+# churn --resume waits this long after the drain (at most --duration), so that the server has
+# forgotten the dropped connections (gc_conns_after of bench.soak.SERVER_SETTINGS) within the
+# measured phase.
 RESUME_SETTLE = 3.0
 
 
@@ -228,14 +229,13 @@ async def resume_churn(run: Run) -> dict:
     resumers never drop, then the run with drops; what a resume costs the server is the CPU
     the second used beyond the first, per resume."""
     steady = Run(run.scenario, run.target, run.options, run.ui)
+    settle = min(RESUME_SETTLE, run.options.duration)
     run.ui.run(f"churn --resume @ {run.target.name}: steady, no drops")
     base = await message_flow(steady, steady.channel_names(), {},
-                              ("resumers", resumer_plan(steady, drops=False)),
-                              settle=RESUME_SETTLE)
+                              ("resumers", resumer_plan(steady, drops=False)), settle=settle)
     run.ui.run(f"churn --resume @ {run.target.name}: resumers drop")
     figures = await message_flow(run, run.channel_names(), {},
-                                 ("resumers", resumer_plan(run, drops=True)),
-                                 settle=RESUME_SETTLE)
+                                 ("resumers", resumer_plan(run, drops=True)), settle=settle)
     return {**figures, **resume_cost(figures, base)}
 
 

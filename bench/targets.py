@@ -83,7 +83,7 @@ class Target:
     secret = ""
     ws_template: str | None = None   # None: /connect returns ws_url
     workers: int | None = None       # shards (of each node)
-    nodes = 1                        # nodes sharing a Redis (bench.cluster)
+    nodes: int | None = None         # nodes of a cluster over Redis (bench.cluster); None: alone
     counts_slow_consumers = False    # /admin/admin.json counts each shard's slow consumers
 
     def start(self, settings: dict[str, object] | None = None) -> None:
