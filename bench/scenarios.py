@@ -93,7 +93,7 @@ class Run:
         self.cpu = CpuWindow(self.target.probe())
 
     def plan(self, **fields: object) -> dict:
-        return {"api": self.target.api, "apis": self.target.apis, "secret": self.target.secret,
+        return {"apis": self.target.apis, "secret": self.target.secret,
                 "ws_template": self.target.ws_template,
                 "max_seconds": self.options.duration + WORKER_SLACK, **fields}
 
