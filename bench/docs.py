@@ -55,7 +55,7 @@ other case).
 | `connect` | storm of `/connect` + websocket opens (64 in flight per generator process), each client joining one of the channels, then RSS per idle connection | 1,000 connections over 100 channels |
 | `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections from one generator process, 1 message per POST, 10 s |
 | `churn` | 16 loops connect → open websocket → stay 0-10 ms → close + `/disconnect` on presence channels, while messages flow to stable subscribers | 200 subscribers, 10 channels, 50 msg/s |
-| `churn --resume` | 16 resumers drop their websocket abruptly and resume with `since=` on a fresh `/connect`, while messages flow to channels with history (see "Cluster") | 200 subscribers, 10 channels, 1,000 msg/s |
+| `churn --resume` | 32 resumers drop their websocket abruptly and resume with `since=` on a fresh `/connect`, while messages flow to channels with history (see "Cluster") | 40 subscribers, 4 channels, 400 msg/s |
 | `soak` | `churn`'s join/leave loops and a steady publish rate, first for a warm-up (a quarter of `--duration`, at most 10 s), then for `--duration`; the server's RSS and open file descriptors after each, and the error lines in its log | 200 subscribers, 10 channels, 50 msg/s, 60 s |
 | `overload` | N subscribers of one channel, published on schedule at twice the highest sustainable rate (searched, see below; `--rate` sets the rate and skips the search): socket buffers fill and slow consumers are closed | 1,000 clients, 1 message per POST, 6 s; search steps of 3 s |
 | `all` | all of the above except `soak` (it is long) and `churn --resume`, one after the other | |
@@ -205,16 +205,23 @@ nodes of W shards each, so one run measures one node and a cluster side by side:
   together, so `server_cpu_us_per_msg` compares what the whole broker spends; `nodes_cores` and
   `redis_cores` split it. `redis_cpu_us_per_publish` is the CPU of the `redis-server` process
   over the measured phase divided by the messages accepted: Redis runs commands on one
-  thread, so this bounds a cluster's publish rate.
+  thread, so this bounds a cluster's publish rate. It is lowest when publishes come in quick
+  succession (Redis reads and answers them in batches) and highest when each comes alone
+  (each then costs its own reads and writes, and a pub/sub write to every subscribed shard):
+  compare it between runs of similar publish rates (`api --history` runs the fastest).
 * **History**: `--history` makes the scenario's channels keep history (`store_history`,
   `history_size` 1000); `api --history` posts to such a channel.
-* **Resume** (`churn --resume`): besides the stable subscribers, 16 resumers, each subscribed
-  to one channel (with history; 1,000 msg/s over 10 channels). A resumer opens its websocket
+* **Resume** (`churn --resume`): besides the stable subscribers, 32 resumers (`--churners`),
+  each subscribed to one channel (with history; 400 msg/s over 4 channels, so a resumer
+  misses a few messages each time; few stable subscribers, so that the resumes' CPU stands
+  out). A resumer opens its websocket
   with `offsets=1` before publishing starts, so it is owed every message; then, until the
   publishing stops, it keeps its websocket 0-200 ms, drops it abruptly (the TCP connection
   closes without a close frame), stays away 0-100 ms while messages flow, and comes back on a
   fresh `/connect` (through the next node) whose websocket URL carries `since=` with the epoch
-  and offset of the last message it got, as the browser client does. The resumed websocket
+  and offset of the last message it got, as the browser client does. That `/connect` asks for
+  no history in its answer (`info.include_history` false), which would otherwise carry up to
+  `history_size` (1,000) entries: what was missed comes through `since`. The resumed websocket
   must first send a recovery frame saying `recovered` in the epoch the resumer had
   (`resume_failures` otherwise); every message is checked field by field as in the other
   scenarios (catch-up ones say `catchup: true`), by the publisher's numbering across all the
@@ -227,8 +234,9 @@ nodes of W shards each, so one run measures one node and a cluster side by side:
   run used beyond the first, divided by its resumes (and so per part in a cluster). The bench's
   server forgets a connection 2 s after its last sign of life (`gc_conns_after = 2`,
   heartbeats every second, as in `soak`) and each run's measured phase lasts 3 s past its
-  drain (`--duration` if shorter), so the cost includes forgetting the dropped connection, which until then holds what its
-  channel publishes (for `gc_conns_after`, 15 s by default, on a real server).
+  drain (`--duration` if shorter), so the cost includes forgetting the dropped connection,
+  which until then holds what its channel publishes (for `gc_conns_after`, 15 s by default,
+  on a real server).
 * **Targets**: the section ends with the targets a cluster is held to, each said met or not: a
   fan-out at least {FANOUT_SHARE:g}× one node's (2 shards), a latency p99 at most
   {LATENCY_ADDED_MS:g} ms above one node's, at least {HISTORY_RATE:,} publishes/s with history

@@ -6,8 +6,8 @@ opens the first (asking for ``offsets=1``) before publishing starts, so it is ow
 message, then until the end of the publishing: keeps it up to HOLD s (once it has a position in
 each of its channels), drops it abruptly (the TCP connection closes, no close frame), stays
 away up to AWAY s while messages flow, and comes back on a fresh ``/connect`` (through the
-next node) whose websocket URL carries ``since``: the epoch and offset of the last message it
-got in each channel. Without ``drops`` resumers stay on their first websocket: the steady run
+next node, without history in its answer) whose websocket URL carries ``since``: the epoch and
+offset of the last message it got in each channel. Without ``drops`` resumers stay on their first websocket: the steady run
 that a run with drops is compared with.
 
 Every message is checked as a subscriber checks its own (the frame field by field, the
@@ -36,6 +36,9 @@ HOLD = 0.2            # seconds a resumer keeps a websocket at most (uniformly d
 AWAY = 0.1            # seconds it stays away after a drop at most, while messages flow
 RETRY = 0.05          # seconds before dialling again after a failed resume
 POSITIONS = "&offsets=1"
+# What comes back through since need not come in the /connect answer too (by default it
+# carries each channel's history, up to history_size entries).
+NO_HISTORY = {"info": {"include_history": False}}
 
 
 class ResumingClient(Client):
@@ -52,6 +55,7 @@ class Resumer:
 
     def __init__(self, spec: dict) -> None:
         self.spec = spec
+        self.again = {**spec, **NO_HISTORY}    # the /connect of a resume
         self.streams: dict = {}
         self.positions: dict[str, dict] = {}   # channel -> {"epoch", "offset"} last received
         self.client: Client | None = None
@@ -79,7 +83,7 @@ class Resumer:
         while self.client is None:
             self.recovering = True
             try:
-                self.client = await opener.dial(self.spec, lambda: self.listener(opener.tally),
+                self.client = await opener.dial(self.again, lambda: self.listener(opener.tally),
                                                 query)
             except DIAL_ERRORS as error:
                 opener.failed(error)

@@ -59,8 +59,10 @@ DEFAULTS = {
     # them took 0.85 between them (fewer answers per wake-up each), CPU the server lacked.
     "api": Options(clients=0, publishers=8, loadgen_procs=1),
     "churn": Options(clients=200, channels=10, rate=50.0),
-    # 100 msg/s per channel: a resumer away for up to 0.1 s misses a few messages each time.
-    "churn --resume": Options(clients=200, channels=10, rate=1000.0, history=True, resume=True),
+    # 100 msg/s per channel: a resumer away for up to 0.1 s misses a few messages each time;
+    # a light steady load besides, so that the CPU of the resumes stands out.
+    "churn --resume": Options(clients=40, channels=4, rate=400.0, churners=32, history=True,
+                              resume=True),
     "overload": Options(clients=1000, channels=1, duration=6.0),   # bench/overload.py
     "soak": Options(clients=200, channels=10, rate=50.0, duration=60.0),   # bench/soak.py
 }
