@@ -212,31 +212,30 @@ nodes of W shards each, so one run measures one node and a cluster side by side:
 * **History**: `--history` makes the scenario's channels keep history (`store_history`,
   `history_size` 1000); `api --history` posts to such a channel.
 * **Resume** (`churn --resume`): besides the stable subscribers, 32 resumers (`--churners`),
-  each subscribed to one channel (with history; 400 msg/s over 4 channels, so a resumer
-  misses a few messages each time; few stable subscribers, so that the resumes' CPU stands
-  out). A resumer opens its websocket
-  with `offsets=1` before publishing starts, so it is owed every message; then, until the
-  publishing stops, it keeps its websocket 0-200 ms, drops it abruptly (the TCP connection
-  closes without a close frame), stays away 0-100 ms while messages flow, and comes back on a
-  fresh `/connect` (through the next node) whose websocket URL carries `since=` with the epoch
-  and offset of the last message it got, as the browser client does. That `/connect` asks for
-  no history in its answer (`info.include_history` false), which would otherwise carry up to
-  `history_size` (1,000) entries: what was missed comes through `since`. The resumed websocket
-  must first send a recovery frame saying `recovered` in the epoch the resumer had
-  (`resume_failures` otherwise); every message is checked field by field as in the other
-  scenarios (catch-up ones say `catchup: true`), by the publisher's numbering across all the
-  resumer's websockets (`lost`, `duplicated`, `out_of_order`, counted with the stable
-  subscribers'), and by its position: each must be the next offset of its channel, in the
-  same epoch (`position_errors`). `caught_up` counts the messages received as catch-up;
+  each subscribed to one channel (with history; 400 msg/s over 4 channels, so a resumer misses a
+  few messages each time; few stable subscribers, so that the resumes' CPU stands out). A
+  resumer opens its websocket with `offsets=1` before publishing starts, so it is owed every
+  message; then, until the publishing stops, it keeps its websocket 0-200 ms, drops it abruptly
+  (the TCP connection closes without a close frame), stays away 0-100 ms while messages flow,
+  and comes back on a fresh `/connect` (through the next node) whose websocket URL carries
+  `since=` with the epoch and offset of the last message it got, as the browser client does.
+  That `/connect` asks for no history in its answer (`info.include_history` false), which would
+  otherwise carry up to `history_size` (1,000) entries: what was missed comes through `since`.
+  The resumed websocket must first send a recovery frame saying `recovered` in the epoch the
+  resumer had (`resume_failures` otherwise); every message is checked field by field as in the
+  other scenarios (catch-up ones say `catchup: true`), by the publisher's numbering across all
+  the resumer's websockets (`lost`, `duplicated`, `out_of_order`, counted with the stable
+  subscribers'), and by its position: each must be the next offset of its channel, in the same
+  epoch (`position_errors`). `caught_up` counts the messages received as catch-up;
   `resume_p50_ms` is the time from the new `/connect` to the recovery frame. The scenario runs
   twice on the same server, first without drops (the resumers stay on their first websocket;
-  channels of its own), then with: `server_cpu_us_per_resume` is the server CPU the second
-  run used beyond the first, divided by its resumes (and so per part in a cluster). The bench's
-  server forgets a connection 2 s after its last sign of life (`gc_conns_after = 2`,
-  heartbeats every second, as in `soak`) and each run's measured phase lasts 3 s past its
-  drain (`--duration` if shorter), so the cost includes forgetting the dropped connection,
-  which until then holds what its channel publishes (for `gc_conns_after`, 15 s by default,
-  on a real server).
+  channels of its own), then with: `server_cpu_us_per_resume` is the server CPU the second run
+  used beyond the first, divided by its resumes (and so per part in a cluster). The bench's
+  server forgets a connection 2 s after its last sign of life (`gc_conns_after = 2`, heartbeats
+  every second, as in `soak`) and each run's measured phase lasts 3 s past its drain
+  (`--duration` if shorter), so the cost includes forgetting the dropped connection, which until
+  then holds what its channel publishes (for `gc_conns_after`, 15 s by default, on a real
+  server).
 * **Targets**: the section ends with the targets a cluster is held to, each said met or not: a
   fan-out at least {FANOUT_SHARE:g}× one node's (2 shards), a latency p99 at most
   {LATENCY_ADDED_MS:g} ms above one node's, at least {HISTORY_RATE:,} publishes/s with history

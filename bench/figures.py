@@ -157,7 +157,8 @@ def api_figures(run: Run, results: list[dict]) -> dict:
         latency.merge(result["request_latency"])
     return {"requests": requests, "request_errors": errors, "messages": accepted,
             "req_per_s": per(requests - errors, seconds), "msgs_per_s": per(accepted, seconds),
-            **latency.summary_ms("req"), **closes([]), **server_figures(run, accepted, "msg", accepted),
+            **latency.summary_ms("req"), **closes([]),
+            **server_figures(run, accepted, "msg", accepted),
             **loadgen_figures(run, results), "errors": error_samples(results)}
 
 

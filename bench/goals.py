@@ -50,10 +50,9 @@ def history_goal(cluster: dict, node: dict | None) -> str:
 def resume_goal(cluster: dict, node: dict | None) -> str:
     faults = {key: cluster.get(key) or 0 for key in MUST_BE_ZERO}
     counts = ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in faults.items())
-    cost = cluster.get("server_cpu_us_per_resume")
-    costs = "" if cost is None else (f"; a resume cost the servers {cost:,} µs of CPU, "
-                                     f"{cluster.get('redis_cpu_us_per_resume', 0):,} µs of it "
-                                     f"in Redis")
+    cost, redis = cluster.get("server_cpu_us_per_resume"), cluster.get("redis_cpu_us_per_resume")
+    costs = "" if cost is None else f"; a resume cost the server {cost:,} µs of CPU"
+    costs += "" if redis is None else f", {redis:,} µs of it in Redis"
     return (f"Resume: {cluster.get('resumes', 0):,} resumes, {counts} (all must be 0): "
             f"{verdict(not any(faults.values()))}{costs}.")
 
@@ -62,6 +61,7 @@ GOALS: dict[str, Callable[[dict, dict | None], str]] = {
     "fanout": fanout_goal, "latency": latency_goal, "api --history": history_goal,
     "churn --resume": resume_goal}
 EVERY_TARGET = {"churn --resume"}   # judged on one node too, not only on a cluster
+PUBLISHING = {"fanout", "latency", "api --history"}   # Redis' CPU there is for publishes
 
 
 def one_node(results: list[dict], scenario: str) -> dict | None:
@@ -79,10 +79,12 @@ def goal_lines(results: list[dict]) -> list[str]:
                                       or result["scenario"] in EVERY_TARGET):
             continue
         judge = GOALS.get(result["scenario"])
-        where = f"{result['target']}: "
-        if judge is not None:
-            lines.append(where + judge(result, one_node(results, result["scenario"])))
-        if result.get("redis_cpu_us_per_publish") is not None:
-            lines.append(f"{where}Redis CPU {result['redis_cpu_us_per_publish']:,.1f} µs per "
-                         f"publish in {result['scenario']} ({result['redis_cores']} cores).")
+        if judge is None:
+            continue
+        line = f"{result['target']}: {judge(result, one_node(results, result['scenario']))}"
+        if result["scenario"] in PUBLISHING and result.get("redis_cpu_us_per_publish"):
+            rate = result.get("published_msgs_per_s") or result.get("msgs_per_s") or 0
+            line += (f" Redis: {result['redis_cpu_us_per_publish']:,.1f} µs of CPU per publish "
+                     f"(at {rate:,.0f}/s), {result['redis_cores']} cores.")
+        lines.append(line)
     return lines

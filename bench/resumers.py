@@ -7,8 +7,8 @@ message, then until the end of the publishing: keeps it up to HOLD s (once it ha
 each of its channels), drops it abruptly (the TCP connection closes, no close frame), stays
 away up to AWAY s while messages flow, and comes back on a fresh ``/connect`` (through the
 next node, without history in its answer) whose websocket URL carries ``since``: the epoch and
-offset of the last message it got in each channel. Without ``drops`` resumers stay on their first websocket: the steady run
-that a run with drops is compared with.
+offset of the last message it got in each channel. Without ``drops`` resumers stay on their
+first websocket: the steady run that a run with drops is compared with.
 
 Every message is checked as a subscriber checks its own (the frame field by field, the
 publisher's numbering across all the resumer's websockets: lost, duplicated, out of order),
