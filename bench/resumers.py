@@ -35,6 +35,7 @@ from .subscribers import DIAL_ERRORS, Client, Opener, Tally, finish
 HOLD = 0.2            # seconds a resumer keeps a websocket at most (uniformly drawn)
 AWAY = 0.1            # seconds it stays away after a drop at most, while messages flow
 RETRY = 0.05          # seconds before dialling again after a failed resume
+GIVE_UP = 10.0        # seconds after the end of the publishing a resume is tried at most
 POSITIONS = "&offsets=1"
 # What comes back through since need not come in the /connect answer too (by default it
 # carries each channel's history, up to history_size entries).
@@ -59,6 +60,7 @@ class Resumer:
         self.streams: dict = {}
         self.positions: dict[str, dict] = {}   # channel -> {"epoch", "offset"} last received
         self.client: Client | None = None
+        self.dropped: Client | None = None     # the websocket it dropped last
         self.dialled = 0.0                     # when the current resume began
         self.recovering = False                # a recovery frame is due first
 
@@ -72,15 +74,19 @@ class Resumer:
     def drop(self) -> None:
         """Close the TCP connection without a close frame."""
         client, self.client = self.client, None
+        self.dropped = client
         client.closing = True
         if client.transport is not None:
             client.transport.disconnect()
 
-    async def resume(self, opener: Opener) -> None:
-        """A fresh /connect, and its websocket with ``since``; again until one opens."""
+    async def resume(self, opener: Opener, until: float) -> bool:
+        """A fresh /connect, and its websocket with ``since``; again until one opens (False:
+        none did until ``until``)."""
         query = "&since=" + quote(orjson.dumps(self.positions).decode())
         self.dialled = time.monotonic()
         while self.client is None:
+            if time.monotonic() > until:
+                return False
             self.recovering = True
             try:
                 self.client = await opener.dial(self.again, lambda: self.listener(opener.tally),
@@ -88,6 +94,7 @@ class Resumer:
             except DIAL_ERRORS as error:
                 opener.failed(error)
                 await asyncio.sleep(RETRY)
+        return True
 
 
 class ResumeTally(Tally):
@@ -145,7 +152,8 @@ class ResumeTally(Tally):
 
 
 async def cycle(resumer: Resumer, opener: Opener, deadline: float) -> int:
-    """Drop and resume until the deadline; the number of resumes."""
+    """Drop and resume until the deadline; the number of resumes (a resumer that could not
+    resume for GIVE_UP s stops, and is owed what it missed)."""
     rng = random.Random()
     resumes = 0
     while True:
@@ -156,7 +164,11 @@ async def cycle(resumer: Resumer, opener: Opener, deadline: float) -> int:
             continue
         resumer.drop()
         await asyncio.sleep(rng.uniform(0, AWAY))
-        await resumer.resume(opener)
+        if not await resumer.resume(opener, deadline + GIVE_UP):
+            opener.tally.resume_failures += 1
+            resumer.client = resumer.dropped    # counted as a client that ended early
+            resumer.client.ended_early = True
+            return resumes
         resumes += 1
 
 
