@@ -1,9 +1,14 @@
-"""docs/performance.md: the method, the results tables and the plot, all from one run."""
+"""docs/performance.md: the method, the results tables and the plot, all from one run, and
+a section for a cluster from a second run (``--cluster``)."""
 from __future__ import annotations
 
+from .goals import FANOUT_SHARE, HISTORY_RATE, LATENCY_ADDED_MS, goal_lines
+
+CLUSTER_RUN = ("python -m bench cluster --workers 2,3x1 --redis --retries 2 "
+               "--json docs/perf-cluster.json")
 REGENERATE = ("python -m bench all --workers 1,2 --compare channelstream --compare nchan "
               "--retries 2 --json docs/perf.json --plot docs/performance.png "
-              "--markdown docs/performance.md")
+              "--markdown docs/performance.md --cluster docs/perf-cluster.json")
 
 METHOD = """\
 ## How to run
@@ -14,7 +19,9 @@ From the repository root, with the bench extra installed (`pip install -e '.[ben
 python -m bench SCENARIO [--api URL --secret S | --workers N[,N...]] [--clients N] [--channels N]
                 [--duration S] [--rate R] [--batch B] [--payload BYTES] [--loadgen-procs P]
                 [--publishers K] [--window W] [--compare channelstream] [--compare nchan]
-                [--retries N] [--json FILE] [--plot FILE.png] [--markdown FILE] [--no-progress]
+                [--retries N] [--nodes N --redis] [--history] [--resume]
+                [--json FILE] [--plot FILE.png] [--markdown FILE [--cluster FILE]]
+                [--no-progress]
 ```
 
 Without `--api` the bench starts `python -m shardcast serve --workers N` on free loopback ports
@@ -67,9 +74,11 @@ other case).
 | `connect` | storm of `/connect` + websocket opens (64 in flight per generator process), each client joining one of the channels, then RSS per idle connection | 1,000 connections over 100 channels |
 | `api` | `POST /message` throughput to a channel with no subscribers, closed loop on keep-alive connections | 8 connections from one generator process, 1 message per POST, 10 s |
 | `churn` | 16 loops connect → open websocket → stay 0-10 ms → close + `/disconnect` on presence channels, while messages flow to stable subscribers | 200 subscribers, 10 channels, 50 msg/s |
+| `churn --resume` | 32 resumers drop their websocket abruptly and resume with `since=` on a fresh `/connect`, while messages flow to channels with history (see "Cluster") | 40 subscribers, 4 channels, 400 msg/s |
 | `soak` | `churn`'s join/leave loops and a steady publish rate, first for a warm-up (a quarter of `--duration`, at most 10 s), then for `--duration`; the server's RSS and open file descriptors after each, and the error lines in its log | 200 subscribers, 10 channels, 50 msg/s, 60 s |
 | `overload` | N subscribers of one channel, published on schedule at twice the highest sustainable rate (searched, see below; `--rate` sets the rate and skips the search): socket buffers fill and slow consumers are closed | 1,000 clients, 1 message per POST, 6 s; search steps of 3 s |
-| `all` | all of the above except `soak` (it is long), one after the other | |
+| `all` | all of the above except `soak` (it is long) and `churn --resume`, one after the other | |
+| `cluster` | `fanout`, `latency`, `api --history` (the channel keeps history) and `churn --resume`: what a cluster costs against one node (see "Cluster") | |
 
 ## How the figures are measured
 
@@ -203,29 +212,82 @@ py-spy at the supervisor or a shard (pids in `/admin/admin.json`):
 `py-spy record --native -d 10 -o profile.svg --pid PID` or `py-spy top --pid PID`.
 """
 
+CLUSTER_METHOD = f"""\
+## Cluster
+
+`python -m bench SCENARIO --nodes N --redis` measures a cluster: the bench starts a `redis-server`
+of its own (in a temporary directory, on a free loopback port, without persistence; never a
+system service) and N nodes sharing it, each `shardcast serve --redis-url ... --node-id nodeI`
+with its own API and websocket ports and `--workers` shards, and stops them all after each
+scenario (Redis too: every scenario starts on an empty Redis). An item `NxW` of `--workers` is N
+nodes of W shards each, so one run measures one node and a cluster side by side:
+`{CLUSTER_RUN}`.
+
+* **Spread**: subscribers connect through the nodes' APIs in turn (client i through node i mod N)
+  and open the `ws_url` each answer names, so they are spread evenly over the nodes
+  (`clients_by_node` in the JSON). Publishing connections post through the nodes in turn too:
+  with one publisher (the default) every message is posted to node 0 and reaches the other
+  nodes' subscribers through Redis. `api` posts through node 0 only: what one node's API takes.
+* **CPU**: a cluster's server CPU is its nodes' (supervisors, API processes, shards) and Redis'
+  together, so `server_cpu_us_per_msg` compares what the whole broker spends; `nodes_cores` and
+  `redis_cores` split it. `redis_cpu_us_per_publish` is the CPU of the `redis-server` process
+  over the measured phase divided by the messages accepted: Redis runs commands on one
+  thread, so this bounds a cluster's publish rate. It is lowest when publishes come in quick
+  succession (Redis reads and answers them in batches) and highest when each comes alone
+  (each then costs its own reads and writes, and a pub/sub write to every subscribed shard):
+  compare it between runs of similar publish rates (`api --history` runs the fastest).
+* **History**: `--history` makes the scenario's channels keep history (`store_history`,
+  `history_size` 1000); `api --history` posts to such a channel.
+* **Resume** (`churn --resume`): besides the stable subscribers, 32 resumers (`--churners`),
+  each subscribed to one channel (with history; 400 msg/s over 4 channels, so a resumer misses a
+  few messages each time; few stable subscribers, so that the resumes' CPU stands out). A
+  resumer opens its websocket with `offsets=1` before publishing starts, so it is owed every
+  message; then, until the publishing stops, it keeps its websocket 0-200 ms, drops it abruptly
+  (the TCP connection closes without a close frame), stays away 0-100 ms while messages flow,
+  and comes back on a fresh `/connect` (through the next node) whose websocket URL carries
+  `since=` with the epoch and offset of the last message it got, as the browser client does.
+  That `/connect` asks for no history in its answer (`info.include_history` false), which would
+  otherwise carry up to `history_size` (1,000) entries: what was missed comes through `since`.
+  The resumed websocket must first send a recovery frame saying `recovered` in the epoch the
+  resumer had (`resume_failures` otherwise); every message is checked field by field as in the
+  other scenarios (catch-up ones say `catchup: true`), by the publisher's numbering across all
+  the resumer's websockets (`lost`, `duplicated`, `out_of_order`, counted with the stable
+  subscribers'), and by its position: each must be the next offset of its channel, in the same
+  epoch (`position_errors`). `caught_up` counts the messages received as catch-up;
+  `resume_p50_ms` is the time from the new `/connect` to the recovery frame. The scenario runs
+  twice on the same server, first without drops (the resumers stay on their first websocket;
+  channels of its own), then with: `server_cpu_us_per_resume` is the server CPU the second run
+  used beyond the first, divided by its resumes (and so per part in a cluster). The bench's
+  server forgets a connection 2 s after its last sign of life (`gc_conns_after = 2`, heartbeats
+  every second, as in `soak`) and each run's measured phase lasts 3 s past its drain
+  (`--duration` if shorter), so the cost includes forgetting the dropped connection, which until
+  then holds what its channel publishes (for `gc_conns_after`, 15 s by default, on a real
+  server).
+* **Targets**: the section ends with the targets a cluster is held to, each said met or not: a
+  fan-out at least {FANOUT_SHARE:g}× one node's (2 shards), a latency p99 at most
+  {LATENCY_ADDED_MS:g} ms above one node's, at least {HISTORY_RATE:,} publishes/s with history
+  through one node, and no message lost, repeated or out of place across resumes.
+"""
+
 
 def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
-                plot: str | None) -> str:
-    machine = meta.get("machine", {})
-    failed = [r for r in results if "failed" in r]
+                plot: str | None, cluster: str = "") -> str:
+    """The page; ``cluster`` is the section of a cluster run (``render_cluster``)."""
     lines = [
         "# Performance",
         "",
         "<!-- Generated by bench/docs.py; regenerate with:",
+        CLUSTER_RUN,
         REGENERATE,
         "-->",
         "",
-        f"Regenerate this page (about ten minutes on a quiet machine) with `{REGENERATE}`.",
+        f"Regenerate this page (about twenty minutes on a quiet machine) with `{CLUSTER_RUN}`, "
+        f"then `{REGENERATE}`.",
         "",
         METHOD,
         "## Results",
         "",
-        f"Run on {meta.get('date', '?')}: {machine.get('cores', '?')} cores "
-        f"({machine.get('cpu', '?')}), {machine.get('memory_gb', '?')} GiB, "
-        f"{machine.get('system', '?')}, Python {meta.get('python', '?')}, "
-        f"shardcast {meta.get('shardcast', '?')} (source `{meta.get('source') or '?'}`).",
-        f"Command: `{meta.get('command', '?')}`.",
-        "",
+        *run_lines(meta),
         "↑ higher is better, ↓ lower is better. `w=N` is shardcast with N shards; `w=N / cs` "
         "divides its figure by Channelstream's, `w=N / nchan` by Nchan's, `w=2 / w=1` shows "
         "what the second shard buys.",
@@ -235,9 +297,36 @@ def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
     ]
     if plot:
         lines += [f"![benchmark figures per target]({plot})", ""]
-    if notes or failed:
-        lines += ["### Notes", ""]
-        lines += [f"* {note}" for note in notes]
-        lines += [f"* {r['scenario']} @ {r['target']} failed: {r['failed']}" for r in failed]
-        lines.append("")
-    return "\n".join(lines)
+    lines += notes_lines(results, notes)
+    return "\n".join(lines + [cluster])
+
+
+def run_lines(meta: dict) -> list[str]:
+    """Where and how a run was made."""
+    machine = meta.get("machine", {})
+    return [f"Run on {meta.get('date', '?')}: {machine.get('cores', '?')} cores "
+            f"({machine.get('cpu', '?')}), {machine.get('memory_gb', '?')} GiB, "
+            f"{machine.get('system', '?')}, Python {meta.get('python', '?')}, "
+            f"shardcast {meta.get('shardcast', '?')} (source `{meta.get('source') or '?'}`).",
+            f"Command: `{meta.get('command', '?')}`.", ""]
+
+
+def notes_lines(results: list[dict], notes: list[str], heading: str = "###") -> list[str]:
+    failed = [r for r in results if "failed" in r]
+    if not notes and not failed:
+        return []
+    lines = [f"{heading} Notes", ""]
+    lines += [f"* {note}" for note in notes]
+    lines += [f"* {r['scenario']} @ {r['target']} failed: {r['failed']}" for r in failed]
+    return lines + [""]
+
+
+def render_cluster(meta: dict, results: list[dict], tables: str, notes: list[str]) -> str:
+    """The section of a cluster run: how it is measured, its tables, the targets met."""
+    goals = goal_lines(results)
+    lines = [CLUSTER_METHOD, "### Cluster results", "", *run_lines(meta),
+             "`N nodes × w=W` is a cluster of N nodes of W shards each over one Redis; the last "
+             "column divides its figure by one node's.", "", tables, ""]
+    if goals:
+        lines += ["### Targets", "", *[f"* {line}" for line in goals], ""]
+    return "\n".join(lines + notes_lines(results, notes, "####"))

@@ -13,6 +13,8 @@ from .stats import Histogram, add_counts
 if TYPE_CHECKING:
     from .scenarios import Run
 
+SUBSCRIBERS = ("clients", "resumers")   # the roles whose results count deliveries
+
 
 def expected_deliveries(published: dict, fanout: dict[str, int]) -> int:
     """Σ over accepted messages of the subscribers of their channel."""
@@ -45,7 +47,7 @@ def flow_figures(run: Run, published: dict, results: list[dict],
                  churn_seconds: float | None = None) -> dict:
     """The figures of a message flow; ``churn_seconds`` (default: the duration) is how long
     connections churned."""
-    clients = [result for result in results if result["role"] == "clients"]
+    clients = [result for result in results if result["role"] in SUBSCRIBERS]
     expected, cut_off = owed_deliveries(published, clients)
     latency = Histogram()
     for result in clients:
@@ -58,6 +60,7 @@ def flow_figures(run: Run, published: dict, results: list[dict],
     seconds = published["last_tx"] - first_tx
     figures = {
         "clients_open": sum(result["opened"] for result in clients),
+        "clients_by_node": by_node(clients),
         "connect_errors": sum(result["error_count"] for result in clients),
         "published": sent,
         "publish_errors": published["error_count"],
@@ -74,11 +77,12 @@ def flow_figures(run: Run, published: dict, results: list[dict],
         "delivered_msgs_per_s": per(delivered, last_rx - first_tx),
         "msgs_per_frame": per(sum(r["received"] for r in clients), frames),
         **latency.summary_ms("lat"),
-        **server_figures(run, delivered, "msg"),
+        **server_figures(run, delivered, "msg", sent),
         "server_cpu_us_per_frame": run.cpu.per_unit_us(frames),
         **loadgen_figures(run, results),
         "errors": error_samples(results),
     }
+    figures.update(resume_figures(run, results))
     churn = [result for result in results if result["role"] == "churn"]
     if churn:
         cycles = sum(result["cycles"] for result in churn)
@@ -93,6 +97,38 @@ def flow_figures(run: Run, published: dict, results: list[dict],
     return figures
 
 
+def resume_figures(run: Run, results: list[dict]) -> dict:
+    """How the resumers of ``churn --resume`` fared (nothing without resumers)."""
+    resumers = [result for result in results if result["role"] == "resumers"]
+    if not resumers:
+        return {}
+    latency = Histogram()
+    for result in resumers:
+        latency.merge(result["resume_latency"])
+    resumes = sum(result["resumes"] for result in resumers)
+    return {"resumers": sum(result["opened"] for result in resumers), "resumes": resumes,
+            "resumes_per_s": per(resumes, run.options.duration),
+            **{key: sum(result[key] for result in resumers)
+               for key in ("resume_failures", "position_errors", "caught_up")},
+            **latency.summary_ms("resume")}
+
+
+def resume_cost(figures: dict, steady: dict) -> dict:
+    """The server's CPU (and its parts') per resume: what a run with drops used beyond the
+    steady run without, divided by the resumes."""
+    cost = {"steady_server_cpu_s": steady.get("server_cpu_s")}
+    for part in ("server", "nodes", "redis"):
+        used, base = figures.get(f"{part}_cpu_s"), steady.get(f"{part}_cpu_s")
+        if used is not None and base is not None and figures.get("resumes"):
+            cost[f"{part}_cpu_us_per_resume"] = round((used - base) * 1e6 / figures["resumes"])
+    return cost
+
+
+def by_node(clients: list[dict]) -> list[int]:
+    """Clients opened through each node's API (one count for a server of one node)."""
+    return [sum(counts) for counts in zip(*(result["opened_by_node"] for result in clients))]
+
+
 def connect_figures(run: Run, results: list[dict], rss_before: int | None,
                     rss_after: int | None) -> dict:
     opened = sum(result["opened"] for result in results)
@@ -103,7 +139,8 @@ def connect_figures(run: Run, results: list[dict], rss_before: int | None,
     rss = None
     if rss_before is not None and rss_after is not None and opened:
         rss = round((rss_after - rss_before) / opened / 1024, 2)
-    return {"connections": opened, "connect_errors": sum(r["error_count"] for r in results),
+    return {"connections": opened, "clients_by_node": by_node(results),
+            "connect_errors": sum(r["error_count"] for r in results),
             "conn_per_s": per(opened, seconds), **latency.summary_ms("conn"),
             "rss_kb_per_conn": rss, "server_rss_mb": mib(rss_after), **closes(results),
             **server_figures(run, opened, "conn"), **loadgen_figures(run, results),
@@ -121,15 +158,24 @@ def api_figures(run: Run, results: list[dict]) -> dict:
         latency.merge(result["request_latency"])
     return {"requests": requests, "request_errors": errors, "messages": accepted,
             "req_per_s": per(requests - errors, seconds), "msgs_per_s": per(accepted, seconds),
-            **latency.summary_ms("req"), **closes([]), **server_figures(run, accepted, "msg"),
+            **latency.summary_ms("req"), **closes([]),
+            **server_figures(run, accepted, "msg", accepted),
             **loadgen_figures(run, results), "errors": error_samples(results)}
 
 
-def server_figures(run: Run, units: int, unit: str) -> dict:
+def server_figures(run: Run, units: int, unit: str, publishes: int = 0) -> dict:
+    """The server's CPU per ``unit``; for each of its parts (a cluster's nodes and Redis)
+    the same, and per accepted publish."""
     cpu = run.cpu
-    return {"server_cpu_s": None if cpu.cpu is None else round(cpu.cpu, 3),
-            "server_cores": cpu.cores(),
-            f"server_cpu_us_per_{unit}": cpu.per_unit_us(units)}
+    figures = {"server_cpu_s": None if cpu.cpu is None else round(cpu.cpu, 3),
+               "server_cores": cpu.cores(),
+               f"server_cpu_us_per_{unit}": cpu.per_unit_us(units)}
+    for part, seconds in cpu.parts.items():
+        figures[f"{part}_cpu_s"] = round(seconds, 3)
+        figures[f"{part}_cores"] = cpu.cores(seconds)
+        figures[f"{part}_cpu_us_per_{unit}"] = cpu.per_unit_us(units, seconds)
+        figures[f"{part}_cpu_us_per_publish"] = cpu.per_unit_us(publishes, seconds)
+    return figures
 
 
 def loadgen_figures(run: Run, results: list[dict]) -> dict:

@@ -38,6 +38,20 @@ class Presence(msgspec.Struct, tag_field="type", tag="presence"):
     channel: str
 
 
+class Position(msgspec.Struct, forbid_unknown_fields=True):
+    """A channel's state in a recovery frame."""
+
+    recovered: bool
+    epoch: Union[str, None]
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Recovery(msgspec.Struct, tag_field="type", tag="recovery"):
+    """The first frame of a websocket opened with ``since``."""
+
+    channels: dict[str, Position]
+
+
 class Delivery(NamedTuple):
     """A message read from a frame that names no channel: the one its client subscribed to."""
 
@@ -58,16 +72,19 @@ def message_body(publisher: str, sequence: int, sent: float, pad: str) -> dict:
     return {"p": publisher, "s": sequence, "t": sent, "pad": pad}
 
 
-def frame_decoder(pad: str) -> Callable[[bytes], list]:
+def frame_decoder(pad: str, positions: bool = False) -> Callable[[bytes], list]:
     """Decode a frame into envelopes, raising ``msgspec.DecodeError`` (a subclass of
     ValueError) for anything but valid UTF-8 JSON holding exactly what the bench published
-    with ``pad`` as padding."""
-    posted = msgspec.defstruct(
-        "Posted", [("channel", str), ("user", Literal[USER]), ("uuid", str),
-                   ("timestamp", str), ("catchup", Literal[False]), ("edited", None),
-                   ("message", stamp_type(pad))],
-        tag_field="type", tag="message")
-    return msgspec.json.Decoder(list[Union[posted, Presence]]).decode
+    with ``pad`` as padding. With ``positions`` (a client that asked for offsets and resumes),
+    messages carry their ``epoch`` and ``offset``, may be catch-up, and a recovery may come."""
+    fields = [("channel", str), ("user", Literal[USER]), ("uuid", str), ("timestamp", str),
+              ("catchup", bool if positions else Literal[False]), ("edited", None),
+              ("message", stamp_type(pad))]
+    if positions:
+        fields += [("epoch", str), ("offset", Annotated[int, msgspec.Meta(ge=1)])]
+    posted = msgspec.defstruct("Posted", fields, tag_field="type", tag="message")
+    kinds = Union[posted, Presence, Recovery] if positions else Union[posted, Presence]
+    return msgspec.json.Decoder(list[kinds]).decode
 
 
 def body_decoder(pad: str) -> Callable[[bytes], msgspec.Struct]:

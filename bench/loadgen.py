@@ -3,8 +3,8 @@
 Each worker is an aiomultiprocess process running uvloop. The coordinator (``bench.session``)
 gives it a role and a plan (plain picklable data) and steers all workers through shared
 memory (``bench.shared``). A worker returns one result dict. Subscribers live in
-``bench.subscribers``, publishers in ``bench.publishers``; the churn, which reuses the
-subscribers' opener, is here.
+``bench.subscribers``, publishers in ``bench.publishers``, the resumers of ``churn --resume``
+in ``bench.resumers``; the churn, which reuses the subscribers' opener, is here.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from shardcast.worker import tune_gc
 from .httpclient import HttpError
 from .publishers import run_publishers
 from .resources import raise_open_file_limit
+from .resumers import run_resumers
 from .shared import Shared, Worker
 from .stats import Histogram
 from .subscribers import Opener, run_clients
@@ -46,7 +47,7 @@ async def churn_loop(opener: Opener, plan: dict, deadline: float, stats: dict) -
         await asyncio.sleep(rng.uniform(0, plan["hold"]))
         client.close()
         try:
-            await opener.api.call("POST", "/disconnect", {"conn_id": client.conn_id})
+            await client.api.call("POST", "/disconnect", {"conn_id": client.conn_id})
         except HttpError as error:
             opener.errors.append(str(error)[:200])
         stats["latency"].add(time.monotonic() - start)
@@ -61,9 +62,10 @@ async def run_churn(plan: dict, worker: Worker) -> dict:
     await asyncio.gather(*(churn_loop(opener, plan, deadline, stats)
                            for _ in range(plan["concurrency"])))
     usage = worker.usage.report()
-    opener.api.close()
+    opener.close()
     return {**usage, "cycles": stats["cycles"], "cycle_latency": stats["latency"].dump(),
             "errors": opener.errors[:20], "error_count": len(opener.errors)}
 
 
-ROLES = {"clients": run_clients, "publishers": run_publishers, "churn": run_churn}
+ROLES = {"clients": run_clients, "publishers": run_publishers, "churn": run_churn,
+         "resumers": run_resumers}

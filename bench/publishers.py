@@ -55,7 +55,7 @@ class Publisher:
         self.ident = ident
         self.api = api
         self.codec = CODECS[plan["codec"]]
-        self.connection = api.connections[index]
+        self.connection = api.connections[0]
         self.channels = plan["channels"]
         self.turn = index
         self.batch = plan["batch"]
@@ -154,16 +154,19 @@ class Publisher:
 
 
 async def run_publishers(plan: dict, worker: Worker) -> dict:
-    api = ApiClient(plan["api"], plan["secret"], plan["connections"])
+    # One keep-alive connection per publisher, through the nodes' APIs in turn.
+    apis = [ApiClient(plan["apis"][index % len(plan["apis"])], plan["secret"])
+            for index in range(plan["connections"])]
     flow = Flow(plan, worker.shared)
     prefix = plan.get("prefix", "")   # sets publishers of one run apart (soak phases)
     publishers = [Publisher(f"{prefix}{worker.slot}.{index}", index, api, plan, flow)
-                  for index in range(plan["connections"])]
+                  for index, api in enumerate(apis)]
     await worker.start_when_told(plan["max_seconds"])
     deadline = time.monotonic() + plan["duration"]
     await asyncio.gather(*(publisher.run(deadline) for publisher in publishers))
     usage = worker.usage.report()
-    api.close()
+    for api in apis:
+        api.close()
     latency = Histogram()
     for publisher in publishers:
         latency.merge(publisher.latency.dump())

@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .goals import goal_lines
+
 UP, DOWN = "↑", "↓"   # higher is better, lower is better
 CPU = [("server_cpu_us_per_msg", DOWN), ("server_cpu_us_per_frame", DOWN), ("server_cores", None),
        ("msgs_per_frame", None)]   # of a scenario whose subscribers receive messages
@@ -35,6 +37,11 @@ METRICS = {
     "churn": [("churn_per_s", UP), ("churn_cycle_p50_ms", DOWN), ("delivered_msgs_per_s", UP),
               ("lat_p50_ms", DOWN), ("lat_p99_ms", DOWN), *CPU, ("presence_events", None),
               ("churn_errors", None)],
+    "churn --resume": [("resumes_per_s", UP), ("resume_p50_ms", DOWN), ("resume_p99_ms", DOWN),
+                       ("server_cpu_us_per_resume", DOWN), ("nodes_cpu_us_per_resume", DOWN),
+                       ("redis_cpu_us_per_resume", DOWN), ("caught_up", None),
+                       ("delivered_msgs_per_s", UP), ("lat_p99_ms", DOWN),
+                       ("resume_failures", None), ("position_errors", None)],
     "overload": [("sustainable_msgs_per_s", UP), ("unsustainable_msgs_per_s", None),
                  ("target_msgs_per_s", None), ("offered_msgs_per_s", None),
                  ("published_msgs_per_s", UP), ("delivered_msgs_per_s", UP),
@@ -45,6 +52,8 @@ METRICS = {
              ("rss_growth_mb", DOWN), ("fds_start", None), ("fds_end", None),
              ("returned_to_baseline", None), ("errors_logged", None), ("churn_errors", None)],
 }
+# A cluster's parts (bench.cluster): shown where a run has them.
+PARTS = [("nodes_cores", None), ("redis_cores", None), ("redis_cpu_us_per_publish", DOWN)]
 INTEGRITY = ["lost", "duplicated", "out_of_order", "protocol_errors", "slow_consumer_closes",
              "server_slow_consumer_closes", "dropped_connections", "cut_off", "connect_errors",
              "publish_errors", "request_errors", "loadgen_cores", "loadgen_cpu_max_pct",
@@ -69,7 +78,8 @@ def scenario_rows(results: list[dict], scenario: str) -> tuple[list[str], list[l
     header = ["metric", *(run["target"] for run in runs),
               *(f"{_short(run['target'])} / {_short(base['target'])}" for run, base in ratios)]
     rows = []
-    for metric, better in METRICS.get(scenario, []) + [(name, None) for name in INTEGRITY]:
+    base = METRICS.get(scenario) or METRICS.get(scenario.split()[0], [])   # api --history: api
+    for metric, better in base + PARTS + [(name, None) for name in INTEGRITY]:
         if all(run.get(metric) is None for run in runs):
             continue
         label = f"{metric} {better}" if better else metric
@@ -122,7 +132,8 @@ def warnings(results: list[dict]) -> list[str]:
                          f"of a core; the figures may measure it rather than the server")
         for key in ("lost", "duplicated", "out_of_order", "protocol_errors",
                     "slow_consumer_closes", "dropped_connections",
-                    "publish_errors", "connect_errors", "request_errors", "churn_errors"):
+                    "publish_errors", "connect_errors", "request_errors", "churn_errors",
+                    "resume_failures", "position_errors"):
             if result.get(key):
                 found.append(f"{where}: {key} = {result[key]:,}")
         for error in result.get("errors", [])[:3]:
@@ -167,15 +178,17 @@ def print_tables(results: list[dict], console: Console | None = None) -> None:
         console.print(table)
         for line in search_lines([r for r in results if r["scenario"] == scenario]):
             console.print(f"sustainable-rate search, {line}", highlight=False)
+    for line in goal_lines(results):
+        console.print(f"target: {line}", highlight=False)
     for line in warnings(results):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
 
-def markdown_tables(results: list[dict]) -> str:
+def markdown_tables(results: list[dict], heading: str = "###") -> str:
     parts = []
     for scenario in scenarios_of(results):
         header, rows = scenario_rows(results, scenario)
-        lines = [f"### {scenario}", "", "| " + " | ".join(header) + " |",
+        lines = [f"{heading} {scenario}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         searches = search_lines([r for r in results if r["scenario"] == scenario])
@@ -235,11 +248,19 @@ def read_json(path: str) -> tuple[dict, list[dict]]:
     return data["meta"], data["results"]
 
 
-def write_markdown(path: str, meta: dict, results: list[dict], plot: str | None) -> None:
-    from .docs import render_page
+def write_markdown(path: str, meta: dict, results: list[dict], plot: str | None,
+                   cluster: str | None = None) -> None:
+    """The page; ``cluster``: the JSON file of a cluster run, for its section."""
+    from .docs import render_cluster, render_page
 
+    section = ""
+    if cluster:
+        cluster_meta, cluster_results = read_json(cluster)
+        section = render_cluster(cluster_meta, cluster_results,
+                                 markdown_tables(cluster_results, "####"),
+                                 warnings(cluster_results))
     text = render_page(meta, results, markdown_tables(results), warnings(results),
-                       os.path.relpath(plot, Path(path).parent) if plot else None)
+                       os.path.relpath(plot, Path(path).parent) if plot else None, section)
     Path(path).write_text(text)
 
 
@@ -248,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("json_file")
     parser.add_argument("--markdown", metavar="FILE")
     parser.add_argument("--plot", metavar="FILE.png")
+    parser.add_argument("--cluster", metavar="FILE.json",
+                        help="a saved cluster run, for the page's cluster section")
     args = parser.parse_args(argv)
     meta, results = read_json(args.json_file)
     print_tables(results)
@@ -256,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
 
         plot(results, args.plot)
     if args.markdown:
-        write_markdown(args.markdown, meta, results, args.plot)
+        write_markdown(args.markdown, meta, results, args.plot, args.cluster)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,11 @@ class ServerProbe:
         except psutil.Error:
             return []
 
+    def parts(self) -> dict[str, "ServerProbe"]:
+        """Named parts of the server whose CPU is reported besides the total (a cluster's
+        nodes and Redis); none for one process tree."""
+        return {}
+
     def cpu_seconds(self) -> float | None:
         """user + system CPU seconds of every server process (None: not measurable here)."""
         return self._total(lambda process: sum(process.cpu_times()[:2]))
@@ -116,7 +121,7 @@ class ServerProbe:
 
 
 class CpuWindow:
-    """Server CPU seconds spent between ``start()`` and ``stop()``."""
+    """Server CPU seconds spent between ``start()`` and ``stop()``, in total and per part."""
 
     def __init__(self, probe: ServerProbe) -> None:
         self.probe = probe
@@ -125,8 +130,11 @@ class CpuWindow:
         self.cpu: float | None = None
         self.wall = 0.0
         self.busy0 = self.busy = self.own0 = self.own = 0.0
+        self.parts0: dict[str, float | None] = {}
+        self.parts: dict[str, float] = {}      # part name -> CPU seconds
 
     def start(self) -> None:
+        self.parts0 = {name: part.cpu_seconds() for name, part in self.probe.parts().items()}
         self.cpu0, self.wall0 = self.probe.cpu_seconds(), time.monotonic()
         self.busy0, self.own0 = _machine_busy(), _own_cpu()
 
@@ -137,6 +145,10 @@ class CpuWindow:
         self.own = _own_cpu() - self.own0
         if self.cpu0 is not None and cpu1 is not None:
             self.cpu = cpu1 - self.cpu0
+        for name, part in self.probe.parts().items():
+            before, after = self.parts0.get(name), part.cpu_seconds()
+            if before is not None and after is not None:
+                self.parts[name] = after - before
 
     def others_cores(self, loadgen_cpu: float) -> float | None:
         """Cores kept busy by everything but the server and the bench's processes (noise)."""
@@ -145,13 +157,16 @@ class CpuWindow:
         others = self.busy - self.cpu - loadgen_cpu - self.own
         return round(max(others, 0.0) / self.wall, 2)
 
-    def per_unit_us(self, units: int) -> float | None:
-        if self.cpu is None or not units:
+    def per_unit_us(self, units: int, cpu: float | None = None) -> float | None:
+        """CPU µs per unit of the server (or of ``cpu`` seconds, a part's)."""
+        cpu = self.cpu if cpu is None else cpu
+        if cpu is None or not units:
             return None
-        return round(self.cpu * 1e6 / units, 2)
+        return round(cpu * 1e6 / units, 2)
 
-    def cores(self) -> float | None:
-        """Average number of cores the server kept busy."""
-        if self.cpu is None or self.wall <= 0:
+    def cores(self, cpu: float | None = None) -> float | None:
+        """Average number of cores the server (or ``cpu`` seconds, a part) kept busy."""
+        cpu = self.cpu if cpu is None else cpu
+        if cpu is None or self.wall <= 0:
             return None
-        return round(self.cpu / self.wall, 2)
+        return round(cpu / self.wall, 2)

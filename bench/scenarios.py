@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Awaitable, Callable
 
 from .codec import CODECS
-from .figures import api_figures, connect_figures, difference, expected_deliveries, flow_figures
+from .figures import (api_figures, connect_figures, difference, expected_deliveries,
+                      flow_figures, resume_cost)
 from .httpclient import ApiClient
 from .progress import Progress
 from .resources import CpuWindow
@@ -26,6 +27,11 @@ DRAIN_LIMIT = 30.0
 SETTLE = 1.0              # idle connections settle this long before RSS is read
 WORKER_SLACK = 180.0      # how long workers outlive the planned duration at most
 CHURN_HOLD = 0.01         # a churning client stays up to this long (uniformly drawn)
+HISTORY = {"store_history": True, "history_size": 1000}   # what channels keep with --history
+# churn --resume waits this long after the drain (at most --duration), so that the server has
+# forgotten the dropped connections (gc_conns_after of bench.soak.SERVER_SETTINGS) within the
+# measured phase.
+RESUME_SETTLE = 3.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,9 @@ class Options:
     publishers: int = 1             # keep-alive publishing connections
     window: int = 50                # messages in flight end to end (as-fast-as-accepted runs)
     channels_per_client: int = 3    # the channels scenario
-    churners: int = 16              # concurrent join/leave loops (churn)
+    churners: int = 16              # concurrent join/leave loops (churn), or resumers
+    history: bool = False           # channels keep history (store_history)
+    resume: bool = False            # churn: resumers drop and resume instead of join/leave
 
 
 DEFAULTS = {
@@ -52,6 +60,10 @@ DEFAULTS = {
     # them took 0.85 between them (fewer answers per wake-up each), CPU the server lacked.
     "api": Options(clients=0, publishers=8, loadgen_procs=1),
     "churn": Options(clients=200, channels=10, rate=50.0),
+    # 100 msg/s per channel: a resumer away for up to 0.1 s misses a few messages each time;
+    # a light steady load besides, so that the CPU of the resumes stands out.
+    "churn --resume": Options(clients=40, channels=4, rate=400.0, churners=32, history=True,
+                              resume=True),
     "overload": Options(clients=1000, channels=1, duration=6.0),   # bench/overload.py
     "soak": Options(clients=200, channels=10, rate=50.0, duration=60.0),   # bench/soak.py
 }
@@ -61,7 +73,7 @@ def options_for(scenario: str, overrides: dict, target: Target) -> Options:
     """The scenario's defaults, the target's need for generator processes, then the options
     given."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    defaults = DEFAULTS[scenario]
+    defaults = DEFAULTS[label(scenario, Options(resume=bool(given.get("resume"))))]
     if scenario in target.loadgen_procs:
         defaults = replace(defaults, loadgen_procs=target.loadgen_procs[scenario])
     options = replace(defaults, **given)
@@ -69,6 +81,13 @@ def options_for(scenario: str, overrides: dict, target: Target) -> Options:
         raise ValueError(f"{target.name} takes one message per publish request: run it with "
                          f"--batch 1")
     return options
+
+
+def label(scenario: str, options: Options) -> str:
+    """The scenario's name in results, with the mode it ran in."""
+    if options.resume:
+        return f"{scenario} --resume"
+    return f"{scenario} --history" if options.history else scenario
 
 
 @dataclass
@@ -85,7 +104,7 @@ class Run:
         self.cpu = CpuWindow(self.target.probe())
 
     def plan(self, **fields: object) -> dict:
-        return {"api": self.target.api, "secret": self.target.secret,
+        return {"apis": self.target.apis, "secret": self.target.secret,
                 "codec": self.target.codec, "ws_template": self.target.ws_template,
                 "max_seconds": self.options.duration + WORKER_SLACK, **fields}
 
@@ -93,7 +112,10 @@ class Run:
         return [f"{self.tag}-{index}" for index in range(max(self.options.channels, 1))]
 
     async def configure(self, channels: list[str], **settings: object) -> None:
-        """Create channels up front (messages to unknown channels are discarded)."""
+        """Create channels up front (messages to unknown channels are discarded); with
+        ``history`` they keep it."""
+        if self.options.history:
+            settings = {**HISTORY, **settings}
         api = ApiClient(self.target.api, self.target.secret)
         try:
             await api.call("POST", "/channel_config", {name: dict(settings) for name in channels})
@@ -107,8 +129,9 @@ class Run:
                 for index in range(procs)]
 
     def header(self) -> dict:
-        return {"scenario": self.scenario, "target": self.target.name,
-                "workers": self.target.workers, "options": asdict(self.options)}
+        return {"scenario": label(self.scenario, self.options), "target": self.target.name,
+                "workers": self.target.workers, "nodes": self.target.nodes,
+                "options": asdict(self.options)}
 
 
 # ------------------------------------------------------------------------ message flow
@@ -147,16 +170,24 @@ def publisher_plan(run: Run, channels: list[str], fanout: dict[str, int]) -> dic
                     window=int(options.window * max(average, 1)) if not options.rate else 0)
 
 
-async def message_flow(run: Run, channels: list[str], churn: dict | None = None,
-                       drain_limit: float = DRAIN_LIMIT) -> dict:
+async def message_flow(run: Run, channels: list[str], settings: dict | None = None,
+                       extra: tuple[str, dict] | None = None, drain_limit: float = DRAIN_LIMIT,
+                       settle: float = 0.0) -> dict:
+    """Subscribers, a publisher and ``extra``, a generator of another role (churners or
+    resumers) whose plan's ``clients`` subscribe too; channels are configured first with
+    ``settings`` (and history with --history); the measured phase lasts ``settle`` s beyond
+    the drain."""
+    if settings is not None or run.options.history:
+        await run.configure(channels, **(settings or {}))
     specs = layout(run, channels)
-    fanout = fanout_of(specs)
+    role, plan = extra or ("", {})
+    fanout = fanout_of(specs + plan.get("clients", []))
     procs = max(1, min(run.options.loadgen_procs, len(specs)))
-    session = Session(procs + 1 + (churn is not None), run.ui)
+    session = Session(procs + 1 + bool(role), run.ui)
     try:
         clients = run.spawn_clients(session, specs, storm=False)
         publisher = session.spawn("publishers", publisher_plan(run, channels, fanout))
-        extra = [session.spawn("churn", run.plan(**churn))] if churn else []
+        extra = [session.spawn(role, run.plan(**plan))] if role else []
         run.ui.phase(f"opening {len(specs):,} websockets", len(specs))
         await session.wait_opened(clients)
         await session.wait_ready([publisher, *extra])
@@ -170,6 +201,7 @@ async def message_flow(run: Run, channels: list[str], churn: dict | None = None,
         planned = expected_deliveries(published, fanout)
         run.ui.phase("draining deliveries", planned)
         await session.drain(planned, DRAIN_IDLE, drain_limit)
+        await asyncio.sleep(settle)
         run.cpu.stop()
         slow_after = run.target.slow_consumer_closes()
         results = await session.close()
@@ -195,11 +227,35 @@ async def latency(run: Run) -> dict:
 
 
 async def churn(run: Run) -> dict:
+    if run.options.resume:
+        return await resume_churn(run)
     names = run.channel_names()
-    await run.configure(names, notify_presence=True)
     plan = {"channels": names, "concurrency": run.options.churners, "hold": CHURN_HOLD,
             "duration": run.options.duration}
-    return await message_flow(run, names, churn=plan)
+    return await message_flow(run, names, {"notify_presence": True}, ("churn", plan))
+
+
+async def resume_churn(run: Run) -> dict:
+    """churn --resume (bench.resumers): first a steady run, on channels of its own, where the
+    resumers never drop, then the run with drops; what a resume costs the server is the CPU
+    the second used beyond the first, per resume."""
+    steady = Run(run.scenario, run.target, run.options, run.ui)
+    settle = min(RESUME_SETTLE, run.options.duration)
+    run.ui.run(f"churn --resume @ {run.target.name}: steady, no drops")
+    base = await message_flow(steady, steady.channel_names(), {},
+                              ("resumers", resumer_plan(steady, drops=False)), settle=settle)
+    run.ui.run(f"churn --resume @ {run.target.name}: resumers drop")
+    figures = await message_flow(run, run.channel_names(), {},
+                                 ("resumers", resumer_plan(run, drops=True)), settle=settle)
+    return {**figures, **resume_cost(figures, base)}
+
+
+def resumer_plan(run: Run, drops: bool) -> dict:
+    channels = run.channel_names()
+    specs = [{"username": f"resumer{index}", "channels": [channels[index % len(channels)]]}
+             for index in range(run.options.churners)]
+    return {"clients": specs, "drops": drops, "duration": run.options.duration,
+            "payload": run.options.payload}
 
 
 async def connect(run: Run) -> dict:
@@ -226,7 +282,8 @@ async def connect(run: Run) -> dict:
 
 
 async def api(run: Run) -> dict:
-    """POST /message throughput: a channel with no subscribers, keep-alive connections."""
+    """POST /message throughput: a channel with no subscribers, keep-alive connections, all
+    to one node (node 0 of a cluster)."""
     names = run.channel_names()[:1]
     await run.configure(names)
     options = run.options
@@ -237,7 +294,8 @@ async def api(run: Run) -> dict:
         for index in range(procs):
             connections = len(range(index, options.publishers, procs))
             plan = publisher_plan(run, names, {})
-            slots.append(session.spawn("publishers", {**plan, "connections": connections}))
+            slots.append(session.spawn("publishers", {**plan, "connections": connections,
+                                                      "apis": [run.target.api]}))
         await session.wait_ready(slots)
         run.cpu.start()
         session.go()

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from picows import (WSCloseCode, WSError, WSListener, WSMsgType, WSParsedURL, WSProtocolError,
                     WSTransport, ws_connect)
@@ -35,6 +35,7 @@ SLOW_CONSUMER = 3008          # the close code of a server dropping a client tha
 ERROR_SAMPLES = 5             # reasons of early closes kept per worker
 REASON_BYTES = 123            # the most a close frame carries
 CLOSE_WAIT = 1.0              # for the clients to be gone at the end
+DIAL_ERRORS = (HttpError, WSError, OSError, asyncio.TimeoutError, ValueError)
 
 
 class Tally:
@@ -55,13 +56,21 @@ class Tally:
 
     def feed(self, client: "Client", data: bytes) -> None:
         """Count one frame's messages; BadFrame or ``msgspec.DecodeError`` if it is bad."""
-        now = time.monotonic()
-        streams = client.streams
-        ages = []
+        messages = []
         for envelope in client.decode(data):
             if envelope.__class__ is Presence:
                 self.presence += 1
-                continue
+            else:
+                messages.append(envelope)
+        if messages:
+            self.count(client, messages, messages)
+
+    def count(self, client: "Client", messages: list, timed: list) -> None:
+        """Check the numbering of one frame's messages; the latency of those ``timed`` (not
+        replayed catch-up, which waited on purpose)."""
+        now = time.monotonic()
+        streams = client.streams
+        for envelope in messages:
             stamp = envelope.message
             key = (envelope.channel, stamp.p)
             sequence = streams.get(key)
@@ -70,15 +79,14 @@ class Tally:
                     raise BadFrame(f"a message of {envelope.channel!r}, a channel not joined")
                 sequence = streams[key] = Sequence()
             sequence.see(stamp.s)
-            ages.append(now - stamp.t)
-        if ages:
-            if min(ages) < 0:
+            if stamp.t > now:
                 raise BadFrame("a message sent after it was received")
-            self.latency.add_many(ages)
-            self.frames += 1
-            self.received += len(ages)
-            self.worker.shared.received[self.worker.slot] = self.received
-            self.last_rx = now
+        if timed:
+            self.latency.add_many([now - envelope.message.t for envelope in timed])
+        self.frames += 1
+        self.received += len(messages)
+        self.worker.shared.received[self.worker.slot] = self.received
+        self.last_rx = now
 
     def ended(self, client: "Client", handshake: Any, error: WSError | None) -> None:
         """A client closed before the end of the run: for a bad frame, as a slow consumer,
@@ -130,6 +138,7 @@ class Client(WSListener):
         self.channels = frozenset(channels)
         self.decode = tally.decoder(self.channels) if tally is not None else None
         self.conn_id = ""
+        self.api: ApiClient | None = None     # the API of the node it connected through
         self.streams: dict[tuple, Sequence] = {}
         self.transport: WSTransport | None = None
         self.closing = False
@@ -218,11 +227,14 @@ async def numeric_socket(url: WSParsedURL) -> socket.socket | None:
 
 
 class Opener:
-    """/connect then open the websocket, for many clients with bounded concurrency."""
+    """/connect then open the websocket, for many clients with bounded concurrency; through
+    the nodes' APIs in turn, so a cluster's clients spread over its nodes."""
 
     def __init__(self, plan: dict, worker: Worker, tally: Tally | None) -> None:
-        self.api = ApiClient(plan["api"], plan["secret"], API_CONNECTIONS)
+        self.apis = [ApiClient(url, plan["secret"], API_CONNECTIONS) for url in plan["apis"]]
         self.codec = CODECS[plan["codec"]]
+        self.turn = 0
+        self.by_api = [0] * len(self.apis)   # clients opened through each node
         self.ws_template = plan["ws_template"]
         self.worker = worker
         self.tally = tally
@@ -241,26 +253,47 @@ class Opener:
         clients = await asyncio.gather(*(one(spec) for spec in specs))
         return [client for client in clients if client is not None]
 
-    async def open(self, spec: dict) -> Client | None:
+    async def open(self, spec: dict, listener: Callable[[], Client] | None = None,
+                   query: str = "") -> Client | None:
+        """A new subscriber (None if it failed: the error is kept), counted as opened; see
+        ``dial`` for ``listener`` and ``query``."""
         start = time.monotonic()
         try:
-            conn_id, url = await self.codec.websocket(self.api, spec, self.ws_template)
-            _, client = await ws_connect(lambda: Client(self.tally, spec["channels"]), url,
-                                         websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
-                                         max_frame_size=MAX_FRAME, socket_factory=numeric_socket)
-            if client is None:   # picows: the server closed it during the handshake
-                raise WSError(f"websocket {url} closed at once")
-        except (HttpError, WSError, OSError, asyncio.TimeoutError, ValueError) as error:
-            self.errors.append(f"{type(error).__name__}: {error}"[:200])
+            client = await self.dial(spec, listener or (lambda: Client(self.tally,
+                                                                       spec["channels"])), query)
+        except DIAL_ERRORS as error:
+            self.failed(error)
             return None
-        client.conn_id = conn_id
-        client.watcher = asyncio.ensure_future(client.watch())
         self.latency.add(time.monotonic() - start)
         self.opened += 1
+        self.by_api[self.apis.index(client.api)] += 1
         for channel in spec["channels"]:
             self.joined[channel] = self.joined.get(channel, 0) + 1
         self.worker.shared.opened[self.worker.slot] = self.opened
         return client
+
+    async def dial(self, spec: dict, listener: Callable[[], Client], query: str = "") -> Client:
+        """Reach a websocket through the next node's API (/connect, for shardcast), then open
+        it with ``query`` (``&key=value...``) added; raises one of DIAL_ERRORS."""
+        api = self.apis[self.turn % len(self.apis)]
+        self.turn += 1
+        conn_id, url = await self.codec.websocket(api, spec, self.ws_template)
+        _, client = await ws_connect(listener, url + query,
+                                     websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+                                     max_frame_size=MAX_FRAME, socket_factory=numeric_socket)
+        if client is None:   # picows: the server closed it during the handshake
+            raise WSError(f"websocket {url} closed at once")
+        client.conn_id = conn_id
+        client.api = api
+        client.watcher = asyncio.ensure_future(client.watch())
+        return client
+
+    def failed(self, error: Exception) -> None:
+        self.errors.append(f"{type(error).__name__}: {error}"[:200])
+
+    def close(self) -> None:
+        for api in self.apis:
+            api.close()
 
 
 async def close_all(clients: list[Client]) -> None:
@@ -291,9 +324,15 @@ async def run_clients(plan: dict, worker: Worker) -> dict:
     if not plan["storm"]:
         await worker.start_when_told(plan["max_seconds"])
     await worker.wait(worker.shared.stop, plan["max_seconds"])
+    return {**await finish(worker, opener, clients), "open_seconds": open_seconds}
+
+
+async def finish(worker: Worker, opener: Opener, clients: list[Client]) -> dict:
+    """Close the clients; what they received, and how opening them went."""
     usage = worker.usage.report()
     await close_all(clients)
-    opener.api.close()
+    opener.close()
+    tally = opener.tally
     return {**tally.result(clients), **usage, "opened": opener.opened, "joined": opener.joined,
-            "open_seconds": open_seconds, "open_latency": opener.latency.dump(),
+            "opened_by_node": opener.by_api, "open_latency": opener.latency.dump(),
             "errors": (tally.notes + opener.errors)[:20], "error_count": len(opener.errors)}

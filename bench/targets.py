@@ -85,7 +85,8 @@ class Target:
     api = ""
     secret = ""
     ws_template: str | None = None   # None: /connect returns ws_url
-    workers: int | None = None
+    workers: int | None = None       # shards (of each node)
+    nodes: int | None = None         # nodes of a cluster over Redis (bench.cluster); None: alone
     counts_slow_consumers = False    # /admin/admin.json counts each shard's slow consumers
     codec = "channelstream"          # bench.codec.CODECS: how its clients publish and listen
     scenarios: frozenset[str] | None = None   # the scenarios that apply to it (None: all)
@@ -96,6 +97,11 @@ class Target:
         the bench starts itself, ignored where it cannot set them."""
 
     def stop(self) -> None: ...
+
+    @property
+    def apis(self) -> list[str]:
+        """The API URLs clients connect through, in turn (several for a cluster)."""
+        return [self.api]
 
     def root_pid(self) -> int | None:
         return None
@@ -137,6 +143,11 @@ class LocalServer(Target):
         raise NotImplementedError
 
     def start(self, settings: dict[str, object] | None = None) -> None:
+        self.launch(settings)
+        self.wait_ready()
+
+    def launch(self, settings: dict[str, object] | None = None) -> None:
+        """Start the process on fresh ports, without waiting for it to serve."""
         self.allocate_ports()
         self.log.seek(0)
         self.log.truncate()
@@ -144,7 +155,6 @@ class LocalServer(Target):
             self.command(), stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=raise_open_file_limit,
             env={**os.environ, **self.environment(settings or {})})
-        self.wait_ready()
 
     def allocate_ports(self) -> None:
         raise NotImplementedError
@@ -295,12 +305,15 @@ class ExternalServer(Target):
             return None
 
 
-def build_targets(workers: list[int], api: str | None, secret: str | None,
+def build_targets(shapes: list, api: str | None, secret: str | None,
                   compare: list[str]) -> list[Target]:
-    from .nchan import NchanServer   # it builds on LocalServer
+    """``shapes``: ``bench.cluster.Shape`` of each shardcast target started here; ``compare``:
+    the other servers to run too."""
+    from .cluster import cluster_target   # it builds on ShardcastServer
+    from .nchan import NchanServer        # it builds on LocalServer
 
     targets: list[Target] = ([ExternalServer(api, secret or "")] if api
-                             else [ShardcastServer(count) for count in workers])
+                             else [cluster_target(shape) for shape in shapes])
     made = {"channelstream": ChannelstreamServer, "nchan": NchanServer}
     targets += [made[name]() for name in dict.fromkeys(compare)]
     return targets

@@ -1,5 +1,5 @@
-"""The bench's own rules: what a subscriber accepts as a frame, when a rate is sustained, and
-what the tables divide by what."""
+"""The bench's own rules: what a subscriber accepts as a frame, when a rate is sustained, what
+the tables divide by what, what --workers names and when a cluster meets its targets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 
 pytest.importorskip("rich", reason="the bench extra is not installed (pip install '.[bench]')")
 
+from bench.cluster import Shape, parse_shapes  # noqa: E402
 from bench.frames import body_decoder, frame_decoder, message_body, padding  # noqa: E402
+from bench.goals import goal_lines  # noqa: E402
 from bench.overload import MUST_BE_ZERO, next_rate, shortfalls  # noqa: E402
 from bench.report import scenario_rows  # noqa: E402
 from shardcast.envelopes import message  # noqa: E402
@@ -91,3 +93,37 @@ def test_the_search_doubles_halves_then_bisects() -> None:
     assert next_rate(200.0, None) == 400.0
     assert next_rate(None, 200.0) == 100.0
     assert next_rate(400.0, 800.0) == 566.0
+
+
+def test_workers_name_one_node_or_nodes_over_redis() -> None:
+    assert parse_shapes("1,2,3x1") == [Shape(1), Shape(2), Shape(1, nodes=3)]
+    for bad in ("0", "2x0", "x2", "3y1", ""):
+        with pytest.raises(ValueError):
+            parse_shapes(bad)
+
+
+def test_a_resumed_frame_carries_positions_and_starts_with_the_recovery() -> None:
+    decode = frame_decoder(PAD, positions=True)
+    recovery = {"type": "recovery", "channels": {"c": {"recovered": True, "epoch": "e",
+                                                       "offset": 7}}}
+    caught_up = published(catchup=True, epoch="e", offset=5)
+    (status, envelope) = decode(orjson.dumps([recovery, caught_up]))
+    assert status.channels["c"].recovered and (envelope.epoch, envelope.offset) == ("e", 5)
+    with pytest.raises(ValueError):          # a message without its position
+        decode(orjson.dumps([published(catchup=True)]))
+    with pytest.raises(ValueError):          # catch-up where no resume was asked for
+        frame_decoder(PAD)(orjson.dumps([caught_up]))
+
+
+def test_cluster_targets_are_judged_against_one_node_of_the_same_run() -> None:
+    node = {"scenario": "fanout", "target": "shardcast w=2", "nodes": None, "workers": 2,
+            "delivered_msgs_per_s": 400_000.0, "options": {"clients": 1000}}
+    cluster = {**node, "target": "shardcast 3 nodes × w=1", "nodes": 3, "workers": 1}
+    met, missed = (goal_lines([node, {**cluster, "delivered_msgs_per_s": rate}])[0]
+                   for rate in (250_000.0, 150_000.0))
+    assert "0.62× one node's 400,000" in met and met.endswith(": met.")
+    assert missed.endswith(": NOT met.")
+    slow = {"scenario": "latency", "nodes": None, "workers": 2, "target": "shardcast w=2",
+            "lat_p99_ms": 2.5, "options": {"clients": 100, "rate": 200.0}}
+    (line,) = goal_lines([slow, {**slow, "nodes": 3, "lat_p99_ms": 5.0, "target": "c"}])
+    assert "Redis adds +2.50 ms" in line and line.endswith("NOT met.")

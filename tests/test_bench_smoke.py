@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 for _module in ("psutil", "rich", "matplotlib"):
     pytest.importorskip(_module, reason="the bench extra is not installed (pip install '.[bench]')")
+
+import psutil  # noqa: E402
 
 from bench.nchan import LOADGEN_PROCS as NCHAN_LOADGEN_PROCS, MODULE as NCHAN_MODULE  # noqa: E402
 
@@ -26,6 +29,8 @@ CLOSES = ("protocol_errors", "slow_consumer_closes", "server_slow_consumer_close
           "dropped_connections", "cut_off")
 API_FIELDS = ("req_per_s", "msgs_per_s", "req_p50_ms", "req_p99_ms", "server_cpu_us_per_msg",
               "request_errors")
+RESUME_FAULTS = ("lost", "duplicated", "out_of_order", "position_errors", "resume_failures",
+                 "connect_errors", "publish_errors")
 SOAK_FIELDS = ("rss_start_mb", "rss_end_mb", "rss_growth_mb", "fds_start", "fds_end",
                "errors_logged", "churn_cycles", "delivered", "lost", "duplicated",
                "out_of_order", "returned_to_baseline", "baseline_warnings")
@@ -92,6 +97,38 @@ def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
     assert result["req_per_s"] > 0 and result["request_errors"] == 0
     assert result["protocol_errors"] == result["slow_consumer_closes"] == 0
     assert result["server_cpu_us_per_msg"] > 0
+
+
+def redis_servers() -> set[int]:
+    return {process.pid for process in psutil.process_iter(["name"])
+            if process.info["name"] == "redis-server"}
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_nodes_over_redis_share_the_subscribers_and_stop_with_the_run(tmp_path: Path) -> None:
+    before = redis_servers()
+    (result,) = run_bench(tmp_path, "fanout", "--nodes", "2", "--redis", "--workers", "1",
+                          "--clients", "20", "--duration", "2")
+    assert (result["nodes"], result["workers"]) == (2, 1)
+    assert result["clients_by_node"] == [10, 10]
+    assert result["delivered"] == result["expected"] == result["published"] * 20 > 0
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
+    assert [result[field] for field in CLOSES] == [0] * len(CLOSES)
+    assert result["redis_cpu_us_per_publish"] > 0 and result["nodes_cores"] > 0
+    assert result["server_cpu_s"] >= result["nodes_cpu_s"] + result["redis_cpu_s"] - 0.01
+    assert redis_servers() <= before, "the bench left its redis-server running"
+
+
+def test_churn_resume_recovers_every_message_once_and_in_place(tmp_path: Path) -> None:
+    (result,) = run_bench(tmp_path, "churn", "--resume", "--workers", "2", "--clients", "10",
+                          "--duration", "1.5")
+    assert result["scenario"] == "churn --resume"
+    assert result["resumes"] > 0 and result["caught_up"] > 0
+    assert result["delivered"] == result["expected"] > 0
+    for field in RESUME_FAULTS + CLOSES:
+        assert result[field] == 0, field
+    assert result["server_cpu_us_per_resume"] is not None
+    assert result["resume_p50_ms"] > 0
 
 
 def test_soak_returns_fds_to_baseline_and_loses_nothing(tmp_path: Path) -> None:
