@@ -1,10 +1,12 @@
-"""A TCP proxy in front of Redis that can silence the subscription connections it carries: it
-stops passing Redis' bytes to them and keeps them open, a stall no socket error reveals."""
+"""A TCP proxy in front of Redis that can silence the subscription connections it carries (it
+stops passing Redis' bytes to them and keeps them open, a stall no socket error reveals), or
+make them lag: Redis' bytes reach them late, in order."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class _Pair:
@@ -13,6 +15,7 @@ class _Pair:
         self.upstream = upstream
         self.subscriber = False
         self.silenced = False
+        self.lag = 0.0
 
     def close(self) -> None:
         for sock in (self.client, self.upstream):
@@ -41,6 +44,15 @@ class StallProxy:
             chosen = [pair for pair in self.pairs if pair.subscriber]
         for pair in chosen:
             pair.silenced = True
+        return len(chosen)
+
+    def lag_subscriptions(self, seconds: float) -> int:
+        """Pass Redis' bytes to every subscription connection open now ``seconds`` late; how
+        many there were."""
+        with self.lock:
+            chosen = [pair for pair in self.pairs if pair.subscriber]
+        for pair in chosen:
+            pair.lag = seconds
         return len(chosen)
 
     def close(self) -> None:
@@ -73,7 +85,10 @@ class StallProxy:
             while data := source.recv(65536):
                 if outbound and b"SUBSCRIBE" in data.upper():
                     pair.subscriber = True
-                if outbound or not pair.silenced:
+                if outbound:
+                    target.sendall(data)
+                elif not pair.silenced:
+                    time.sleep(pair.lag)
                     target.sendall(data)
         except OSError:
             pass

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from contract import delivered, unique, wait_until
-from harness import ClusterNodes, Server
-from positions import Reader
+from harness import ClusterNodes, Server, conn_id_on
+from positions import Reader, with_query
 from redisserver import RedisServer
 from stallproxy import StallProxy
+from wsclient import open_websocket
 
 NODE_TIMEOUT = 3.0
 REDIS_TIMEOUT = 1.0
@@ -198,6 +199,37 @@ def test_clients_of_a_killed_node_resume_on_another_and_lose_nothing(nodes):
     assert reader.statuses[-1][channel]["recovered"] is True
     got = [e["uuid"] for e in reader.got[channel]]
     assert got[1:] == [item["uuid"] for item in posted] + [marker]
+
+
+def test_a_resume_ahead_of_a_lagging_subscription_repeats_nothing(redis):
+    """Redis answers a resume's history read at once, while the messages it holds are still on
+    their way down the shard's subscription (behind the activation of the new connection):
+    they come once, as catch-up, never again live."""
+    proxy = StallProxy(redis.port)
+    nodes = ClusterNodes(redis.url(), count=2, **FAST)
+    nodes[0].env = {**nodes[0].env, "SHARDCAST_REDIS_URL": proxy.url()}   # behind the proxy
+    nodes.start()
+    try:
+        channel = unique("ch")
+        nodes[1].channel_config({channel: HISTORY})
+        reader = Reader(nodes[0], unique("u"), [channel])
+        client = reader.connect(nodes[0], conn_id=conn_id_on(0, 2))
+        first = nodes[1].say(channel, "first")
+        reader.read(client, until=first["uuid"])
+        client.close()                    # its connection ends with it
+        assert proxy.lag_subscriptions(0.5) >= 1
+        reply = nodes[0].connect(reader.username, [channel], conn_id=conn_id_on(0, 2))
+        missed = [nodes[1].say(channel, str(n)) for n in range(5)]
+        client = open_websocket(with_query(reply["ws_url"], since=reader.positions))
+        marker = nodes[1].sentinel(channel)
+        reader.read(client, until=marker, timeout=15)
+        client.close()
+        assert reader.statuses[-1][channel]["recovered"] is True
+        got = [e["uuid"] for e in reader.got[channel]]
+        assert got == [first["uuid"]] + [item["uuid"] for item in missed] + [marker]
+    finally:
+        nodes.stop()
+        proxy.close()
 
 
 def test_ready_says_redis_is_away_while_health_stays(redis, nodes):

@@ -5,6 +5,7 @@ its own Redis subscription (``subscriber.Subscriber``), in Redis' order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -81,7 +82,20 @@ class ClusterShard(Shard):
 
     def history(self, name: str, offset: int) -> asyncio.Future:
         """What came after ``offset`` in ``name``: read from Redis by this shard itself."""
-        return asyncio.ensure_future(self.owner.history_after(name, offset))
+        return asyncio.ensure_future(self._history(name, offset))
+
+    async def _history(self, name: str, offset: int) -> dict | None:
+        """Redis answers the read before the messages it returns may have come down this
+        shard's subscription: wait (a little) until they have, so that they are held for the
+        resuming connection and none of them follows the catch-up live again."""
+        answer = await self.owner.history_after(name, offset)
+        if answer is not None:
+            reach = max([answer["top"], *(found for found, _ in answer["entries"])])
+            arrival = self.subscriber.reached(name, answer["epoch"].encode(), reach)
+            if arrival is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(arrival, self.config.redis_timeout)
+        return answer
 
     def peer_restarted(self, args: dict) -> None:
         """Nothing to rebuild: what the dead shard owned lives in Redis, and the supervisor

@@ -4,7 +4,8 @@ its connections are in (and to its own inbox), handing what arrives to the actor
 Per channel it tracks the last offset seen: a duplicate is dropped; a gap holds what follows
 while the missing messages are read from history, then delivers them in order; what history
 no longer holds is counted (``lost``) and logged. After a lost connection every channel is
-resubscribed and repaired the same way. A probe published to the inbox every second through
+resubscribed and repaired the same way. ``reached`` tells when the stream has come as far as a
+history read went: a resume waits for it, so that the two meet without overlap. A probe published to the inbox every second through
 the command connection must come back within ``probe_timeout``: a subscription that went
 silent (Centrifugo users lost messages to exactly this) is dropped and rebuilt.
 """
@@ -50,6 +51,8 @@ class Subscriber:
         self.lingering: dict[str, asyncio.TimerHandle] = {}
         self.positions: dict[str, list] = {}       # channel -> [epoch, last offset]
         self.held: dict[str, list[Publication]] = {}   # channels under repair -> what arrived
+        # channel -> (epoch, offset, future) of each wait for the stream to come that far
+        self.reaching: dict[str, list[tuple[bytes, int, asyncio.Future]]] = {}
         self.probes: dict[int, float] = {}          # outstanding probe -> sent (monotonic)
         self.probe_count = 0
         self.lag = 0.0
@@ -86,6 +89,33 @@ class Subscriber:
                 futures.append(future)
         return asyncio.gather(*futures) if futures else None
 
+    def reached(self, name: str, epoch: bytes, offset: int) -> asyncio.Future | None:
+        """None when the stream of ``name`` delivered everything up to ``offset`` of
+        ``epoch``; else a future done when it has."""
+        if self._at(name, epoch, offset):
+            return None
+        future = self.loop.create_future()
+        self.reaching.setdefault(name, []).append((epoch, offset, future))
+        return future
+
+    def _at(self, name: str, epoch: bytes, offset: int) -> bool:
+        position = self.positions.get(name)
+        return position is not None and position[0] == epoch and position[1] >= offset
+
+    def _advanced(self, name: str) -> None:
+        """Wake the waits the stream of ``name`` has now come as far as."""
+        left = []
+        for wait in self.reaching.pop(name, ()):
+            epoch, offset, future = wait
+            if future.done():           # given up on
+                continue
+            if self._at(name, epoch, offset):
+                future.set_result(None)
+            else:
+                left.append(wait)
+        if left:
+            self.reaching[name] = left
+
     def remove(self, name: str) -> None:
         count = self.wanted.get(name, 0) - 1
         if count > 0:
@@ -104,6 +134,9 @@ class Subscriber:
         self.confirmed.discard(name)
         self.positions.pop(name, None)
         self.held.pop(name, None)
+        for _, _, future in self.reaching.pop(name, ()):
+            if not future.done():       # nobody here follows the channel any more
+                future.set_result(None)
         self.redis.send_unanswered("UNSUBSCRIBE", key)
 
     def resubscribe(self, redis: Redis) -> None:
@@ -184,21 +217,28 @@ class Subscriber:
         if route[0] == "a":         # an activation carries the position it happened at
             self.positions.setdefault(name, [epoch, offset])
             self.activate({"pairs": [route[1:]]})
-            return
-        if offset:
-            position = self.positions.get(name)
-            if position is None or position[0] != epoch:
-                self.positions[name] = [epoch, offset]
-            elif offset <= position[1]:
-                self.duplicates += 1
-                return
-            elif offset > position[1] + 1:
-                self.held[name] = [publication]
-                asyncio.ensure_future(self._repair(name, offset - 1))
-                return
-            else:
-                position[1] = offset
-        self.deliver(route, frame)
+        elif not offset or self._next(name, publication):
+            self.deliver(route, frame)
+        if offset and self.reaching:
+            self._advanced(name)
+
+    def _next(self, name: str, publication: Publication) -> bool:
+        """Whether a message is the next of its channel (its position then moves on); a
+        duplicate is dropped, one after a gap held while the gap is repaired."""
+        offset, epoch = publication[0], publication[1]
+        position = self.positions.get(name)
+        if position is None or position[0] != epoch:
+            self.positions[name] = [epoch, offset]
+        elif offset <= position[1]:
+            self.duplicates += 1
+            return False
+        elif offset > position[1] + 1:
+            self.held[name] = [publication]
+            asyncio.ensure_future(self._repair(name, offset - 1))
+            return False
+        else:
+            position[1] = offset
+        return True
 
     # -- repair ------------------------------------------------------------------------------
 
@@ -250,6 +290,7 @@ class Subscriber:
             log.warning("%s: %d messages missed while the subscription was away are no "
                         "longer in history", name, missed)
         position[1] = last
+        self._advanced(name)
 
     # -- liveness ------------------------------------------------------------------------------
 
