@@ -194,6 +194,16 @@ other case).
   client (~23 requests/s per connection). The bench client switches the socket to quick-ACK
   mode after each request so that both servers are measured on their work, not on that timer.
   Backends that talk to Channelstream over keep-alive connections do pay it.
+* **Kernel time on loopback.** Over 127.0.0.1 a write that sends a segment at once also runs
+  the receiving side's TCP input in the writer's process; a write to a socket whose reader is
+  behind only queues, and the segments leave later, several frames each, on the reader's CPU
+  time (its window updates). So `server_cpu_us_per_frame` of a server whose readers keep up
+  includes much of the readers' kernel work, and one whose readers lag does not. Measured with
+  `perf record -a` during `fanout --workers 2 --compare nchan` (one run): a shardcast shard
+  spent 69 % of its CPU in `write()`, 24 points of it in the readers' `tcp_v4_rcv`; an nginx
+  worker 50 % in `writev()`, 5.5 points in `tcp_v4_rcv`. Kernel time of all processes
+  (server and generators) came to 8.0 µs per frame and 1.9 µs per delivered message for
+  shardcast (4.2 messages a frame), 3.2 µs per frame and per message for Nchan.
 * **Noise**: the bench also reads the machine's total busy CPU time; what neither the server nor
   the bench used is reported as `other_cores`, and a run where other processes kept more than
   a quarter of a core busy is flagged in the notes. `--retries N` waits (up to 30 s) for a
