@@ -28,6 +28,10 @@ DISCARD_FACTOR = 8   # read at most this many times the body limit of a refused 
 # unparsed), and an unfinished head is measured within a slice.
 PARSE_SLICE = 4096
 COPY_LIMIT = 16384   # a larger body leaves beside its head, uncopied (static files are shared)
+# A closing connection reads and drops what its client still sends for this long, and this
+# much, at most (see HttpProtocol._close).
+LINGER_TIME = 2.0
+LINGER_BYTES = 1 << 20
 
 
 class Request:
@@ -104,6 +108,7 @@ class HttpProtocol(asyncio.Protocol):
         self.since = 0.0                # since when
         self.head_bytes = 0             # of an unfinished head, counted a slice at a time
         self.send_since = 0.0           # when it last took our answers, while they wait
+        self.dropped = 0                # bytes read and dropped while closing
         self.timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -158,6 +163,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Feed the parser a slice at a time while requests can be answered; keep the rest."""
+        if self.closing:
+            self._drop(len(data))
+            return
         if self.unparsed is not None:   # read before the pause took effect (TLS buffers)
             self.unparsed = bytes(self.unparsed) + data
             return
@@ -334,12 +342,31 @@ class HttpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         """Close once the answers are out; a client that does not take them within
-        http_send_timeout is cut off (a plain close would wait for it forever)."""
+        http_send_timeout is cut off (a plain close would wait for it forever).
+
+        The client may still be sending (a request refused before its end, pipelined ones).
+        A socket closed with unread input resets the connection, and the reset can destroy
+        our answer before the client reads it: so our side is shut (FIN after the answers)
+        and what comes meanwhile is dropped, until the client closes, for LINGER_TIME and
+        LINGER_BYTES at most. A connection refused before it sent anything closes at once.
+        """
         if self.closing:
             return
         self.closing = True
-        self.transport.close()
+        transport = self.transport
+        if self.reading != FRESH and transport.can_write_eof():
+            self.unparsed = None
+            transport.write_eof()
+            transport.resume_reading()
+            self.loop.call_later(LINGER_TIME, transport.close)
+        else:
+            transport.close()
         self._await_send()
+
+    def _drop(self, size: int) -> None:
+        self.dropped += size
+        if self.dropped > LINGER_BYTES:
+            self.transport.close()
 
     # -- timeouts -------------------------------------------------------------------
     # The client's time runs from ``since`` (for its part: ``timed``, set after each slice

@@ -18,7 +18,7 @@ from rawhttp import (SMALL_BUFFER, error_of, open_socket, read_response, request
                      send_ignoring_close)
 from shardcast.config import Config
 from shardcast.http_limits import HttpLimits
-from shardcast.http_server import HttpProtocol, Response
+from shardcast.http_server import LINGER_TIME, HttpProtocol, Response
 
 URL_LIMIT = 2048
 HEADER_LIMIT = 8192
@@ -55,6 +55,38 @@ def test_url_over_max_url_size_is_414_naming_the_limit(limited):
         message = error_of(sock, 414)
         assert str(URL_LIMIT) in message and "max_url_size" in message
         assert sock.recv(1) == b""
+
+
+@pytest.mark.parametrize("refused", [
+    request("GET", "/" + "a" * 100_000),
+    request("GET", "/health", {f"x-h{n}": "v" for n in range(10_000)}),
+    request("GET", "/health", {"x-big": "v" * 50_000}),
+], ids=["long-url", "many-headers", "big-header"])
+def test_a_refused_request_still_being_sent_ends_in_a_clean_close(limited, refused):
+    """Refused before the client has sent it all, the request is read and dropped after the
+    answer, so the connection ends with a FIN, never a reset that can destroy the answer
+    (a plain close reset about one in six of these)."""
+    for _ in range(20):
+        with open_socket(limited.api_port) as sock:
+            sock.sendall(refused)
+            assert error_of(sock, 414 if b"a" * 1000 in refused else 431)
+            assert sock.recv(1) == b""
+
+
+def test_a_client_that_does_not_close_after_a_refusal_is_let_go(capped):
+    """The server reads what a refused client sends for LINGER_TIME at most: clients that
+    keep their sockets open after the answer do not keep their places."""
+    held = []
+    try:
+        for _ in range(PER_ADDRESS):
+            sock = open_socket(capped.api_port, source=CLIENT)
+            held.append(sock)
+            sock.sendall(b"GET /health HTTP/1.1\r\n\x00\r\n\r\n")
+            error_of(sock, 400)
+        assert wait_until(lambda: served(capped.api_port), timeout=LINGER_TIME + 3)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_endless_url_is_refused_after_the_limit(limited):
