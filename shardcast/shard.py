@@ -54,6 +54,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         self.dirty: list[Connection] = []
         self.published = 0
         self.delivered = 0
+        self.delivered_before = 0       # at the last flush
         self.bytes_sent = 0             # to clients, counted per flush
         self.slow_consumers = 0         # websockets dropped for not keeping up
         self.started = time.time()
@@ -213,11 +214,15 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         if was_clean and dirty:
             self.net.schedule_flush()
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Send what each connection queued since the last flush as one frame. ``memo`` is
         shared by the connections flushed together: a channel's subscribers mostly queued the
-        same frames, encoded once for all of them (the hot loop: a call less is measurable)."""
+        same frames, encoded once for all of them (the hot loop: a call less is measurable).
+        True when it sent more than two messages a frame: messages come faster than this
+        shard flushes."""
         dirty, self.dirty = self.dirty, []
+        behind = self.delivered - self.delivered_before > 2 * len(dirty)
+        self.delivered_before = self.delivered
         now = time.monotonic()      # a frame sent counts as activity
         sent = 0
         memo: dict = {}
@@ -228,6 +233,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             if out is not None and transport is not None:
                 sent += transport.send_frames(out, memo)
         self.bytes_sent += sent
+        return behind
 
     def heartbeat(self) -> None:
         now = time.monotonic()

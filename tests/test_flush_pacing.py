@@ -1,5 +1,6 @@
-"""A shard that spent t writing waits about t before its next flush (bounded), and not at all
-when its flushes are quick: frames gather meanwhile and share one socket write."""
+"""A shard that spent t writing waits about t before its next flush (4 t when its flushes carry
+more than two messages a frame; bounded), and not at all when its flushes are quick: frames
+gather meanwhile and share one socket write."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,9 @@ from shardcast.config import Config
 from shardcast.worker import Worker
 
 
-def flush_starts(write_seconds: float, flushes: int = 3) -> list[float]:
-    """When each flush began, with the actor's flush taking ``write_seconds``."""
+def flush_starts(write_seconds: float, flushes: int = 3, behind: bool = False) -> list[float]:
+    """When each flush began, with the actor's flush taking ``write_seconds`` and saying
+    whether it found the shard ``behind``."""
     starts: list[float] = []
 
     async def run() -> None:
@@ -21,13 +23,14 @@ def flush_starts(write_seconds: float, flushes: int = 3) -> list[float]:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
-        def slow_flush() -> None:
+        def slow_flush() -> bool:
             starts.append(time.perf_counter())
             time.sleep(write_seconds)
             if len(starts) < flushes:   # a frame arrives right after this flush
                 loop.call_soon(shard.schedule_flush)
             else:
                 done.set_result(None)
+            return behind
         shard.actor.flush = slow_flush
         shard.schedule_flush()
         await asyncio.wait_for(done, 5)
@@ -40,6 +43,13 @@ def test_a_busy_shard_rests_as_long_as_its_last_flush_took():
     starts = flush_starts(0.004)
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
     assert all(gap >= 2 * 0.004 * 0.95 for gap in gaps), gaps   # the write, then as long again
+
+
+def test_a_shard_that_is_behind_rests_longer():
+    starts = flush_starts(0.002, behind=True)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    rest = worker.FLUSH_REST_BEHIND * 0.002
+    assert all(gap >= (0.002 + rest) * 0.95 for gap in gaps), gaps
 
 
 def test_the_rest_is_bounded():
