@@ -27,6 +27,7 @@ from wsclient import WsClient, open_websocket
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789"
 STARTUP_TIMEOUT = 30.0
+ANNOUNCED = "shardcast API on"   # printed once every shard and API process runs
 STOP_TIMEOUT = 10.0
 HTTP_TIMEOUT = 15.0
 WAKE_CONNECTIONS_AFTER = 1
@@ -84,10 +85,11 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            # The server says so once every shard and API process runs (the API port answers
+            # as soon as one API process does); then any answer means ready (a server that
+            # accepts only x-shardcast-signature answers this compat-signed call 401).
             try:
-                # The API port opens once every shard runs: any answer means ready (a server
-                # that accepts only x-shardcast-signature answers this compat-signed call 401).
-                ready = self.get("/info", timeout=2).status_code < 500
+                ready = ANNOUNCED in self.output() and self.get("/info", timeout=2).status_code < 500
             except requests.RequestException:
                 ready = False
             if ready and all(self._accepts_tcp(port) for port in self.ws_ports):
