@@ -1,12 +1,17 @@
 """A TCP proxy in front of Redis that can silence the subscription connections it carries (it
-stops passing Redis' bytes to them and keeps them open, a stall no socket error reveals), or
-make them lag: Redis' bytes reach them late, in order."""
+stops passing Redis' bytes to them and keeps them open, a stall no socket error reveals), make
+them lag (Redis' bytes reach them late, in order), or play a Redis that restarts and loads its
+data for a while (every command of a new connection is answered LOADING meanwhile)."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+
+import hiredis
+
+LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
 
 
 class _Pair:
@@ -33,6 +38,7 @@ class StallProxy:
         self.port = self.listener.getsockname()[1]
         self.pairs: list[_Pair] = []
         self.lock = threading.Lock()
+        self.loading_until = 0.0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, db: int = 0) -> str:
@@ -55,6 +61,14 @@ class StallProxy:
             pair.lag = seconds
         return len(chosen)
 
+    def restart_loading(self, seconds: float) -> None:
+        """Drop every connection; those made in the next ``seconds`` get LOADING answers."""
+        self.loading_until = time.monotonic() + seconds
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            pair.close()
+
     def close(self) -> None:
         self.listener.close()
         with self.lock:
@@ -67,6 +81,9 @@ class StallProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if time.monotonic() < self.loading_until:
+                threading.Thread(target=self._load, args=(client,), daemon=True).start()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:
@@ -96,3 +113,17 @@ class StallProxy:
         with self.lock:
             if pair in self.pairs:
                 self.pairs.remove(pair)
+
+    @staticmethod
+    def _load(client: socket.socket) -> None:
+        """Answer every command LOADING, as a Redis reading its data does, until the client
+        closes the connection."""
+        commands = hiredis.Reader()     # a command is a RESP array, as a reply can be
+        try:
+            while data := client.recv(65536):
+                commands.feed(data)
+                while commands.gets() is not False:
+                    client.sendall(LOADING)
+        except OSError:
+            pass
+        client.close()

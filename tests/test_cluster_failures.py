@@ -115,6 +115,26 @@ def test_while_redis_is_away_calls_answer_503_fast_and_websockets_stay(redis, no
     assert client.take(5) == [delivered(item) for item in posted]
 
 
+def test_a_redis_that_answers_loading_after_a_restart_is_used_once_it_has_loaded(redis, open_ws):
+    """Redis answers LOADING to a node's script loads for 2 s after it comes back: the node
+    drops each such connection and tries again, and serves once Redis has loaded (a failed
+    load used to leave a dead connection in place, holding every command forever)."""
+    proxy = StallProxy(redis.port)
+    nodes = start_nodes(proxy.url(), count=1)
+    try:
+        channel = unique("ch")
+        reply = nodes[0].connect(unique("u"), [channel], channel_configs={channel: HISTORY})
+        client = open_ws(reply)
+        proxy.restart_loading(2.0)
+        wait_until(lambda: nodes[0].post("/info", {"info": {}}, timeout=3).status_code == 200,
+                   timeout=10)
+        posted = [nodes[0].say(channel, str(n)) for n in range(3)]
+        assert client.take(3) == [delivered(item) for item in posted]
+    finally:
+        nodes.stop()
+        proxy.close()
+
+
 def test_a_redis_restarted_empty_is_told_again_what_the_nodes_hold(open_ws):
     redis = RedisServer(persist=False).start()
     nodes = start_nodes(redis.url())

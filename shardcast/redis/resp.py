@@ -104,11 +104,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         owed, self.owed = self.owed, collections.deque()
+        self.on_lost(self)      # first: whatever a callback does, the connection is replaced
         failure = RedisUnavailable("the connection to Redis was lost")
         for callback, _ in owed:
             if callback is not None:
                 callback(failure)
-        self.on_lost(self)
 
     def send(self, command: tuple, callback: Callback | None) -> None:
         self.outgoing.append(hiredis.pack_command(command))
@@ -157,6 +157,7 @@ class Redis:
         self.ready = False
         self.closed = False
         self.reconnects = 0
+        self.refused = False          # the last connection's setup was refused
         self.latency = 0.0            # seconds a PING took, smoothed (see ping())
         self.wait = RETRY_FIRST
         self.backlog: collections.deque[tuple[tuple, Callback | None, float]] = (
@@ -177,6 +178,9 @@ class Redis:
         return True
 
     async def _connect(self) -> None:
+        if self.refused:
+            self.refused = False
+            await asyncio.sleep(RETRY_MAX)
         while not self.closed:
             try:
                 _, conn = await asyncio.wait_for(self.loop.create_connection(
@@ -184,12 +188,17 @@ class Redis:
                     self.address.host, self.address.port), self.timeout)
             except (OSError, asyncio.TimeoutError) as error:
                 log.debug("%s: cannot reach Redis: %s", self.name, error)
-                await asyncio.sleep(self.wait)
-                self.wait = min(self.wait * 2, RETRY_MAX)
+                await self._back_off()
+                continue
+            if conn.transport is None:
+                # Closed before this resumed (a Redis still starting): _lost ignored it, as
+                # it was not self.conn yet; kept, it would hold every command forever.
+                log.debug("%s: the connection to Redis closed as it opened", self.name)
+                await self._back_off()
                 continue
             self.conn = conn
             for command in self.address.handshake():
-                conn.send(command, self._handshake_reply)
+                conn.send(command, self.setup_reply)
             if self.on_ready is not None:
                 self.on_ready(self)
             backlog, self.backlog = self.backlog, collections.deque()
@@ -200,9 +209,17 @@ class Redis:
             self.up_event.set()
             return
 
-    def _handshake_reply(self, reply: Reply) -> None:
-        if isinstance(reply, Exception):
+    async def _back_off(self) -> None:
+        await asyncio.sleep(self.wait)
+        self.wait = min(self.wait * 2, RETRY_MAX)
+
+    def setup_reply(self, reply: Reply) -> None:
+        """The reply to a command that prepares a connection (AUTH, SELECT, SCRIPT LOAD). A
+        refusal (a wrong password; LOADING while Redis reads its data) drops the connection,
+        and the next one tries again after RETRY_MAX; a lost connection is retried anyway."""
+        if isinstance(reply, Exception) and not isinstance(reply, RedisUnavailable):
             log.error("%s: Redis refused the connection setup: %s", self.name, reply)
+            self.refused = True
             if self.conn is not None:
                 self.conn.close()
 

@@ -264,7 +264,7 @@ class Scripts:
 
     def load(self, redis: Redis) -> None:
         for source in SOURCES.values():
-            redis.send("SCRIPT", "LOAD", source, callback=_check_loaded)
+            redis.send("SCRIPT", "LOAD", source, callback=redis.setup_reply)
 
     def send(self, redis: Redis, name: str, keys: list[str], args: list[Any],
              callback: Callable[[Any], None] | None = None) -> None:
@@ -272,8 +272,3 @@ class Scripts:
 
     def call(self, redis: Redis, name: str, keys: list[str], args: list[Any]):
         return redis.call("EVALSHA", self.shas[name], len(keys), *keys, *args)
-
-
-def _check_loaded(reply: Any) -> None:
-    if isinstance(reply, Exception):
-        raise RuntimeError(f"Redis refused a script: {reply}")
