@@ -46,8 +46,7 @@ class StallProxy:
 
     def silence_subscriptions(self) -> int:
         """Silence every subscription connection open now; how many there were."""
-        with self.lock:
-            chosen = [pair for pair in self.pairs if pair.subscriber]
+        chosen = self._subscriptions()
         for pair in chosen:
             pair.silenced = True
         return len(chosen)
@@ -55,11 +54,14 @@ class StallProxy:
     def lag_subscriptions(self, seconds: float) -> int:
         """Pass Redis' bytes to every subscription connection open now ``seconds`` late; how
         many there were."""
-        with self.lock:
-            chosen = [pair for pair in self.pairs if pair.subscriber]
+        chosen = self._subscriptions()
         for pair in chosen:
             pair.lag = seconds
         return len(chosen)
+
+    def _subscriptions(self) -> list[_Pair]:
+        with self.lock:
+            return [pair for pair in self.pairs if pair.subscriber]
 
     def restart_loading(self, seconds: float) -> None:
         """Drop every connection; those made in the next ``seconds`` get LOADING answers."""
