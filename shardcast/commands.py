@@ -100,27 +100,18 @@ class Commands:
                 return answer
         conn_id = str(body.conn_id) if body.conn_id else envelopes.new_uuid()
         shard = self.shards.owner(conn_id)
-        opened = _checked(await self.shards.call(shard, "conn_open", {
-            "conn_id": conn_id, "user": body.username, "channels": body.channels}))
-        user = await self.shards.call(self.shards.owner(body.username), "user_connect", {
-            "user": body.username, "fresh_state": body.fresh_user_state,
-            "state": body.user_state, "public_keys": body.state_public_keys,
-            "conn_id": conn_id})
-        if "error" in user:     # a user limit: undo the connection's side, apply nothing
-            if opened["created"]:
-                self.shards.cast(shard, "conn_close", {"conn_id": conn_id})
-            elif opened["new"]:
-                self.shards.cast(shard, "conn_unsubscribe",
-                                  {"conn_id": conn_id, "channels": opened["new"]})
-            _checked(user)
-        self._join(opened["new"], conn_id, body.username, user["public_state"],
+        connected = _checked(await self.shards.call(shard, "connect", {
+            "conn_id": conn_id, "user": body.username, "channels": body.channels,
+            "fresh_state": body.fresh_user_state, "state": body.user_state,
+            "public_keys": body.state_public_keys}))
+        self._join(connected["new"], conn_id, body.username, connected["public_state"],
                    body.channel_configs)
         channels = sorted(set(body.channels))
         return {
             "conn_id": conn_id,
             "username": body.username,
-            "state": user["state"],
-            "public_state": user["public_state"],
+            "state": connected["state"],
+            "public_state": connected["public_state"],
             "channels": channels,
             "channels_info": await self.info(body.info, channels),
             "ws_url": self.ws_url(host, shard, conn_id),

@@ -184,8 +184,11 @@ class Worker:
     def request(self, shard: int, command: str, args: Any) -> asyncio.Future:
         if shard != self.index:
             return self.peer(shard).request(command, args)
+        result = self.handlers[command](args)
+        if isinstance(result, asyncio.Future):     # answered by Redis (cluster)
+            return result
         future = self.loop.create_future()
-        future.set_result(self.handlers[command](args))
+        future.set_result(result)
         return future
 
     def deliver(self, shard: int, route: list, frame: bytes) -> None:

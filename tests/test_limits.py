@@ -12,6 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from contract import unique, wait_until
+from shardcast.routing import owner
 
 BODY_LIMIT = 4096
 MESSAGE_LIMIT = 1000
@@ -34,6 +35,16 @@ def limited(server_pool):
         SHARDCAST_MAX_CONNECTIONS_PER_USER=USER_CONNECTIONS,
         SHARDCAST_MAX_STATE_KEYS=STATE_KEYS,
         SHARDCAST_MAX_CLIENT_FRAME_SIZE=FRAME_LIMIT,
+    )
+
+
+@pytest.fixture(scope="module")
+def two_shards(server_pool):
+    """The limits of ``limited`` on two shards: a connection's and its user's may differ."""
+    return server_pool.get(
+        2,
+        SHARDCAST_MAX_CONNECTIONS_PER_USER=USER_CONNECTIONS,
+        SHARDCAST_MAX_STATE_KEYS=STATE_KEYS,
     )
 
 
@@ -172,6 +183,35 @@ def test_refused_reconnect_does_not_keep_its_channels(limited):
     refused(limited.post("/connect", {"username": username, "conn_id": conn_id,
                                       "channels": [unique("c")], "user_state": state}))
     assert limited.subscribe(conn_id, [kept])["channels"] == [kept]
+
+
+def conn_id_off(shard: int) -> str:
+    """A connection id that shard ``shard`` of two does not own."""
+    return next(conn_id for conn_id in (str(uuid.uuid4()) for _ in range(100))
+                if owner(conn_id, 2) != shard)
+
+
+def test_a_user_refusal_on_another_shard_undoes_the_new_connection(two_shards):
+    username, channel = unique("u"), unique("c")
+    for _ in range(USER_CONNECTIONS):
+        two_shards.connect(username)
+    conn_id = conn_id_off(owner(username, 2))
+    body = refused(two_shards.post("/connect", {"username": username, "conn_id": conn_id,
+                                                "channels": [channel]}))
+    assert "max_connections_per_user" in body["username"][0]
+    assert not two_shards.is_connected(conn_id)
+    assert two_shards.channel_info(channel) is None
+
+
+def test_a_user_refusal_on_another_shard_leaves_a_reconnect_as_it_was(two_shards):
+    username, kept, extra = unique("u"), unique("c"), unique("c")
+    conn_id = conn_id_off(owner(username, 2))
+    two_shards.connect(username, [kept], conn_id=conn_id)
+    state = {f"k{n}": n for n in range(STATE_KEYS + 1)}
+    refused(two_shards.post("/connect", {"username": username, "conn_id": conn_id,
+                                         "channels": [extra], "user_state": state}))
+    assert two_shards.subscribe(conn_id, [kept])["channels"] == [kept]
+    assert two_shards.is_connected(conn_id)
 
 
 def test_state_keys_are_limited_on_connect(limited):
