@@ -123,14 +123,19 @@ class Link(asyncio.Protocol):
                 self.on_frame(self, kind, request_id, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.transport = None
-        for future, _ in self.requests.values():
-            if not future.done():
-                future.set_exception(ConnectionError("shard link lost"))
-        self.requests.clear()
+        self.give_up("shard link lost")
         if self.on_lost:
             self.on_lost(self)
+
+    def give_up(self, reason: str) -> None:
+        """Closed (lost, or never connected): what waits for an answer fails now."""
+        self.closed = True
+        self.outgoing = []
+        for future, _ in self.requests.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+        self.requests.clear()
 
     def write(self, frame: bytes) -> None:
         if self.closed:

@@ -227,7 +227,7 @@ class Worker:
             except OSError:
                 await asyncio.sleep(0.05)
         log.error("cannot reach shard %d; dropping what was queued for it", shard)
-        link.closed = True
+        link.give_up(f"shard {shard} unreachable")
 
     # -- incoming frames ------------------------------------------------------------
 

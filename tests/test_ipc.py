@@ -1,7 +1,10 @@
-"""IPC frame encoding: round trips, partial reads, and clean errors on garbage."""
+"""IPC frame encoding: round trips, partial reads, clean errors on garbage; links that give up."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+import uvloop
 
 from shardcast import ipc
 
@@ -30,3 +33,17 @@ def test_bad_header_is_a_frame_error(garbage):
 def test_truncated_route_is_a_frame_error():
     with pytest.raises(ipc.FrameError):
         ipc.unpack_route(b"\xff\x00\x00\x00{}")
+
+
+def test_a_link_that_never_connects_fails_what_waits_on_it():
+    """A peer shard that cannot be reached: a request queued for it fails when the link gives
+    up, rather than waiting forever (a /connect waits on the user's shard this way)."""
+    async def run() -> None:
+        link = ipc.Link(lambda *frame: None)
+        answer = link.request("user_connect", {})
+        link.give_up("shard 1 unreachable")
+        with pytest.raises(ConnectionError, match="unreachable"):
+            await asyncio.wait_for(answer, 1)
+        assert link.closed and not link.outgoing
+
+    uvloop.run(run())
