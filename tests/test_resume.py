@@ -40,11 +40,13 @@ def test_without_offsets_envelopes_are_exactly_channelstreams(server, open_ws):
     assert client.next() == delivered(item)
 
 
-def test_listen_with_offsets(server):
+def test_listen_with_offsets(server, witness):
     channel = unique("ch")
-    conn_id = server.connect(unique("u"), [channel])["conn_id"]
+    reply = server.connect(unique("u"), [channel])
+    seen = witness(server, reply)
     item = server.say(channel)
-    (envelope,) = server.listen(conn_id, offsets=1).json()
+    seen.next()         # the message reached the connection's shard before the poll
+    (envelope,) = server.listen(reply["conn_id"], offsets=1).json()
     assert envelope == positioned(item, envelope["epoch"], 1, catchup=True)
 
 
