@@ -117,7 +117,11 @@ class HttpApi:
             self.in_flight -= 1
 
     def decorate(self, request: Request, response: Response) -> None:
-        """CORS on every answer: browsers call /listen and /disconnect directly."""
+        """Just before an answer leaves. What the request sent the shards leaves first: the
+        backend's next request may reach another API process, whose frames must not overtake
+        these (sequential posts arrive in order). CORS on every answer: browsers call /listen
+        and /disconnect directly."""
+        self.commands.shards.flush()
         allowed = self.config.allow_cors
         origin = request.headers.get("origin")
         if not allowed:

@@ -146,9 +146,10 @@ class Link(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled and self.outgoing and self.transport is not None:
             self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued now (otherwise it leaves at the end of this loop tick)."""
         self.flush_scheduled = False
         if self.transport is not None and self.outgoing:
             frames, self.outgoing = self.outgoing, []

@@ -95,6 +95,12 @@ class Shards:
     def cast(self, shard: int, command: str, args: Any) -> None:
         self.link(shard).cast(command, args)
 
+    def flush(self) -> None:
+        """Send what is queued for every shard now."""
+        for link in self.links:
+            if link is not None and link.outgoing:
+                link.flush()
+
     def cast_all(self, command: str, args: Any) -> None:
         for link in self.links:
             if link is not None and not link.closed:

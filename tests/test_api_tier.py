@@ -1,5 +1,5 @@
-"""API processes share the API port: the kernel spreads connections over them, and one that
-dies is replaced while the others answer."""
+"""API processes share the API port: the kernel spreads connections over them, sequential posts
+through different ones arrive in order, and one that dies is replaced while the others answer."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from harness import CONTRACT_ENV, Server
 
 PROCESSES = 2
 CONNECTIONS = 40
+POSTS = 150
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,23 @@ def test_requests_land_on_every_api_process(server):
     assert [fresh_connect(server) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
     after = processes(server)
     assert all(after[i]["requests"] > before[i]["requests"] for i in range(PROCESSES)), after
+
+
+def test_sequential_posts_through_either_api_process_arrive_in_order(server):
+    """Each post is answered before the next is sent, each over a connection of its own (so
+    through either process). An API process used to answer before its frames left for the shard
+    (at the end of its loop tick): a next post through the other one could overtake them, and
+    under CI load one did."""
+    channel = unique("ch")
+    with server.ws(server.connect(unique("u"), [channel])["ws_url"]) as client:
+        texts = [str(n) for n in range(POSTS)]
+        for text in texts:
+            response = requests.post(
+                server.api + "/message",
+                json=[{"channel": channel, "user": "backend", "message": {"text": text}}],
+                headers={**server.sign(), "connection": "close"}, timeout=10)
+            assert response.status_code == 200, response.text
+        assert [envelope["message"]["text"] for envelope in client.take(POSTS)] == texts
 
 
 def test_a_killed_api_process_is_replaced_and_the_others_answer(server):
