@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from urllib.parse import urlsplit
 from typing import Any, Awaitable
 
 import orjson
@@ -214,7 +213,7 @@ class HttpApi:
     async def ready(self, request: Request) -> Response:
         down = await self.commands.down_shards()
         if self.commands.directory.down():
-            down["redis"] = f"unreachable at {_redis_host(self.config.redis_url)}"
+            down["redis"] = f"unreachable at {self.commands.directory.redis.address}"
         if down:
             return json_response({"status": "not ready", "down": down}, 503)
         return json_response({"status": "ready", "shards": self.config.workers})
@@ -264,12 +263,6 @@ def _host(request: Request, config: Config) -> str:
     if host:
         return host
     return "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
-
-
-def _redis_host(url: str) -> str:
-    """host:port of a Redis URL, without its password."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 6379}"
 
 
 def _bad_signature(hint: str) -> Response:

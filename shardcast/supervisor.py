@@ -208,7 +208,10 @@ async def _serve(config: Config) -> bool:
 
 def _announce(config: Config) -> None:
     secure = "s" if config.ssl_certfile else ""
-    where = f", node {config.node} of the cluster at {config.redis_url}" if config.redis_url else ""
+    where = ""
+    if config.redis_url:
+        from .redis.resp import Address
+        where = f", node {config.node} of the cluster at {Address.parse(config.redis_url)}"
     print(f"shardcast API on http{secure}://{config.host}:{config.port} "
           f"({config.api_processes} API processes, {config.workers} shards{where})", flush=True)
     for index in range(config.workers):

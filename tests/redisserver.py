@@ -15,14 +15,16 @@ START_TIMEOUT = 10.0
 
 
 class RedisServer:
-    def __init__(self, persist: bool = False) -> None:
+    def __init__(self, persist: bool = False, password: str | None = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="shardcast-redis-")
         self.persist = persist
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self) -> "RedisServer":
         if shutil.which("redis-server") is None:
@@ -30,7 +32,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "yes" if self.persist else "no",
-             "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning"],
+             "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while self.command("PING") != b"+PONG":
@@ -50,17 +53,23 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def command(self, *args: str) -> bytes | None:
-        """One command over a fresh connection: the first line of the reply (None: refused)."""
+        """One command over a fresh connection (signed in first when the server has a
+        password): the first line of its reply (None: refused)."""
+        commands = ([("AUTH", self.password)] if self.password else []) + [args]
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                parts = [f"*{len(args)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
-                sock.sendall("".join(parts).encode())
+                sock.sendall(b"".join(_encoded(command) for command in commands))
                 reply = b""
-                while not reply.endswith(b"\r\n"):
+                while reply.count(b"\r\n") < len(commands):
                     chunk = sock.recv(65536)
                     if not chunk:
                         break
                     reply += chunk
-                return reply.split(b"\r\n")[0]
+                return reply.split(b"\r\n")[len(commands) - 1] if reply else None
         except OSError:
             return None
+
+
+def _encoded(command: tuple[str, ...]) -> bytes:
+    parts = [f"*{len(command)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in command]
+    return "".join(parts).encode()

@@ -261,3 +261,23 @@ def test_ready_says_redis_is_away_while_health_stays(redis, nodes):
     assert nodes[0].get("/health", sign=False).status_code == 200
     redis.start()
     wait_until(lambda: nodes[0].get("/ready", sign=False).status_code == 200, timeout=10)
+
+
+def test_a_redis_with_a_password_is_used_and_its_password_never_shown():
+    """AUTH from the URL's password; the startup line, the logs and /ready name Redis by its
+    address only."""
+    password = "pw-" + unique("secret")
+    redis = RedisServer(password=password).start()
+    nodes = start_nodes(redis.url(), count=1)
+    try:
+        node = nodes[0]
+        assert node.get("/ready", sign=False).status_code == 200
+        assert node.info()["channels"] == {}       # an answer read from Redis
+        redis.stop()
+        ready = node.get("/ready", sign=False)
+        assert ready.json()["down"]["redis"] == f"unreachable at 127.0.0.1:{redis.port}"
+        assert f"cluster at 127.0.0.1:{redis.port}" in node.output()
+        assert password not in node.output() + ready.text
+    finally:
+        nodes.stop()
+        redis.close()

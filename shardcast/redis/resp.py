@@ -59,6 +59,10 @@ class Address:
                    unquote(parts.password) if parts.password else None,
                    unquote(parts.username) if parts.username else None)
 
+    def __str__(self) -> str:
+        """host:port, never the password (logs, /ready and the startup line show it)."""
+        return f"{self.host}:{self.port}"
+
     def handshake(self) -> list[tuple]:
         """Commands that prepare a new connection."""
         commands = []
@@ -268,8 +272,7 @@ class Redis:
             callback(self._unreachable())
 
     def _unreachable(self) -> RedisUnavailable:
-        return RedisUnavailable(f"Redis at {self.address.host}:{self.address.port} is "
-                                "unreachable")
+        return RedisUnavailable(f"Redis at {self.address} is unreachable")
 
     def send_unanswered(self, *command: Any) -> None:
         if self.conn is not None:

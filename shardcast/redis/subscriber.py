@@ -5,9 +5,10 @@ Per channel it tracks the last offset seen: a duplicate is dropped; a gap holds 
 while the missing messages are read from history, then delivers them in order; what history
 no longer holds is counted (``lost``) and logged. After a lost connection every channel is
 resubscribed and repaired the same way. ``reached`` tells when the stream has come as far as a
-history read went: a resume waits for it, so that the two meet without overlap. A probe published to the inbox every second through
-the command connection must come back within ``probe_timeout``: a subscription that went
-silent (Centrifugo users lost messages to exactly this) is dropped and rebuilt.
+history read went: a resume waits for it, so that the two meet without overlap. A probe
+published to the inbox every second through the command connection must come back within
+``probe_timeout``: a subscription that went silent (Centrifugo users lost messages to exactly
+this) is dropped and rebuilt.
 """
 from __future__ import annotations
 
