@@ -89,7 +89,7 @@ class Server:
             # as soon as one API process does); then any answer means ready (a server that
             # accepts only x-shardcast-signature answers this compat-signed call 401).
             try:
-                ready = ANNOUNCED in self.output() and self.get("/info", timeout=2).status_code < 500
+                ready = ANNOUNCED in self.log_text() and self.get("/info", timeout=2).status_code < 500
             except requests.RequestException:
                 ready = False
             if ready and all(self._accepts_tcp(port) for port in self.ws_ports):
@@ -107,8 +107,12 @@ class Server:
         return True
 
     def output(self) -> str:
+        """The tail of the log (for failure messages)."""
+        return self.log_text()[-20000:]
+
+    def log_text(self) -> str:
         self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-20000:]
+        return self._log.read().decode(errors="replace")
 
     def kill(self) -> None:
         """kill -9 of the supervisor and every shard: nothing gets to clean up."""
@@ -281,12 +285,14 @@ class ClusterNodes:
     """``count`` nodes of ``workers`` shards each, one broker over one Redis (a key prefix of
     their own, so clusters of several tests can share a redis-server)."""
 
-    def __init__(self, redis_url: str, count: int = 3, workers: int = 2, **env: Any) -> None:
+    def __init__(self, redis_url: str, count: int = 3, workers: int = 2,
+                 urls: dict[int, str] | None = None, **env: Any) -> None:
+        """``urls``: nodes that reach Redis at another URL (a proxy in front of it)."""
         self.prefix = unique("c")
-        common = {**CONTRACT_ENV, "SHARDCAST_REDIS_URL": redis_url,
-                  "SHARDCAST_REDIS_PREFIX": self.prefix,
+        common = {**CONTRACT_ENV, "SHARDCAST_REDIS_PREFIX": self.prefix,
                   **{key: str(value) for key, value in env.items()}}
-        self.nodes = [Server(workers, {**common, "SHARDCAST_NODE_ID": f"node{index}"})
+        self.nodes = [Server(workers, {**common, "SHARDCAST_NODE_ID": f"node{index}",
+                                       "SHARDCAST_REDIS_URL": (urls or {}).get(index, redis_url)})
                       for index in range(count)]
 
     def __getitem__(self, index: int) -> Server:

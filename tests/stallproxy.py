@@ -5,6 +5,7 @@ data for a while (every command of a new connection is answered LOADING meanwhil
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
@@ -39,6 +40,7 @@ class StallProxy:
         self.pairs: list[_Pair] = []
         self.lock = threading.Lock()
         self.loading_until = 0.0
+        self.refused_loading = 0        # connections answered LOADING
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, db: int = 0) -> str:
@@ -84,6 +86,7 @@ class StallProxy:
             except OSError:
                 return
             if time.monotonic() < self.loading_until:
+                self.refused_loading += 1
                 threading.Thread(target=self._load, args=(client,), daemon=True).start()
                 continue
             try:
@@ -98,23 +101,38 @@ class StallProxy:
             threading.Thread(target=self._pump, args=(pair, False), daemon=True).start()
 
     def _pump(self, pair: _Pair, outbound: bool) -> None:
-        source, target = (pair.client, pair.upstream) if outbound else (pair.upstream,
-                                                                       pair.client)
+        """Bytes one way: the client's to Redis at once; Redis' to the client through a
+        sender that keeps each chunk until ``lag`` after it arrived (lags do not add up)."""
+        source = pair.client if outbound else pair.upstream
+        late: queue.SimpleQueue = queue.SimpleQueue()
+        if not outbound:
+            threading.Thread(target=self._send_late, args=(pair, late), daemon=True).start()
         try:
             while data := source.recv(65536):
-                if outbound and b"SUBSCRIBE" in data.upper():
+                if not outbound:
+                    late.put((time.monotonic() + pair.lag, data))
+                    continue
+                if b"SUBSCRIBE" in data.upper():
                     pair.subscriber = True
-                if outbound:
-                    target.sendall(data)
-                elif not pair.silenced:
-                    time.sleep(pair.lag)
-                    target.sendall(data)
+                pair.upstream.sendall(data)
         except OSError:
             pass
+        late.put(None)
         pair.close()
         with self.lock:
             if pair in self.pairs:
                 self.pairs.remove(pair)
+
+    @staticmethod
+    def _send_late(pair: _Pair, late: queue.SimpleQueue) -> None:
+        try:
+            while (chunk := late.get()) is not None:
+                due, data = chunk
+                if not pair.silenced:
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    pair.client.sendall(data)
+        except OSError:
+            pass
 
     @staticmethod
     def _load(client: socket.socket) -> None:

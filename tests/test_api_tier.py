@@ -40,11 +40,15 @@ def processes(server: Server) -> dict[int, dict]:
     return found
 
 
+def fresh_post(server: Server, path: str, body: object) -> requests.Response:
+    """A signed POST over a connection of its own (the kernel picks an API process per
+    connection)."""
+    return requests.post(server.api + path, json=body,
+                         headers={**server.sign(), "connection": "close"}, timeout=10)
+
+
 def fresh_connect(server: Server) -> int:
-    """/connect over a connection of its own (the kernel picks an API process per connection)."""
-    response = requests.post(server.api + "/connect", json={"username": unique("u")},
-                             headers={**server.sign(), "connection": "close"}, timeout=10)
-    return response.status_code
+    return fresh_post(server, "/connect", {"username": unique("u")}).status_code
 
 
 def test_requests_land_on_every_api_process(server):
@@ -64,10 +68,8 @@ def test_sequential_posts_through_either_api_process_arrive_in_order(server):
     with server.ws(server.connect(unique("u"), [channel])["ws_url"]) as client:
         texts = [str(n) for n in range(POSTS)]
         for text in texts:
-            response = requests.post(
-                server.api + "/message",
-                json=[{"channel": channel, "user": "backend", "message": {"text": text}}],
-                headers={**server.sign(), "connection": "close"}, timeout=10)
+            response = fresh_post(server, "/message", [
+                {"channel": channel, "user": "backend", "message": {"text": text}}])
             assert response.status_code == 200, response.text
         assert [envelope["message"]["text"] for envelope in client.take(POSTS)] == texts
 

@@ -43,6 +43,16 @@ def nodes(redis):
     cluster.stop()
 
 
+@pytest.fixture
+def proxied(redis):
+    """Two nodes, node 0 reaching Redis through a StallProxy: (proxy, nodes)."""
+    proxy = StallProxy(redis.port)
+    cluster = start_nodes(redis.url(), urls={0: proxy.url()})
+    yield proxy, cluster
+    cluster.stop()
+    proxy.close()
+
+
 def messages(envelopes: list[dict]) -> list[str]:
     return [e["uuid"] for e in envelopes if e["type"] == "message"]
 
@@ -128,6 +138,7 @@ def test_a_redis_that_answers_loading_after_a_restart_is_used_once_it_has_loaded
         proxy.restart_loading(2.0)
         wait_until(lambda: nodes[0].post("/info", {"info": {}}, timeout=3).status_code == 200,
                    timeout=10)
+        assert proxy.refused_loading > 0        # it did meet a loading Redis
         posted = [nodes[0].say(channel, str(n)) for n in range(3)]
         assert client.take(3) == [delivered(item) for item in posted]
     finally:
@@ -171,32 +182,25 @@ def test_subscriptions_killed_by_redis_come_back_and_repair_the_gap(redis, nodes
         assert any(shard["subscription_reconnects"] >= 1 for shard in stats(node))
 
 
-def test_a_silent_subscription_is_found_by_the_probe_and_repaired(redis, open_ws):
-    proxy = StallProxy(redis.port)
-    nodes = ClusterNodes(redis.url(), count=2, **FAST)
-    nodes[0].env = {**nodes[0].env, "SHARDCAST_REDIS_URL": proxy.url()}   # behind the proxy
-    nodes.start()
-    try:
-        kept, unkept = unique("kept"), unique("unkept")
-        nodes[1].channel_config({kept: HISTORY, unkept: {}})
-        reply = nodes[0].connect(unique("u"), [kept, unkept])
-        silenced = open_ws(reply)
-        assert proxy.silence_subscriptions() >= 1
-        stalled = time.monotonic()
-        during = [nodes[1].say(kept, str(n)) for n in range(10)]
-        lost = [nodes[1].say(unkept, str(n)) for n in range(4)]
-        got = silenced.take(len(during), timeout=PROBE_TIMEOUT + 6)
-        assert time.monotonic() - stalled < PROBE_TIMEOUT + 4
-        assert got == [delivered(item) for item in during]      # read back from history
-        after = nodes[1].say(unkept, "after")
-        assert messages(silenced.until_uuid(after["uuid"])) == []
-        figures = stats(nodes[0])
-        assert sum(shard["subscription_stalls"] for shard in figures) >= 1
-        assert sum(shard["gaps_repaired"] for shard in figures) >= len(during)
-        assert sum(shard["gaps_lost"] for shard in figures) >= len(lost)
-    finally:
-        nodes.stop()
-        proxy.close()
+def test_a_silent_subscription_is_found_by_the_probe_and_repaired(proxied, open_ws):
+    proxy, nodes = proxied
+    kept, unkept = unique("kept"), unique("unkept")
+    nodes[1].channel_config({kept: HISTORY, unkept: {}})
+    reply = nodes[0].connect(unique("u"), [kept, unkept])
+    silenced = open_ws(reply)
+    assert proxy.silence_subscriptions() >= 1
+    stalled = time.monotonic()
+    during = [nodes[1].say(kept, str(n)) for n in range(10)]
+    lost = [nodes[1].say(unkept, str(n)) for n in range(4)]
+    got = silenced.take(len(during), timeout=PROBE_TIMEOUT + 6)
+    assert time.monotonic() - stalled < PROBE_TIMEOUT + 4
+    assert got == [delivered(item) for item in during]      # read back from history
+    after = nodes[1].say(unkept, "after")
+    assert messages(silenced.until_uuid(after["uuid"])) == []
+    figures = stats(nodes[0])
+    assert sum(shard["subscription_stalls"] for shard in figures) >= 1
+    assert sum(shard["gaps_repaired"] for shard in figures) >= len(during)
+    assert sum(shard["gaps_lost"] for shard in figures) >= len(lost)
 
 
 def test_clients_of_a_killed_node_resume_on_another_and_lose_nothing(nodes):
@@ -221,51 +225,33 @@ def test_clients_of_a_killed_node_resume_on_another_and_lose_nothing(nodes):
     assert got[1:] == [item["uuid"] for item in posted] + [marker]
 
 
-def test_a_resume_ahead_of_a_lagging_subscription_repeats_nothing(redis):
+def test_a_resume_ahead_of_a_lagging_subscription_repeats_nothing(proxied):
     """Redis answers a resume's history read at once, while the messages it holds are still on
     their way down the shard's subscription (behind the activation of the new connection):
     they come once, as catch-up, never again live."""
-    proxy = StallProxy(redis.port)
-    nodes = ClusterNodes(redis.url(), count=2, **FAST)
-    nodes[0].env = {**nodes[0].env, "SHARDCAST_REDIS_URL": proxy.url()}   # behind the proxy
-    nodes.start()
-    try:
-        channel = unique("ch")
-        nodes[1].channel_config({channel: HISTORY})
-        reader = Reader(nodes[0], unique("u"), [channel])
-        client = reader.connect(nodes[0], conn_id=conn_id_on(0, 2))
-        first = nodes[1].say(channel, "first")
-        reader.read(client, until=first["uuid"])
-        client.close()                    # its connection ends with it
-        assert proxy.lag_subscriptions(0.5) >= 1
-        reply = nodes[0].connect(reader.username, [channel], conn_id=conn_id_on(0, 2))
-        missed = [nodes[1].say(channel, str(n)) for n in range(5)]
-        client = open_websocket(with_query(reply["ws_url"], since=reader.positions))
-        marker = nodes[1].sentinel(channel)
-        reader.read(client, until=marker, timeout=15)
-        client.close()
-        assert reader.statuses[-1][channel]["recovered"] is True
-        got = [e["uuid"] for e in reader.got[channel]]
-        assert got == [first["uuid"]] + [item["uuid"] for item in missed] + [marker]
-    finally:
-        nodes.stop()
-        proxy.close()
+    proxy, nodes = proxied
+    channel = unique("ch")
+    nodes[1].channel_config({channel: HISTORY})
+    reader = Reader(nodes[0], unique("u"), [channel])
+    client = reader.connect(nodes[0], conn_id=conn_id_on(0, 2))
+    first = nodes[1].say(channel, "first")
+    reader.read(client, until=first["uuid"])
+    client.close()                    # its connection ends with it
+    assert proxy.lag_subscriptions(0.5) >= 1
+    reply = nodes[0].connect(reader.username, [channel], conn_id=conn_id_on(0, 2))
+    missed = [nodes[1].say(channel, str(n)) for n in range(5)]
+    client = open_websocket(with_query(reply["ws_url"], since=reader.positions))
+    marker = nodes[1].sentinel(channel)
+    reader.read(client, until=marker, timeout=15)
+    client.close()
+    assert reader.statuses[-1][channel]["recovered"] is True
+    got = [e["uuid"] for e in reader.got[channel]]
+    assert got == [first["uuid"]] + [item["uuid"] for item in missed] + [marker]
 
 
-def test_ready_says_redis_is_away_while_health_stays(redis, nodes):
-    assert nodes[0].get("/ready", sign=False).status_code == 200
-    redis.stop()
-    ready = nodes[0].get("/ready", sign=False)
-    assert ready.status_code == 503
-    assert ready.json()["down"]["redis"] == f"unreachable at 127.0.0.1:{redis.port}"
-    assert nodes[0].get("/health", sign=False).status_code == 200
-    redis.start()
-    wait_until(lambda: nodes[0].get("/ready", sign=False).status_code == 200, timeout=10)
-
-
-def test_a_redis_with_a_password_is_used_and_its_password_never_shown():
-    """AUTH from the URL's password; the startup line, the logs and /ready name Redis by its
-    address only."""
+def test_ready_says_redis_is_away_while_health_stays():
+    """On a Redis with a password (AUTH from the URL): /ready, the startup line and the logs
+    name Redis by its address only."""
     password = "pw-" + unique("secret")
     redis = RedisServer(password=password).start()
     nodes = start_nodes(redis.url(), count=1)
@@ -275,9 +261,13 @@ def test_a_redis_with_a_password_is_used_and_its_password_never_shown():
         assert node.info()["channels"] == {}       # an answer read from Redis
         redis.stop()
         ready = node.get("/ready", sign=False)
+        assert ready.status_code == 503
         assert ready.json()["down"]["redis"] == f"unreachable at 127.0.0.1:{redis.port}"
-        assert f"cluster at 127.0.0.1:{redis.port}" in node.output()
-        assert password not in node.output() + ready.text
+        assert node.get("/health", sign=False).status_code == 200
+        redis.start()
+        wait_until(lambda: node.get("/ready", sign=False).status_code == 200, timeout=10)
+        assert f"cluster at 127.0.0.1:{redis.port}" in node.log_text()
+        assert password not in node.log_text() + ready.text
     finally:
         nodes.stop()
         redis.close()

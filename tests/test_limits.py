@@ -1,6 +1,7 @@
 """Configured limits: each one refused with a clear error, nothing applied, the server serving on.
 
-Three one-shard servers of this module's own carry small limits, so that reaching them is cheap.
+Servers of this module's own carry small limits, so that reaching them is cheap (one of them has
+two shards: a connection and its user may live on different ones).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from contract import unique, wait_until
+from harness import conn_id_on
 from shardcast.routing import owner
 
 BODY_LIMIT = 4096
@@ -175,43 +177,30 @@ def test_connections_per_user_are_limited(limited):
     assert limited.connect(username, conn_id=third)["conn_id"] == third
 
 
-def test_refused_reconnect_does_not_keep_its_channels(limited):
-    """A reused conn_id whose user refuses the update (too many state keys) is left as it was."""
+@pytest.mark.parametrize("where", ["limited", "two_shards"])
+def test_refused_reconnect_does_not_keep_its_channels(where, request):
+    """A reused conn_id whose user refuses the update (too many state keys) is left as it was;
+    on two shards, the connection is on the shard its user is not."""
+    server = request.getfixturevalue(where)
     username, kept = unique("u"), unique("c")
-    conn_id = limited.connect(username, [kept])["conn_id"]
+    conn_id = conn_id_on(1 - owner(username, 2), 2)
+    server.connect(username, [kept], conn_id=conn_id)
     state = {f"k{n}": n for n in range(STATE_KEYS + 1)}
-    refused(limited.post("/connect", {"username": username, "conn_id": conn_id,
-                                      "channels": [unique("c")], "user_state": state}))
-    assert limited.subscribe(conn_id, [kept])["channels"] == [kept]
-
-
-def conn_id_off(shard: int) -> str:
-    """A connection id that shard ``shard`` of two does not own."""
-    return next(conn_id for conn_id in (str(uuid.uuid4()) for _ in range(100))
-                if owner(conn_id, 2) != shard)
+    refused(server.post("/connect", {"username": username, "conn_id": conn_id,
+                                     "channels": [unique("c")], "user_state": state}))
+    assert server.subscribe(conn_id, [kept])["channels"] == [kept]
 
 
 def test_a_user_refusal_on_another_shard_undoes_the_new_connection(two_shards):
     username, channel = unique("u"), unique("c")
     for _ in range(USER_CONNECTIONS):
         two_shards.connect(username)
-    conn_id = conn_id_off(owner(username, 2))
+    conn_id = conn_id_on(1 - owner(username, 2), 2)
     body = refused(two_shards.post("/connect", {"username": username, "conn_id": conn_id,
                                                 "channels": [channel]}))
     assert "max_connections_per_user" in body["username"][0]
     assert not two_shards.is_connected(conn_id)
     assert two_shards.channel_info(channel) is None
-
-
-def test_a_user_refusal_on_another_shard_leaves_a_reconnect_as_it_was(two_shards):
-    username, kept, extra = unique("u"), unique("c"), unique("c")
-    conn_id = conn_id_off(owner(username, 2))
-    two_shards.connect(username, [kept], conn_id=conn_id)
-    state = {f"k{n}": n for n in range(STATE_KEYS + 1)}
-    refused(two_shards.post("/connect", {"username": username, "conn_id": conn_id,
-                                         "channels": [extra], "user_state": state}))
-    assert two_shards.subscribe(conn_id, [kept])["channels"] == [kept]
-    assert two_shards.is_connected(conn_id)
 
 
 def test_state_keys_are_limited_on_connect(limited):
