@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
-from typing import Any, NamedTuple
-
-import hiredis
+from typing import NamedTuple
 
 from .resources import ServerProbe
-from .targets import HOST, ShardcastServer, Target, free_port
+from .targets import HOST, LocalServer, ShardcastServer, Target, free_port
 
-REDIS_START_TIMEOUT = 10.0
-REDIS_STOP_TIMEOUT = 10.0
+REDIS_DIR_PREFIX = "shardcast-bench-redis-"   # the working directory of the bench's Redis
 
 
 class Shape(NamedTuple):
@@ -50,66 +44,41 @@ def parse_shapes(text: str) -> list[Shape]:
     return shapes
 
 
-class RedisProcess:
+class RedisServer(LocalServer):
     """``redis-server`` on a free loopback port, in a temporary directory, no persistence."""
 
-    def __init__(self, log: Any) -> None:
-        self.log = log
+    name = "redis-server"
+
+    def __init__(self) -> None:
+        super().__init__()
         self.port = 0
         self.dir: str | None = None
-        self.process: subprocess.Popen | None = None
 
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def start(self) -> None:
+    def allocate_ports(self) -> None:
+        self.port = free_port()
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def command(self) -> list[str]:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server); "
                                "--redis starts one for the nodes")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="shardcast-bench-redis-")
-        self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", HOST, "--dir", self.dir, "--save", "",
-             "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
-        while not self.answers():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.05)
+        self.dir = tempfile.mkdtemp(prefix=REDIS_DIR_PREFIX)
+        return [server, "--port", str(self.port), "--bind", HOST, "--dir", self.dir,
+                "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                "--loglevel", "warning"]
 
     def answers(self) -> bool:
-        try:
-            return self.call("PING") == b"PONG"
-        except OSError:
-            return False
-
-    def call(self, *args: str) -> Any:
-        """One command on a connection of its own; the decoded reply."""
-        with socket.create_connection((HOST, self.port), timeout=2) as sock:
-            sock.sendall(hiredis.pack_command(args))
-            reader = hiredis.Reader()
-            while (reply := reader.gets()) is False:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("redis-server closed the connection")
-                reader.feed(chunk)
-        return reply
-
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        """Nothing to load (no persistence): it serves once its port accepts."""
+        return True
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(REDIS_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        super().stop()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
@@ -119,7 +88,7 @@ class ClusterNode(ShardcastServer):
     """One node of the cluster: ``shardcast serve`` with the Redis URL and a node id, on
     ports no other node of the cluster took."""
 
-    def __init__(self, workers: int, index: int, redis: RedisProcess, secret: str,
+    def __init__(self, workers: int, index: int, redis: RedisServer, secret: str,
                  taken: set[int]) -> None:
         super().__init__(workers)
         self.name = self.node_id = f"node{index}"
@@ -161,8 +130,7 @@ class ClusterServer(Target):
         self.workers = workers
         self.name = f"shardcast {nodes} nodes × w={workers}"
         self.secret = secrets.token_urlsafe(16)
-        self.log = tempfile.TemporaryFile()
-        self.redis = RedisProcess(self.log)
+        self.redis = RedisServer()
         self.taken: set[int] = set()
         self.members = [ClusterNode(workers, index, self.redis, self.secret, self.taken)
                         for index in range(nodes)]
@@ -173,8 +141,6 @@ class ClusterServer(Target):
 
     def start(self, settings: dict[str, object] | None = None) -> None:
         self.taken.clear()
-        self.log.seek(0)
-        self.log.truncate()
         try:
             self.redis.start()
             for node in self.members:   # all start at once, then each is waited for
@@ -193,13 +159,11 @@ class ClusterServer(Target):
 
     def probe(self) -> ServerProbe:
         nodes = ProbeGroup({node.name: node.probe() for node in self.members})
-        return ProbeGroup({"nodes": nodes, "redis": ServerProbe(self.redis.pid())})
+        return ProbeGroup({"nodes": nodes, "redis": self.redis.probe()})
 
     def output(self) -> str:
-        self.log.seek(0)
-        redis = self.log.read().decode(errors="replace")[-2000:]
-        return "".join(f"--- {node.name}\n{node.output()}\n" for node in self.members) + \
-            (f"--- redis\n{redis}" if redis else "")
+        return "".join(f"--- {target.name}\n{target.output()}\n"
+                       for target in [*self.members, self.redis])
 
     def logged_errors(self) -> list[str]:
         return [f"{node.name}: {line}" for node in self.members for line in node.logged_errors()]

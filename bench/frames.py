@@ -57,6 +57,7 @@ class Delivery(NamedTuple):
 
     channel: str
     message: msgspec.Struct
+    catchup: bool = False       # Nchan replays nothing
 
 
 def stamp_type(pad: str) -> type:

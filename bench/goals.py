@@ -65,9 +65,10 @@ PUBLISHING = {"fanout", "latency", "api --history"}   # Redis' CPU there is for 
 
 
 def one_node(results: list[dict], scenario: str) -> dict | None:
-    """The run of one node alone (the most shards, if several) of ``scenario``."""
+    """shardcast's run of one node alone (the most shards, if several) of ``scenario``; a
+    compared server (Channelstream, Nchan) is never the baseline."""
     alone = [r for r in results if r["scenario"] == scenario and r.get("nodes") is None
-             and "failed" not in r and not r["target"].startswith("channelstream")]
+             and "failed" not in r and r["target"].startswith("shardcast")]
     return max(alone, key=lambda r: r.get("workers") or 0, default=None)
 
 

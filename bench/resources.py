@@ -134,21 +134,29 @@ class CpuWindow:
         self.parts: dict[str, float] = {}      # part name -> CPU seconds
 
     def start(self) -> None:
-        self.parts0 = {name: part.cpu_seconds() for name, part in self.probe.parts().items()}
-        self.cpu0, self.wall0 = self.probe.cpu_seconds(), time.monotonic()
+        self.cpu0, self.parts0 = self._read()
+        self.wall0 = time.monotonic()
         self.busy0, self.own0 = _machine_busy(), _own_cpu()
 
     def stop(self) -> None:
-        cpu1 = self.probe.cpu_seconds()
+        cpu1, parts1 = self._read()
         self.wall = time.monotonic() - self.wall0
         self.busy = _machine_busy() - self.busy0
         self.own = _own_cpu() - self.own0
         if self.cpu0 is not None and cpu1 is not None:
             self.cpu = cpu1 - self.cpu0
-        for name, part in self.probe.parts().items():
-            before, after = self.parts0.get(name), part.cpu_seconds()
+        for name, after in parts1.items():
+            before = self.parts0.get(name)
             if before is not None and after is not None:
                 self.parts[name] = after - before
+
+    def _read(self) -> tuple[float | None, dict[str, float | None]]:
+        """The server's CPU seconds, and its parts'; a server of parts is read once, part by
+        part, and its total is their sum (read again, it would not quite be)."""
+        parts = {name: part.cpu_seconds() for name, part in self.probe.parts().items()}
+        if not parts:
+            return self.probe.cpu_seconds(), parts
+        return (None if None in parts.values() else sum(parts.values())), parts
 
     def others_cores(self, loadgen_cpu: float) -> float | None:
         """Cores kept busy by everything but the server and the bench's processes (noise)."""

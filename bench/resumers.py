@@ -58,7 +58,7 @@ class Resumer:
         self.spec = spec
         self.again = {**spec, **NO_HISTORY}    # the /connect of a resume
         self.streams: dict = {}
-        self.positions: dict[str, dict] = {}   # channel -> {"epoch", "offset"} last received
+        self.positions: dict[str, tuple] = {}  # channel -> (epoch, offset) last received
         self.client: Client | None = None
         self.dropped: Client | None = None     # the websocket it dropped last
         self.dialled = 0.0                     # when the current resume began
@@ -82,7 +82,9 @@ class Resumer:
     async def resume(self, opener: Opener, until: float) -> bool:
         """A fresh /connect, and its websocket with ``since``; again until one opens (False:
         none did until ``until``)."""
-        query = "&since=" + quote(orjson.dumps(self.positions).decode())
+        since = {channel: {"epoch": epoch, "offset": offset}
+                 for channel, (epoch, offset) in self.positions.items()}
+        query = "&since=" + quote(orjson.dumps(since).decode())
         self.dialled = time.monotonic()
         while self.client is None:
             if time.monotonic() > until:
@@ -101,31 +103,25 @@ class ResumeTally(Tally):
     """A tally that also checks positions and recoveries."""
 
     def __init__(self, worker: Worker, payload: int) -> None:
-        super().__init__(worker, payload, "channelstream")
-        self.decode = frame_decoder(padding(payload), positions=True)
+        decode = frame_decoder(padding(payload), positions=True)
+        super().__init__(worker, lambda channels: decode)
         self.resume_latency = Histogram()
         self.resume_failures = 0
         self.position_errors = 0
-        self.caught_up = 0
 
     def feed(self, client: ResumingClient, data: bytes) -> None:
+        """A recovery frame first after a resume; each message after the last of its channel."""
         resumer = client.resumer
-        messages = []
-        for envelope in self.decode(data):
+        envelopes = client.decode(data)
+        for envelope in envelopes:
             kind = envelope.__class__
             if kind is Recovery:
                 self.recovered(resumer, envelope)
             elif resumer.recovering:
                 raise BadFrame("a resumed websocket sent something before its recovery frame")
-            elif kind is Presence:
-                self.presence += 1
-            else:
+            elif kind is not Presence:
                 self.follow(resumer, envelope)
-                messages.append(envelope)
-        if messages:
-            live = [envelope for envelope in messages if not envelope.catchup]
-            self.caught_up += len(messages) - len(live)
-            self.count(client, messages, live)
+        self.count(client, (e for e in envelopes if e.__class__ is not Recovery))
 
     def recovered(self, resumer: Resumer, recovery: Recovery) -> None:
         if not resumer.recovering:
@@ -134,21 +130,18 @@ class ResumeTally(Tally):
         self.resume_latency.add(time.monotonic() - resumer.dialled)
         for channel, had in resumer.positions.items():
             now = recovery.channels.get(channel)
-            if now is None or not now.recovered or now.epoch != had["epoch"]:
+            if now is None or not now.recovered or now.epoch != had[0]:
                 self.resume_failures += 1
                 self.note(f"{channel} not recovered from {had}: {now}")
 
     def follow(self, resumer: Resumer, envelope: object) -> None:
         """The message must be the one after the last of its channel, in the same epoch."""
         had = resumer.positions.get(envelope.channel)
-        if had is not None and (envelope.epoch != had["epoch"]
-                                or envelope.offset != had["offset"] + 1):
+        if had is not None and (envelope.epoch != had[0] or envelope.offset != had[1] + 1):
             self.position_errors += 1
             self.note(f"{envelope.channel}: offset {envelope.offset} of {envelope.epoch} after "
-                      f"{had['offset']} of {had['epoch']} "
-                      f"({'catch-up' if envelope.catchup else 'live'})")
-        resumer.positions[envelope.channel] = {"epoch": envelope.epoch,
-                                               "offset": envelope.offset}
+                      f"{had[1]} of {had[0]} ({'catch-up' if envelope.catchup else 'live'})")
+        resumer.positions[envelope.channel] = (envelope.epoch, envelope.offset)
 
 
 async def cycle(resumer: Resumer, opener: Opener, deadline: float) -> int:

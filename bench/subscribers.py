@@ -16,12 +16,12 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from picows import (WSCloseCode, WSError, WSListener, WSMsgType, WSParsedURL, WSProtocolError,
                     WSTransport, ws_connect)
 
-from .codec import CODECS
+from .codec import CODECS, Decoders
 from .frames import BadFrame, Presence, padding
 from .httpclient import ApiClient, HttpError
 from .shared import OPENED, Worker
@@ -41,13 +41,14 @@ DIAL_ERRORS = (HttpError, WSError, OSError, asyncio.TimeoutError, ValueError)
 class Tally:
     """Everything one worker's clients received, and why any of them closed early."""
 
-    def __init__(self, worker: Worker, payload: int, codec: str) -> None:
+    def __init__(self, worker: Worker, decoder: Decoders) -> None:
         self.worker = worker
-        self.decoder = CODECS[codec].decoders(padding(payload))   # a client's channels -> decode
+        self.decoder = decoder          # a client's channels -> its frames' decoder
         self.latency = Histogram()
         self.received = 0
         self.frames = 0
         self.presence = 0
+        self.caught_up = 0              # replayed catch-up (resumers), not timed
         self.dropped = 0
         self.protocol_errors = 0
         self.slow_consumer_closes = 0
@@ -56,21 +57,19 @@ class Tally:
 
     def feed(self, client: "Client", data: bytes) -> None:
         """Count one frame's messages; BadFrame or ``msgspec.DecodeError`` if it is bad."""
-        messages = []
-        for envelope in client.decode(data):
-            if envelope.__class__ is Presence:
-                self.presence += 1
-            else:
-                messages.append(envelope)
-        if messages:
-            self.count(client, messages, messages)
+        self.count(client, client.decode(data))
 
-    def count(self, client: "Client", messages: list, timed: list) -> None:
-        """Check the numbering of one frame's messages; the latency of those ``timed`` (not
-        replayed catch-up, which waited on purpose)."""
+    def count(self, client: "Client", envelopes: Iterable) -> None:
+        """Check one frame's messages (their channel, numbering and send time) in one pass, the
+        hot loop of every subscriber; time those live (catch-up waited on purpose)."""
         now = time.monotonic()
         streams = client.streams
-        for envelope in messages:
+        ages = []
+        received = 0
+        for envelope in envelopes:
+            if envelope.__class__ is Presence:
+                self.presence += 1
+                continue
             stamp = envelope.message
             key = (envelope.channel, stamp.p)
             sequence = streams.get(key)
@@ -79,14 +78,21 @@ class Tally:
                     raise BadFrame(f"a message of {envelope.channel!r}, a channel not joined")
                 sequence = streams[key] = Sequence()
             sequence.see(stamp.s)
-            if stamp.t > now:
+            age = now - stamp.t
+            if age < 0:
                 raise BadFrame("a message sent after it was received")
-        if timed:
-            self.latency.add_many([now - envelope.message.t for envelope in timed])
-        self.frames += 1
-        self.received += len(messages)
-        self.worker.shared.received[self.worker.slot] = self.received
-        self.last_rx = now
+            received += 1
+            if envelope.catchup:
+                self.caught_up += 1
+            else:
+                ages.append(age)
+        if received:
+            if ages:
+                self.latency.add_many(ages)
+            self.frames += 1
+            self.received += received
+            self.worker.shared.received[self.worker.slot] = self.received
+            self.last_rx = now
 
     def ended(self, client: "Client", handshake: Any, error: WSError | None) -> None:
         """A client closed before the end of the run: for a bad frame, as a slow consumer,
@@ -242,28 +248,24 @@ class Opener:
         self.opened = 0
         self.joined: dict[str, int] = {}   # channel -> clients of this worker that joined it
         self.errors: list[str] = []
+        self.gate = asyncio.Semaphore(OPEN_CONCURRENCY)
 
     async def open_all(self, specs: list[dict]) -> list[Client]:
-        gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-
-        async def one(spec: dict) -> Client | None:
-            async with gate:
-                return await self.open(spec)
-
-        clients = await asyncio.gather(*(one(spec) for spec in specs))
+        clients = await asyncio.gather(*(self.open(spec) for spec in specs))
         return [client for client in clients if client is not None]
 
     async def open(self, spec: dict, listener: Callable[[], Client] | None = None,
                    query: str = "") -> Client | None:
-        """A new subscriber (None if it failed: the error is kept), counted as opened; see
-        ``dial`` for ``listener`` and ``query``."""
-        start = time.monotonic()
-        try:
-            client = await self.dial(spec, listener or (lambda: Client(self.tally,
-                                                                       spec["channels"])), query)
-        except DIAL_ERRORS as error:
-            self.failed(error)
-            return None
+        """A new subscriber (None if it failed: the error is kept), counted as opened, with
+        OPEN_CONCURRENCY opens in flight at most; see ``dial`` for ``listener`` and ``query``."""
+        async with self.gate:
+            start = time.monotonic()
+            try:
+                client = await self.dial(
+                    spec, listener or (lambda: Client(self.tally, spec["channels"])), query)
+            except DIAL_ERRORS as error:
+                self.failed(error)
+                return None
         self.latency.add(time.monotonic() - start)
         self.opened += 1
         self.by_api[self.apis.index(client.api)] += 1
@@ -311,7 +313,7 @@ async def run_clients(plan: dict, worker: Worker) -> dict:
     """Subscribers (opened before ``go``) or a connection storm (opened after it)."""
     # picows logs each protocol error it meets; the tally counts them and keeps samples.
     logging.getLogger("picows").setLevel(logging.CRITICAL)
-    tally = Tally(worker, plan["payload"], plan["codec"])
+    tally = Tally(worker, CODECS[plan["codec"]].decoders(padding(plan["payload"])))
     opener = Opener(plan, worker, tally)
     if plan["storm"]:
         await worker.start_when_told(plan["max_seconds"])

@@ -14,6 +14,7 @@ for _module in ("psutil", "rich", "matplotlib"):
 
 import psutil  # noqa: E402
 
+from bench.cluster import REDIS_DIR_PREFIX  # noqa: E402
 from bench.nchan import LOADGEN_PROCS as NCHAN_LOADGEN_PROCS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,8 +99,10 @@ def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
 
 
 def redis_servers() -> set[int]:
-    return {process.pid for process in psutil.process_iter(["name"])
-            if process.info["name"] == "redis-server"}
+    """The bench's own (another suite on the machine may run redis-servers of its own)."""
+    return {process.pid for process in psutil.process_iter(["name", "cwd"])
+            if process.info["name"] == "redis-server"
+            and REDIS_DIR_PREFIX in (process.info["cwd"] or "")}
 
 
 def test_nodes_over_redis_share_the_subscribers_and_stop_with_the_run(tmp_path: Path) -> None:
@@ -112,7 +115,8 @@ def test_nodes_over_redis_share_the_subscribers_and_stop_with_the_run(tmp_path: 
     assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
     assert [result[field] for field in CLOSES] == [0] * len(CLOSES)
     assert result["redis_cpu_us_per_publish"] > 0 and result["nodes_cores"] > 0
-    assert result["server_cpu_s"] >= result["nodes_cpu_s"] + result["redis_cpu_s"] - 0.01
+    # each figure is rounded to the millisecond
+    assert abs(result["server_cpu_s"] - result["nodes_cpu_s"] - result["redis_cpu_s"]) <= 0.002
     assert redis_servers() <= before, "the bench left its redis-server running"
 
 
