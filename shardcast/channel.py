@@ -257,21 +257,24 @@ class ChannelOwner:
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
-            stamp = item.pop("stamp")
-            channel = self.channels.get(item["channel"])
-            if channel is not None:
-                channel.edit(item)
-                self._fanout(channel, envelopes.edit(item), item["exclude_users"],
-                             item["pm_users"], stamp, ["edit", item["uuid"]])
+            self._amend(item, envelopes.edit(item), "edit")
 
     def delete(self, items: list[dict]) -> None:
         for item in items:
-            stamp = item.pop("stamp")
-            channel = self.channels.get(item["channel"])
-            if channel is not None:
-                channel.delete(item["uuid"])
-                self._fanout(channel, envelopes.delete(item), item["exclude_users"],
-                             item["pm_users"], stamp, ["delete", item["uuid"]])
+            self._amend(item, envelopes.delete(item), "delete")
+
+    def _amend(self, item: dict, envelope: dict, operation: str) -> None:
+        """Change the history entry (when kept), then tell the members."""
+        stamp = item.pop("stamp")
+        channel = self.channels.get(item["channel"])
+        if channel is None:
+            return
+        if operation == "edit":
+            channel.edit(item)
+        else:
+            channel.delete(item["uuid"])
+        self._fanout(channel, envelope, item["exclude_users"], item["pm_users"], stamp,
+                     [operation, item["uuid"]])
 
     def state_change(self, args: dict) -> None:
         for name in args["channels"]:

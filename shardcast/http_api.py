@@ -111,7 +111,7 @@ class HttpApi:
         except Invalid as error:
             return json_response(error.errors, error.status)
         except ShardUnavailable as error:
-            return json_response({"shard": [f"Shard {error.shard} is unavailable; retry"]}, 503)
+            return json_response(error.errors(), 503)
         finally:
             self.in_flight -= 1
 

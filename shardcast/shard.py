@@ -18,6 +18,7 @@ from .connection import HEARTBEAT, Connection, Transport
 from .recovery import Recovery
 from .resume import Resume
 from .routing import owner
+from .shards import ShardUnavailable
 from .user import User, UserOwner
 
 UNKNOWN_CONNECTION = {"error": {"conn_id": ["Unknown connection"]}}
@@ -84,8 +85,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             user = await self.net.request(user_shard, "user_connect",
                                           {key: args[key] for key in USER_SIDE})
         except ConnectionError:
-            user = {"error": {"shard": [f"Shard {user_shard} is unavailable; retry"]},
-                    "status": 503}
+            user = {"error": ShardUnavailable(user_shard).errors(), "status": 503}
         if "error" in user:     # refused (a user limit) or unanswered: undo this side
             if opened["created"]:
                 self.conn_close(args)

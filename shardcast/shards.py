@@ -19,6 +19,9 @@ class ShardUnavailable(Exception):
         super().__init__(shard)
         self.shard = shard
 
+    def errors(self) -> dict:
+        return {"shard": [f"Shard {self.shard} is unavailable; retry"]}
+
 
 RECONNECT_EVERY = 0.05     # seconds between tries to reach a (restarting) shard
 

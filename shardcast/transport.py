@@ -14,7 +14,6 @@ from .connection import HEARTBEAT, Connection, merge_frames
 from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, TOO_SLOW, Settings, WebSocket, frame,
                         refusal)
 
-SLOW_CONSUMER = TOO_SLOW
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
 CLOSE_GRACE = 10.0       # seconds a closing websocket may take to flush before it is reset
@@ -126,11 +125,11 @@ class WebSocketClient(WebSocket):
     def overflowed(self) -> None:
         """More than send_buffer_size unread (pongs too: a peer that pings and never reads
         made picows queue a pong per ping, 190 MB for a million): dropped as too slow."""
-        self.close(SLOW_CONSUMER)
+        super().overflowed()
         # The connection goes at once, not when the socket is done (it may never be); later,
         # as the caller may be iterating over the shard's connections.
         self.hosting.settings.loop.call_soon(self.hosting.on_close, self.conn, self,
-                                             SLOW_CONSUMER)
+                                             TOO_SLOW)
 
 
 def _refused(errors: dict) -> bytes:

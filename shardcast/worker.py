@@ -21,8 +21,8 @@ from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
 from .shard import Shard
-from .transport import CLOSE_GRACE, SLOW_CONSUMER, Hosting, LongPoll, WebSocketClient
-from .websocket import CLOSED
+from .transport import CLOSE_GRACE, Hosting, LongPoll, WebSocketClient
+from .websocket import CLOSED, TOO_SLOW
 
 log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
@@ -290,7 +290,7 @@ class Worker:
     def ws_closed(self, conn: Connection, client: WebSocketClient,
                   code: int | None = None) -> None:
         if conn.transport is client:
-            if code == SLOW_CONSUMER:
+            if code == TOO_SLOW:
                 self.actor.slow_consumers += 1
             self.actor.remove_conn(conn)
 
