@@ -4,33 +4,23 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
 import orjson
 from msgspec import UNSET
 
-from . import __version__, envelopes
+from . import __version__, envelopes, info
 from .shards import Shards, ShardUnavailable
 from .config import Config
-from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, Invalid, MessageItem,
+from .info import checked
+from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, MessageItem,
                       SubscribeBody, UserStateBody, encode_checked)
 
 
 NOT_ELSEWHERE = object()    # _elsewhere(): this node answers
 GONE = object()             # a directory's forward(): the holding node is gone
 READY_TIMEOUT = 1.0     # seconds a shard has to answer /ready; its answer is kept as long
-
-
-def _checked(reply: Any) -> Any:
-    if isinstance(reply, dict) and "error" in reply:
-        raise Invalid(reply["error"], reply.get("status", 422))
-    return reply
-
-
-def _settings(configs: dict, name: str) -> dict | None:
-    config = configs.get(name)
-    return msgspec.structs.asdict(config) if config is not None else None
 
 
 class LocalDirectory:
@@ -100,30 +90,21 @@ class Commands:
                 return answer
         conn_id = str(body.conn_id) if body.conn_id else envelopes.new_uuid()
         shard = self.shards.owner(conn_id)
-        connected = _checked(await self.shards.call(shard, "connect", {
+        connected = checked(await self.shards.call(shard, "connect", {
             "conn_id": conn_id, "user": body.username, "channels": body.channels,
             "fresh_state": body.fresh_user_state, "state": body.user_state,
-            "public_keys": body.state_public_keys}))
-        self._join(connected["new"], conn_id, body.username, connected["public_state"],
-                   body.channel_configs)
-        channels = sorted(set(body.channels))
+            "public_keys": body.state_public_keys,
+            "channel_configs": msgspec.to_builtins(body.channel_configs),
+            "info": msgspec.to_builtins(body.info)}))
         return {
             "conn_id": conn_id,
             "username": body.username,
             "state": connected["state"],
             "public_state": connected["public_state"],
-            "channels": channels,
-            "channels_info": await self.info(body.info, channels),
+            "channels": sorted(set(body.channels)),
+            "channels_info": connected["channels_info"],
             "ws_url": self.ws_url(host, shard, conn_id),
         }
-
-    def _join(self, names: list[str], conn_id: str, user: str, public_state: dict,
-              configs: dict) -> None:
-        """Casts: the info request that follows on the same links sees them applied."""
-        for shard, group in self.shards.group(names).items():
-            self.shards.cast(shard, "join", {"joins": [
-                [name, _settings(configs, name), conn_id, user, public_state]
-                for name in group]})
 
     async def down_shards(self) -> dict[str, str]:
         """Shards that cannot serve now, by index, with why. /ready needs no signature: the
@@ -154,32 +135,23 @@ class Commands:
         return f"{base}?conn_id={conn_id}"
 
     async def subscribe(self, body: SubscribeBody) -> dict:
-        conn_id = str(body.conn_id)
-        answer = await self._elsewhere(conn_id, "subscribe", msgspec.to_builtins(body))
+        args = msgspec.to_builtins(body)
+        answer = await self._elsewhere(args["conn_id"], "subscribe", args)
         if answer is not NOT_ELSEWHERE:
             return answer
-        joined = _checked(await self.shards.call(
-            self.shards.owner(conn_id), "conn_subscribe",
-            {"conn_id": conn_id, "channels": body.channels}))
-        public = _checked(await self.shards.call(self.shards.owner(joined["user"]),
-                                                  "user_public", {"user": joined["user"]}))
-        self._join(joined["new"], conn_id, joined["user"], public, body.channel_configs)
-        return {"channels": joined["all"],
-                "channels_info": await self.info(body.info, joined["all"]),
+        joined = checked(await self.shards.call(self.shards.owner(args["conn_id"]), "subscribe",
+                                                args))
+        return {"channels": joined["all"], "channels_info": joined["channels_info"],
                 "subscribed_to": joined["new"]}
 
     async def unsubscribe(self, body: SubscribeBody) -> dict:
-        conn_id = str(body.conn_id)
-        answer = await self._elsewhere(conn_id, "unsubscribe", msgspec.to_builtins(body))
+        args = msgspec.to_builtins(body)
+        answer = await self._elsewhere(args["conn_id"], "unsubscribe", args)
         if answer is not NOT_ELSEWHERE:
             return answer
-        left = _checked(await self.shards.call(
-            self.shards.owner(conn_id), "conn_unsubscribe",
-            {"conn_id": conn_id, "channels": body.channels}))
-        for shard, names in self.shards.group(left["left"]).items():
-            for name in names:
-                self.shards.cast(shard, "leave", {"channel": name, "conn_id": conn_id})
-        return {"channels": left["all"], "channels_info": await self.info(body.info, left["all"]),
+        left = checked(await self.shards.call(self.shards.owner(args["conn_id"]), "unsubscribe",
+                                              args))
+        return {"channels": left["all"], "channels_info": left["channels_info"],
                 "unsubscribed_from": left["left"]}
 
     async def disconnect(self, conn_id: str) -> bool:
@@ -201,7 +173,7 @@ class Commands:
         frames = await self.shards.call(self.shards.owner(conn_id), "listen", args, raw=True,
                                          timeout=self.config.wake_connections_after + 10)
         if frames.startswith(b"{"):     # a refusal; envelopes come as a JSON array
-            _checked(orjson.loads(frames))
+            checked(orjson.loads(frames))
         return frames or None
 
     # -- messages -------------------------------------------------------------------
@@ -249,7 +221,7 @@ class Commands:
         args: dict[str, Any] = {"user": body.user, "state": body.user_state}
         if body.state_public_keys is not UNSET:
             args["public_keys"] = body.state_public_keys
-        result = _checked(await self.shards.call(self.shards.owner(body.user), "user_state",
+        result = checked(await self.shards.call(self.shards.owner(body.user), "user_state",
                                                   args))
         if result["refresh"] and result["conns"]:
             await self._spread_state(body.user, result)
@@ -268,59 +240,27 @@ class Commands:
                  for shard, names in self.shards.group(configs).items()}
         channels: dict = {}
         for found in await self.shards.call_many(calls, "configure"):
-            channels.update(_checked(found))
+            channels.update(checked(found))
         return {"channels": channels, "users": []}
 
     async def info(self, flags: InfoFlags, names: list[str] | None = None,
                    match: str | None = None) -> dict:
-        """The Info object; ``names`` None means every channel. With ``flags.limit``, one page
-        of them by name, and ``next`` and ``remaining`` to go on; ``match``: see Shard.info."""
-        args = {"exclude": flags.exclude_channels, "history": flags.include_history,
-                "users": flags.include_users, "after": flags.after, "limit": flags.limit,
-                "match": match and match.casefold()}
+        """The Info object; ``names`` None means every channel (see info.gather)."""
         if names is None:
             names = await self.directory.channel_names()
-        if names is None:
-            calls = {shard: {**args, "channels": None} for shard in range(self.shards.count)}
-        else:
-            calls = {shard: {**args, "channels": group}
-                     for shard, group in self.shards.group(names).items()}
-        channels: dict = {}
-        chosen = 0
-        for found in await self.shards.call_many(calls, "info"):
-            channels.update(_checked(found)["channels"])
-            chosen += found["chosen"]
-        listed = sorted(channels)[:flags.limit]
-        page = {name: channels[name] for name in listed}
-        answer = {"channels": page, "users": await self._members(flags, page.values())}
-        if flags.limit is not None:
-            remaining = chosen - len(listed)
-            answer.update(next=listed[-1] if remaining else None, remaining=remaining)
-        return answer
-
-    async def _members(self, flags: InfoFlags, channels: Iterable[dict]) -> list[dict]:
-        """The top-level ``users`` of an Info object: each member of ``channels`` once."""
-        if not flags.include_users:
-            return []
-        members = sorted({user for channel in channels for user in channel["users"]})
-        calls = {shard: {"users": group, "public": flags.return_public_state,
-                         "connections": flags.include_connections}
-                 for shard, group in self.shards.group(members).items()}
-        users = [user for found in await self.shards.call_many(calls, "user_states")
-                 for user in _checked(found)]
-        return sorted(users, key=lambda entry: entry["user"])
+        return await info.gather(self.shards.call_many, self.shards.count, flags, names, match)
 
     async def admin(self) -> dict:
         shards = await self.shards.call_many(dict.fromkeys(range(self.shards.count)), "stats")
         for figures, restarts in zip(shards, self.shards.restarts):
             figures["restarts"] = restarts
-        info = await self.info(InfoFlags(include_history=False, include_connections=True,
+        page = await self.info(InfoFlags(include_history=False, include_connections=True,
                                          limit=self.config.admin_channels_limit or None))
         return {
             **await self.directory.figures(shards),
-            "channels": list(info["channels"].values()),
-            "channels_left_out": info.get("remaining", 0),
-            "users": info["users"],
+            "channels": list(page["channels"].values()),
+            "channels_left_out": page.get("remaining", 0),
+            "users": page["users"],
             "uptime": str(timedelta(seconds=int(time.time() - self.started))),
             "version": __version__,
             "shards": shards,

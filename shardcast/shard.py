@@ -9,20 +9,28 @@ import asyncio
 import os
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Awaitable, Protocol
 
-from . import envelopes, limits
+import msgspec
+
+from . import envelopes, info, limits
 from .channel import Channel, ChannelOwner
 from .config import Config
 from .connection import HEARTBEAT, Connection, Transport
 from .recovery import Recovery
 from .resume import Resume
-from .routing import owner
-from .shards import ShardUnavailable
+from .routing import by_owner, owner
+from .schemas import InfoFlags, Invalid
+from .shards import ShardUnavailable, answers
 from .user import User, UserOwner
 
 UNKNOWN_CONNECTION = {"error": {"conn_id": ["Unknown connection"]}}
 USER_SIDE = ("user", "fresh_state", "state", "public_keys", "conn_id")
+
+
+async def _settled(answer: Any) -> Any:
+    """An answer that may still be on its way (a cluster node's: once Redis knows)."""
+    return await answer if isinstance(answer, asyncio.Future) else answer
 
 
 class Net(Protocol):
@@ -36,7 +44,7 @@ class Net(Protocol):
 
 class Shard(ChannelOwner, UserOwner, Recovery, Resume):
     COMMANDS = (
-        "connect", "conn_subscribe", "conn_unsubscribe", "conn_close", "conn_channels",
+        "connect", "subscribe", "unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
         "join", "activate", "leave", "configure", "info", "publish", "edit", "delete", "direct",
         "state_change", "stats", "peer_restarted", "conn_info", "history_after",
@@ -70,28 +78,86 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
     # -- connections owned here -------------------------------------------------
 
     def connect(self, args: dict) -> asyncio.Future:
-        """/connect on the connection's shard: its side here, then the user's on the user's
-        owner (the API process waits for one round trip, not two)."""
+        """/connect on the connection's shard: its side here, the user's on the user's owner,
+        the joins and the Info object; the API process waits for one round trip."""
         return asyncio.ensure_future(self._connect(args))
 
     async def _connect(self, args: dict) -> dict:
-        opened = self.conn_open(args)
-        if isinstance(opened, asyncio.Future):      # a cluster node: once Redis knows it
-            opened = await opened
+        opened = await _settled(self.conn_open(args))
         if "error" in opened:
             return opened
-        user_shard = owner(args["user"], self.shards)
-        try:
-            user = await self.net.request(user_shard, "user_connect",
-                                          {key: args[key] for key in USER_SIDE})
-        except ConnectionError:
-            user = {"error": ShardUnavailable(user_shard).errors(), "status": 503}
+        user = await self._request(owner(args["user"], self.shards), "user_connect",
+                                   {key: args[key] for key in USER_SIDE})
         if "error" in user:     # refused (a user limit) or unanswered: undo this side
             if opened["created"]:
                 self.conn_close(args)
             elif opened["new"]:
                 self.conn_unsubscribe({"conn_id": args["conn_id"], "channels": opened["new"]})
-        return {**opened, **user}
+            return user
+        return await self._join(args, args["user"], user["public_state"], {**opened, **user},
+                                sorted(set(args["channels"])))
+
+    def subscribe(self, args: dict) -> asyncio.Future:
+        """/subscribe on the connection's shard, in one round trip as ``connect``."""
+        return asyncio.ensure_future(self._subscribe_conn(args))
+
+    async def _subscribe_conn(self, args: dict) -> dict:
+        joined = await _settled(self.conn_subscribe(args))
+        if "error" in joined:
+            return joined
+        user = joined["user"]
+        public = await self._request(owner(user, self.shards), "user_public", {"user": user})
+        if "error" in public:
+            return public
+        return await self._join(args, user, public["public_state"], joined, joined["all"])
+
+    async def _join(self, args: dict, user: str, public_state: dict, reply: dict,
+                    listed: list[str]) -> dict:
+        """Join the connection's new channels at their owners, then describe ``listed``."""
+        configs = args["channel_configs"]
+        for shard, names in by_owner(reply["new"], self.shards).items():
+            self.net.cast(shard, "join", {"joins": [
+                [name, configs.get(name), args["conn_id"], user, public_state]
+                for name in names]})
+        return await self._described(args, reply, listed)
+
+    def unsubscribe(self, args: dict) -> asyncio.Future:
+        """/unsubscribe on the connection's shard, in one round trip as ``connect``."""
+        return asyncio.ensure_future(self._unsubscribe_conn(args))
+
+    async def _unsubscribe_conn(self, args: dict) -> dict:
+        left = self.conn_unsubscribe(args)
+        if "error" in left:
+            return left
+        for name in left["left"]:
+            self.net.cast(owner(name, self.shards), "leave",
+                          {"channel": name, "conn_id": args["conn_id"]})
+        return await self._described(args, left, left["all"])
+
+    async def _described(self, args: dict, reply: dict, listed: list[str]) -> dict:
+        """``reply`` with the Info object of ``listed``: asked of the channels' owners on the
+        links that carried this connection's joins and leaves (or here, in order), it shows
+        them applied."""
+        try:
+            reply["channels_info"] = await info.gather(
+                self._ask, self.shards, msgspec.convert(args["info"], InfoFlags), listed)
+        except Invalid as refusal:
+            return {"error": refusal.errors, "status": refusal.status}
+        except ShardUnavailable as away:
+            return {"error": away.errors(), "status": 503}
+        return reply
+
+    def _ask(self, calls: dict[int, Any], command: str) -> Awaitable[list]:
+        """info.Ask over the shard mesh; this shard's own part is answered here."""
+        return answers({shard: self.net.request(shard, command, args)
+                        for shard, args in calls.items()})
+
+    async def _request(self, shard: int, command: str, args: dict) -> dict:
+        """A shard's answer; a lost link answers as a 503 refusal."""
+        try:
+            return await self.net.request(shard, command, args)
+        except ConnectionError:
+            return {"error": ShardUnavailable(shard).errors(), "status": 503}
 
     def conn_open(self, args: dict) -> dict:
         """``created`` tells ``connect`` what to undo if the user's shard refuses."""

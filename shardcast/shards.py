@@ -6,7 +6,7 @@ import logging
 from typing import Any, Iterable
 
 from .ipc import Link, socket_path
-from .routing import owner
+from .routing import by_owner, owner
 
 REQUEST_TIMEOUT = 10.0
 log = logging.getLogger("shardcast.api")
@@ -58,11 +58,7 @@ class Shards:
         return owner(key, self.count)
 
     def group(self, keys: Iterable[str]) -> dict[int, list[str]]:
-        """Keys by owning shard, order kept."""
-        groups: dict[int, list[str]] = {}
-        for key in keys:
-            groups.setdefault(self.owner(key), []).append(key)
-        return groups
+        return by_owner(keys, self.count)
 
     def link(self, shard: int) -> Link:
         link = self.links[shard]
@@ -89,11 +85,8 @@ class Shards:
 
     async def call_many(self, calls: dict[int, Any], command: str) -> list[Any]:
         """The same command to several shards at once, one argument each."""
-        futures = [self.request(shard, command, args) for shard, args in calls.items()]
-        try:
-            return await asyncio.gather(*futures)
-        except ConnectionError:
-            raise ShardUnavailable(next(iter(calls))) from None
+        return await answers({shard: self.request(shard, command, args)
+                              for shard, args in calls.items()})
 
     def cast(self, shard: int, command: str, args: Any) -> None:
         self.link(shard).cast(command, args)
@@ -108,6 +101,21 @@ class Shards:
         for link in self.links:
             if link is not None and not link.closed:
                 link.cast(command, args)
+
+
+async def answers(asked: dict[int, asyncio.Future]) -> list[Any]:
+    """The answers of the shards asked, in order; a lost link fails as ShardUnavailable, naming
+    the first shard whose link was lost."""
+    try:
+        return await asyncio.gather(*asked.values())
+    except ConnectionError:
+        lost = next(shard for shard, future in asked.items() if _lost(future))
+        raise ShardUnavailable(lost) from None
+
+
+def _lost(future: asyncio.Future) -> bool:
+    done = future.done() and not future.cancelled()
+    return done and isinstance(future.exception(), ConnectionError)
 
 
 def _expire(future: asyncio.Future, shard: int) -> None:

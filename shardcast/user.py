@@ -84,8 +84,9 @@ class UserOwner:
         return {"state": user.state, "public_state": user.public_state()}
 
     def user_public(self, args: dict) -> dict:
+        """Wrapped: a public state may hold a key named "error"."""
         user = self.users.get(args["user"])
-        return user.public_state() if user is not None else {}
+        return {"public_state": user.public_state() if user is not None else {}}
 
     def user_state(self, args: dict) -> dict:
         user = self.users.get(args["user"])

@@ -162,3 +162,12 @@ def test_unsubscribe_updates_channel_members(server):
     assert info["users"] == [stayer]
     assert info["total_users"] == 1
     assert info["total_connections"] == 1
+
+
+def test_a_public_state_key_named_error_is_state_not_a_refusal(server):
+    username, channel = unique("u"), unique("ch")
+    conn_id = server.connect(username, user_state={"error": "none"},
+                             state_public_keys=["error"])["conn_id"]
+    reply = server.subscribe(conn_id, [channel], info={"return_public_state": True})
+    assert reply["subscribed_to"] == [channel]
+    assert reply["channels_info"]["users"] == [{"user": username, "state": {"error": "none"}}]

@@ -54,7 +54,7 @@ class RedisUsers:
         state, public_keys = await asyncio.gather(
             self.redis.call("HGETALL", self.keys.state(name)),
             self.redis.call("HGET", self.keys.user(name), "public_keys"))
-        return _public(_state(state), orjson.loads(public_keys or b"[]"))
+        return {"public_state": _public(_state(state), orjson.loads(public_keys or b"[]"))}
 
     def user_state(self: RedisOwner, args: dict) -> asyncio.Future:
         return asyncio.ensure_future(self._guarded(self._user_state(args)))

@@ -1,0 +1,58 @@
+"""The Info object: channels from the shards that own them, then their members' states from
+the shards that own the users. One code for the API process (/info, /connect) and for a shard
+that answers /connect itself; each brings its own way to ask shards (``Ask``)."""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Iterable
+
+from .routing import by_owner
+from .schemas import InfoFlags, Invalid
+
+# The same command to several shards, one argument each; the answers in that order.
+Ask = Callable[[dict[int, Any], str], Awaitable[list]]
+
+
+def checked(reply: Any) -> Any:
+    """A shard's answer, or the refusal it carries raised as Invalid."""
+    if isinstance(reply, dict) and "error" in reply:
+        raise Invalid(reply["error"], reply.get("status", 422))
+    return reply
+
+
+async def gather(ask: Ask, shards: int, flags: InfoFlags, names: list[str] | None,
+                 match: str | None = None) -> dict:
+    """``names`` None: every shard lists the channels it owns. With ``flags.limit``, one page
+    of them by name, and ``next`` and ``remaining`` to go on; ``match``: see Shard.info."""
+    args = {"exclude": flags.exclude_channels, "history": flags.include_history,
+            "users": flags.include_users, "after": flags.after, "limit": flags.limit,
+            "match": match and match.casefold()}
+    if names is None:
+        calls = {shard: {**args, "channels": None} for shard in range(shards)}
+    else:
+        calls = {shard: {**args, "channels": group}
+                 for shard, group in by_owner(names, shards).items()}
+    channels: dict = {}
+    chosen = 0
+    for found in await ask(calls, "info"):
+        channels.update(checked(found)["channels"])
+        chosen += found["chosen"]
+    listed = sorted(channels)[:flags.limit]
+    page = {name: channels[name] for name in listed}
+    answer = {"channels": page, "users": await _members(ask, shards, flags, page.values())}
+    if flags.limit is not None:
+        remaining = chosen - len(listed)
+        answer.update(next=listed[-1] if remaining else None, remaining=remaining)
+    return answer
+
+
+async def _members(ask: Ask, shards: int, flags: InfoFlags,
+                   channels: Iterable[dict]) -> list[dict]:
+    """The top-level ``users``: each member of ``channels`` once."""
+    if not flags.include_users:
+        return []
+    members = sorted({user for channel in channels for user in channel["users"]})
+    calls = {shard: {"users": group, "public": flags.return_public_state,
+                     "connections": flags.include_connections}
+             for shard, group in by_owner(members, shards).items()}
+    users = [user for found in await ask(calls, "user_states") for user in checked(found)]
+    return sorted(users, key=lambda entry: entry["user"])
