@@ -46,6 +46,9 @@ class HttpApi:
         self.allowed = _networks(config.allow_posting_from)
         self.closing = False    # set at shutdown: new requests get 503, those in flight finish
         self.in_flight = 0
+        # A backend's next request reaches another API process only if there is one: then
+        # what this one queued for the shards must leave before its answer (see decorate).
+        self.flush_first = config.api_processes > 1
         self.verify_compat = signing.CompatVerifier(
             config.secret, config.signature_max_age if config.validate_requests else None)
         self.replays = (signing.ReplayGuard(config.signature_window, config.replay_cache_size)
@@ -116,11 +119,13 @@ class HttpApi:
             self.in_flight -= 1
 
     def decorate(self, request: Request, response: Response) -> None:
-        """Just before an answer leaves. What the request sent the shards leaves first: the
-        backend's next request may reach another API process, whose frames must not overtake
-        these (sequential posts arrive in order). CORS on every answer: browsers call /listen
-        and /disconnect directly."""
-        self.commands.shards.flush()
+        """Just before an answer leaves. With several API processes, what the request sent the
+        shards leaves first: the backend's next request may reach another one, whose frames
+        must not overtake these (sequential posts arrive in order). Alone, this process queues
+        the next request's frames behind these, and a tick's requests share a write. CORS on
+        every answer: browsers call /listen and /disconnect directly."""
+        if self.flush_first:
+            self.commands.shards.flush()
         allowed = self.config.allow_cors
         origin = request.headers.get("origin")
         if not allowed:
