@@ -9,14 +9,13 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
 
 from . import envelopes
-from .envelopes import TIME_FORMAT, history_entry, new_epoch, new_uuid
+from .envelopes import history_entry, iso_time, new_epoch, new_uuid
 from .routing import owner
 from .schemas import ChannelConfig
 
@@ -159,14 +158,13 @@ class Channel:
 def describe(name: str, uuid: str, settings: dict, history: list, last_active: float,
              connections: int, users: list[str]) -> dict[str, Any]:
     """A channel's Info entry (API.md); ``last_active`` in unix seconds."""
-    stamp = datetime.fromtimestamp(last_active, timezone.utc)
     return {
         "uuid": uuid,
         "name": name,
         "long_name": None,
         "settings": dict(settings),
         "history": history,
-        "last_active": stamp.strftime(TIME_FORMAT),
+        "last_active": iso_time(last_active),
         "total_connections": connections,
         "total_users": len(users),
         "users": users,

@@ -6,18 +6,22 @@ import time
 from datetime import datetime
 from typing import Any
 
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
-_second = [-1, ""]   # the formatted current second, reused within that second
+_second = [-1, ""]   # the last second formatted, reused within that second
 _last_stamp = [0]
 
 
 def now_iso() -> str:
     """Naive UTC ISO-8601 with microseconds, the Channelstream wire format."""
-    now = time.time()
-    second = int(now)
+    return iso_time(time.time())
+
+
+def iso_time(when: float) -> str:
+    """``when`` (unix seconds) as ``now_iso`` writes it; times of one second share a
+    strftime (datetime's costs several microseconds a call)."""
+    second = int(when)
     if second != _second[0]:
         _second[:] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int((now - second) * 1e6):06d}"
+    return f"{_second[1]}.{int((when - second) * 1e6):06d}"
 
 
 def format_time(value: datetime) -> str:
