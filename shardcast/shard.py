@@ -153,10 +153,10 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
                         for shard, args in calls.items()})
 
     async def _request(self, shard: int, command: str, args: dict) -> dict:
-        """A shard's answer; a lost link answers as a 503 refusal."""
+        """A shard's answer; a lost link or no answer in time is a 503 refusal."""
         try:
             return await self.net.request(shard, command, args)
-        except ConnectionError:
+        except (ConnectionError, ShardUnavailable):
             return {"error": ShardUnavailable(shard).errors(), "status": 503}
 
     def conn_open(self, args: dict) -> dict:

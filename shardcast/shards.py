@@ -68,13 +68,9 @@ class Shards:
 
     def request(self, shard: int, command: str, args: Any, raw: bool = False,
                 timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
-        """The shard's answer; fails with ShardUnavailable after ``timeout`` (a timer, not
-        a task per request as asyncio.wait_for would make) or ConnectionError on link loss."""
-        link = self.link(shard)
-        future = link.request(command, args, raw)
-        timer = link.loop.call_later(timeout, _expire, future, shard)
-        future.add_done_callback(lambda _: timer.cancel())
-        return future
+        """The shard's answer; fails with ShardUnavailable after ``timeout``, or with
+        ConnectionError on link loss."""
+        return expiring(self.link(shard).request(command, args, raw), shard, timeout)
 
     async def call(self, shard: int, command: str, args: Any, raw: bool = False,
                    timeout: float = REQUEST_TIMEOUT) -> Any:
@@ -116,6 +112,14 @@ async def answers(asked: dict[int, asyncio.Future]) -> list[Any]:
 def _lost(future: asyncio.Future) -> bool:
     done = future.done() and not future.cancelled()
     return done and isinstance(future.exception(), ConnectionError)
+
+
+def expiring(future: asyncio.Future, shard: int, timeout: float) -> asyncio.Future:
+    """``future``, failed with ShardUnavailable if ``shard`` has not answered within
+    ``timeout`` (a timer, not a task per request as asyncio.wait_for would make)."""
+    timer = future.get_loop().call_later(timeout, _expire, future, shard)
+    future.add_done_callback(lambda _: timer.cancel())
+    return future
 
 
 def _expire(future: asyncio.Future, shard: int) -> None:

@@ -21,6 +21,7 @@ from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
 from .shard import Shard
+from .shards import REQUEST_TIMEOUT, expiring
 from .transport import CLOSE_GRACE, Hosting, LongPoll, WebSocketClient
 from .websocket import CLOSED, TOO_SLOW
 
@@ -42,6 +43,9 @@ MAX_FLUSH_WAIT = 0.010
 # easy log flood: one line of each kind per this many seconds, with a count of those held back.
 WEBSOCKET_LOG_INTERVAL = 10.0
 HANDSHAKE_TIMEOUT = 5.0     # seconds a new socket has to complete its websocket upgrade
+# Seconds a peer shard has to answer (a stopped one holds what waits on it no longer): below
+# the API's REQUEST_TIMEOUT, so that the API's answer names the shard that did not answer.
+MESH_TIMEOUT = REQUEST_TIMEOUT - 2.0
 
 
 def tune_gc() -> None:
@@ -183,7 +187,7 @@ class Worker:
 
     def request(self, shard: int, command: str, args: Any) -> asyncio.Future:
         if shard != self.index:
-            return self.peer(shard).request(command, args)
+            return expiring(self.peer(shard).request(command, args), shard, MESH_TIMEOUT)
         result = self.handlers[command](args)
         if isinstance(result, asyncio.Future):     # answered by Redis (cluster)
             return result

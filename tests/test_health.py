@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import requests
 
 from contract import wait_until
+from harness import conn_id_on, owned_by
 from processes import descendant_pids, pids_listening_on
+from shardcast.shards import REQUEST_TIMEOUT
+from shardcast.worker import MESH_TIMEOUT
 
 STALLED = 1
 
@@ -39,6 +43,27 @@ def test_ready_is_503_naming_a_shard_that_does_not_answer(server3):
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: server3.get("/ready", sign=False).status_code == 200, timeout=5)
+
+
+def test_connect_is_503_naming_a_peer_shard_that_does_not_answer(server3):
+    """The connection's shard asks the user's owner, which is stopped: it gives up after
+    MESH_TIMEOUT, before the API process would, undoes its side and names the silent shard."""
+    username, conn_id = owned_by(STALLED, 3, "u"), conn_id_on(STALLED - 1, 3)
+    (pid,) = pids_listening_on(server3.ws_ports[STALLED], descendant_pids(server3.process.pid))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = server3.post("/connect", {"username": username, "conn_id": conn_id,
+                                             "channels": [owned_by(STALLED - 1, 3, "c")]},
+                                timeout=REQUEST_TIMEOUT + 5)
+        waited = time.monotonic() - started
+        assert not server3.is_connected(conn_id)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 503
+    assert response.json() == {"shard": [f"Shard {STALLED} is unavailable; retry"]}
+    assert MESH_TIMEOUT - 0.1 <= waited < REQUEST_TIMEOUT
+    server3.connect(username, conn_id=conn_id)      # once it answers again, all is well
 
 
 def test_health_and_ready_are_in_the_openapi_document(server3):
