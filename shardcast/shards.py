@@ -100,13 +100,16 @@ class Shards:
 
 
 async def answers(asked: dict[int, asyncio.Future]) -> list[Any]:
-    """The answers of the shards asked, in order; a lost link fails as ShardUnavailable, naming
-    the first shard whose link was lost."""
-    try:
-        return await asyncio.gather(*asked.values())
-    except ConnectionError:
-        lost = next(shard for shard, future in asked.items() if _lost(future))
-        raise ShardUnavailable(lost) from None
+    """The answers of the shards asked, in order, once all are in (each request has its
+    timer); at once when they already are (a shard's own part), without a trip through the
+    loop. A lost link fails as ShardUnavailable, naming the first shard whose link was lost."""
+    futures = list(asked.values())
+    if not all(future.done() for future in futures):
+        await asyncio.wait(futures)
+    lost = [shard for shard, future in asked.items() if _lost(future)]   # reads every failure
+    if lost:
+        raise ShardUnavailable(lost[0])
+    return [future.result() for future in futures]
 
 
 def _lost(future: asyncio.Future) -> bool:
