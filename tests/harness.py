@@ -51,7 +51,7 @@ class Server:
         self.secret = secret
         self.env = CONTRACT_ENV if env is None else env
         self.api_port = free_port()
-        self.ws_base = free_port_range(workers, avoid=self.api_port)
+        self.ws_base = free_port_range(workers)
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.ws_ports = list(range(self.ws_base, self.ws_base + workers))
         self.process: subprocess.Popen | None = None
@@ -305,8 +305,12 @@ class ClusterNodes:
         return len(self.nodes)
 
     def start(self) -> "ClusterNodes":
-        with ThreadPoolExecutor(len(self.nodes)) as pool:     # about 2 s each, in parallel
-            list(pool.map(Server.start, self.nodes))
+        try:
+            with ThreadPoolExecutor(len(self.nodes)) as pool:     # about 2 s each, in parallel
+                list(pool.map(Server.start, self.nodes))
+        except BaseException:
+            self.stop()     # the nodes that did start: no fixture will
+            raise
         return self
 
     def stop(self) -> None:

@@ -20,19 +20,35 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+# Ports given to the servers of this test session, bound yet or not: servers made before any
+# of them starts (a cluster's nodes) must not share one.
+_given: set[int] = set()
+LOWEST_PORT = 20000
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port_range(1)
 
 
-def free_port_range(count: int, avoid: int) -> int:
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports, free now and given to no other server
+    of this session; below the kernel's ephemeral range, so that no outgoing connection takes
+    one before the server binds it."""
+    top = max(_ephemeral_start(), LOWEST_PORT + 10000)
     for _ in range(500):
-        base = random.randint(20000, 60000 - count)
+        base = random.randint(LOWEST_PORT, top - count)
         ports = range(base, base + count)
-        if avoid not in ports and all(port_is_free(port) for port in ports):
+        if _given.isdisjoint(ports) and all(port_is_free(port) for port in ports):
+            _given.update(ports)
             return base
     raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def child_pids(pid: int) -> list[int]:

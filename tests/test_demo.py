@@ -19,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     port, api_port = free_port(), free_port()
-    ws_base = free_port_range(2, avoid=api_port)
+    ws_base = free_port_range(2)
     log = tmp_path_factory.mktemp("demo") / "demo.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(

@@ -17,8 +17,8 @@ START_TIMEOUT = 30.0
 
 
 def test_dev_cluster_nodes_are_one_broker_and_stop_together():
-    api = free_port_range(2, avoid=0)
-    ws = free_port_range(200, avoid=api)
+    api = free_port_range(2)
+    ws = free_port_range(200)
     command = [sys.executable, "-m", "shardcast", "dev-cluster", "--nodes", "2",
                "--workers", "1", "--port", str(api), "--ws-port-base", str(ws),
                "--redis-port", str(free_port()), "--secret", SECRET]
