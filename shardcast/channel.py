@@ -227,7 +227,7 @@ class ChannelOwner:
 
     def info(self, args: dict) -> dict:
         """Infos of the chosen channels owned here, and how many were chosen: all of them, or
-        with ``limit`` the first ones by name (the supervisor merges the shards' pages).
+        with ``limit`` the first ones by name (info.gather merges the shards' pages).
         ``match`` (the admin panel's filter) keeps names holding it, whatever the case."""
         names = args["channels"]
         exclude = set(args["exclude"])

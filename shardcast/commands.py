@@ -1,4 +1,4 @@
-"""What each API call does across the shards: the supervisor's side of every command."""
+"""What each API call does across the shards: the API process's side of every command."""
 from __future__ import annotations
 
 import asyncio
@@ -222,7 +222,7 @@ class Commands:
         if body.state_public_keys is not UNSET:
             args["public_keys"] = body.state_public_keys
         result = checked(await self.shards.call(self.shards.owner(body.user), "user_state",
-                                                  args))
+                                                 args))
         if result["refresh"] and result["conns"]:
             await self._spread_state(body.user, result)
         return {key: result[key] for key in ("user_state", "changed_state", "public_keys")}

@@ -1,6 +1,6 @@
 """The shard actor: every state change of one shard, free of I/O.
 
-Commands arrive as ``(name, args)`` from the supervisor or from peer shards and
+Commands arrive as ``(name, args)`` from the API processes or from peer shards and
 are answered with plain values; everything that must travel goes through ``net``.
 """
 from __future__ import annotations
