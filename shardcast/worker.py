@@ -33,15 +33,20 @@ GOING_AWAY = 1001
 # shard busy writing gathers frames meanwhile, so more share each socket write (measured:
 # 2.4 -> 5.9 messages a write, 2.1 -> 1.2 us CPU a delivery, same latency p99). A shard with
 # little to write waits microseconds. A flush that sent more than two messages a frame shows
-# messages coming faster than the shard flushes: it rests 4 t, 25 ms at most, so more share a
-# write (fan-out to 1,000 at 2 shards: 4.0-4.9 -> 7.4-7.5 messages a write, 1.63-2.25 -> 1.37
-# us CPU a delivery; the 25 ms bound, up from 10: 6.6-7.3 -> 14.6-15.6 messages a write,
-# 1.93-2.36 -> 1.20-1.38 us a delivery, and lower latency, queues being shorter); a shard that
-# keeps up rests t, and its latency stays as it was.
+# messages coming faster than the shard flushes: it rests 4 t, so more share a write (fan-out
+# to 1,000 at 2 shards: 4.0-4.9 -> 7.4-7.5 messages a write, 1.63-2.25 -> 1.37 us CPU a
+# delivery). Past four a frame the shard is far behind, and 4 t may reach 25 ms (fan-out to
+# 1,000, where a flush takes 6-12 ms and 10 ms was always reached: 6.6-7.3 -> 14.6-15.6
+# messages a write, 1.93-2.36 -> 1.20-1.38 us a delivery at 2 shards, 1.10-1.16 -> 0.78-0.83 at
+# 1, lower latency, queues being shorter); below, 10 ms stays the bound (25 ms there cost a
+# window-bound publisher to many channels 13% of its rate). A shard that keeps up rests t,
+# and its latency stays as it was.
 FLUSH_REST = 1.0
 FLUSH_REST_BEHIND = 4.0
+BEHIND = 2.0                    # messages a frame
+FAR_BEHIND = 4.0
 MAX_FLUSH_WAIT = 0.010
-MAX_FLUSH_WAIT_BEHIND = 0.025
+MAX_FLUSH_WAIT_FAR_BEHIND = 0.025
 # A line for every websocket that breaks the protocol, even one with no connection, would be an
 # easy log flood: one line of each kind per this many seconds, with a count of those held back.
 WEBSOCKET_LOG_INTERVAL = 10.0
@@ -213,12 +218,15 @@ class Worker:
 
     def flush(self) -> None:
         start = time.perf_counter()
-        behind = self.actor.flush()
+        per_frame = self.actor.flush()
         end = time.perf_counter()
-        if behind:
-            rest = min((end - start) * FLUSH_REST_BEHIND, MAX_FLUSH_WAIT_BEHIND)
+        spent = end - start
+        if per_frame > FAR_BEHIND:
+            rest = min(spent * FLUSH_REST_BEHIND, MAX_FLUSH_WAIT_FAR_BEHIND)
+        elif per_frame > BEHIND:
+            rest = min(spent * FLUSH_REST_BEHIND, MAX_FLUSH_WAIT)
         else:
-            rest = min(end - start, MAX_FLUSH_WAIT)
+            rest = min(spent * FLUSH_REST, MAX_FLUSH_WAIT)
         self.flush_after = end + rest
 
     def peer(self, shard: int) -> Link:

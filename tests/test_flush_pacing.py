@@ -1,6 +1,6 @@
 """A shard that spent t writing waits about t before its next flush (4 t when its flushes carry
-more than two messages a frame; bounded), and not at all when its flushes are quick: frames
-gather meanwhile and share one socket write."""
+more than two messages a frame; bounded, further past four), and not at all when its flushes
+are quick: frames gather meanwhile and share one socket write."""
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +17,13 @@ from shardcast.worker import Worker
 # may fire up to 1.5 ms before the rest it was given has passed in full.
 TIMER_SLACK = 0.0015
 
-def flush_gaps(write_seconds: float, flushes: int = 3, behind: bool = False) -> list[float]:
+KEEPING_UP, BEHIND, FAR_BEHIND = 1.0, 3.0, 8.0     # messages a frame
+
+
+def flush_gaps(write_seconds: float, flushes: int = 3,
+               per_frame: float = KEEPING_UP) -> list[float]:
     """The time from each flush's start to the next's, with the actor's flush taking
-    ``write_seconds`` and saying whether it found the shard ``behind``."""
+    ``write_seconds`` and sending ``per_frame`` messages a frame."""
     starts: list[float] = []
 
     async def run() -> None:
@@ -34,7 +38,7 @@ def flush_gaps(write_seconds: float, flushes: int = 3, behind: bool = False) -> 
                 loop.call_soon(shard.schedule_flush)
             else:
                 done.set_result(None)
-            return behind
+            return per_frame
         shard.actor.flush = slow_flush
         shard.schedule_flush()
         await asyncio.wait_for(done, 5)
@@ -49,15 +53,16 @@ def test_a_busy_shard_rests_as_long_as_its_last_flush_took():
 
 
 def test_a_shard_that_is_behind_rests_longer():
-    gaps = flush_gaps(0.002, behind=True)
-    rest = min(worker.FLUSH_REST_BEHIND * 0.002, worker.MAX_FLUSH_WAIT_BEHIND)
+    gaps = flush_gaps(0.002, per_frame=BEHIND)
+    rest = min(worker.FLUSH_REST_BEHIND * 0.002, worker.MAX_FLUSH_WAIT)
     assert all(gap >= 0.002 + rest - TIMER_SLACK for gap in gaps), gaps
 
 
-@pytest.mark.parametrize("behind", [False, True], ids=["keeping-up", "behind"])
-def test_the_rest_is_bounded(behind):
-    bound = worker.MAX_FLUSH_WAIT_BEHIND if behind else worker.MAX_FLUSH_WAIT
-    gaps = flush_gaps(0.030, behind=behind)
+@pytest.mark.parametrize("per_frame, bound", [
+    (KEEPING_UP, worker.MAX_FLUSH_WAIT), (BEHIND, worker.MAX_FLUSH_WAIT),
+    (FAR_BEHIND, worker.MAX_FLUSH_WAIT_FAR_BEHIND)], ids=["keeping-up", "behind", "far-behind"])
+def test_the_rest_is_bounded(per_frame, bound):
+    gaps = flush_gaps(0.030, per_frame=per_frame)
     assert all(0.030 + bound - TIMER_SLACK <= gap < 0.030 + bound + 0.015
                for gap in gaps), gaps
 
