@@ -20,11 +20,9 @@ def checked(reply: Any) -> Any:
 
 
 async def gather(ask: Ask, shards: int, flags: InfoFlags, names: list[str] | None,
-                 match: str | None = None, also: Iterable[int] = ()) -> dict:
+                 match: str | None = None) -> dict:
     """``names`` None: every shard lists the channels it owns. With ``flags.limit``, one page
-    of them by name, and ``next`` and ``remaining`` to go on; ``match``: see Shard.info.
-    ``also``: shards asked for no channel, only to answer after what they were sent before
-    (an /unsubscribe's leaves at the owners of the channels it left)."""
+    of them by name, and ``next`` and ``remaining`` to go on; ``match``: see Shard.info."""
     args = {"exclude": flags.exclude_channels, "history": flags.include_history,
             "users": flags.include_users, "after": flags.after, "limit": flags.limit,
             "match": match and match.casefold()}
@@ -33,8 +31,6 @@ async def gather(ask: Ask, shards: int, flags: InfoFlags, names: list[str] | Non
     else:
         calls = {shard: {**args, "channels": group}
                  for shard, group in by_owner(names, shards).items()}
-        for shard in also:
-            calls.setdefault(shard, {**args, "channels": []})
     channels: dict = {}
     chosen = 0
     for found in await ask(calls, "info"):

@@ -9,7 +9,7 @@ import asyncio
 import os
 import sys
 import time
-from typing import Any, Awaitable, Iterable, Protocol
+from typing import Any, Awaitable, Protocol
 
 import msgspec
 
@@ -129,22 +129,21 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         left = self.conn_unsubscribe(args)
         if "error" in left:
             return left
-        owners = set()
         for name in left["left"]:
-            shard = owner(name, self.shards)
-            owners.add(shard)
-            self.net.cast(shard, "leave", {"channel": name, "conn_id": args["conn_id"]})
-        return await self._described(args, left, left["all"], owners)
+            self.net.cast(owner(name, self.shards), "leave",
+                          {"channel": name, "conn_id": args["conn_id"]})
+        # The channels left are asked for too, and excluded: so their owners answer as well,
+        # after the leaves.
+        args["info"]["exclude_channels"] = [*args["info"]["exclude_channels"], *left["left"]]
+        return await self._described(args, left, left["all"] + left["left"])
 
-    async def _described(self, args: dict, reply: dict, listed: list[str],
-                         also: Iterable[int] = ()) -> dict:
-        """``reply`` with the Info object of ``listed``, asked of the channels' owners (and
-        ``also`` of these) on the links that carried this connection's joins and leaves, or
-        here, in order: it shows them applied."""
+    async def _described(self, args: dict, reply: dict, listed: list[str]) -> dict:
+        """``reply`` with the Info object of ``listed``: asked of the channels' owners on the
+        links that carried this connection's joins and leaves (or here, in order), it shows
+        them applied."""
         try:
             reply["channels_info"] = await info.gather(
-                self._ask, self.shards, msgspec.convert(args["info"], InfoFlags), listed,
-                also=also)
+                self._ask, self.shards, msgspec.convert(args["info"], InfoFlags), listed)
         except Invalid as refusal:
             return {"error": refusal.errors, "status": refusal.status}
         except ShardUnavailable as away:

@@ -220,14 +220,9 @@ class Worker:
         start = time.perf_counter()
         per_frame = self.actor.flush()
         end = time.perf_counter()
-        spent = end - start
-        if per_frame > FAR_BEHIND:
-            rest = min(spent * FLUSH_REST_BEHIND, MAX_FLUSH_WAIT_FAR_BEHIND)
-        elif per_frame > BEHIND:
-            rest = min(spent * FLUSH_REST_BEHIND, MAX_FLUSH_WAIT)
-        else:
-            rest = min(spent * FLUSH_REST, MAX_FLUSH_WAIT)
-        self.flush_after = end + rest
+        factor = FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST
+        bound = MAX_FLUSH_WAIT_FAR_BEHIND if per_frame > FAR_BEHIND else MAX_FLUSH_WAIT
+        self.flush_after = end + min((end - start) * factor, bound)
 
     def peer(self, shard: int) -> Link:
         """The link to a peer shard, connected lazily and again after a restart."""
