@@ -12,6 +12,23 @@ HEARTBEAT = b"[]"
 Held = tuple[int, bytes, "list | None"]    # publication stamp, frame, message position
 
 
+class Batch:
+    """The frames of one channel between two flushes, for its subscribers that had nothing
+    else queued: appended once for all of them (their ``out`` is the batch), not once each.
+    ``loose``: the channel's other subscribers, served one by one. Closed (``open`` False)
+    when who gets the channel's frames changes; its sharers keep what it holds."""
+
+    __slots__ = ("frames", "loose", "open")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frames = [frame]
+        self.loose: list[Connection] = []
+        self.open = True
+
+
+Queued = bytes | list[bytes] | Batch     # a connection's frames since the last flush
+
+
 class Transport(Protocol):
     """What a connection writes to: a websocket or a held long-poll request. ``offsets``: its
     client wants each message's position; ``since``: the positions it comes back from."""
@@ -20,7 +37,7 @@ class Transport(Protocol):
     since: dict | None
 
     def send(self, frame: bytes) -> None: ...
-    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int: ...
+    def send_frames(self, out: Queued, memo: dict) -> int: ...
     def close(self, code: int = 1000) -> None: ...
 
 
@@ -29,6 +46,13 @@ def merge_frames(frames: list[bytes]) -> bytes:
     if len(frames) == 1:
         return frames[0]
     return b"[" + b",".join(frame[1:-1] for frame in frames) + b"]"
+
+
+def joined(out: Queued) -> bytes:
+    """Queued frames as one JSON array."""
+    if out.__class__ is bytes:
+        return out
+    return merge_frames(out if out.__class__ is list else out.frames)
 
 
 class Connection:
@@ -49,8 +73,9 @@ class Connection:
         self.pending: dict[str, deque[Held]] | None = None
         self.catchup_size = catchup_size
         # Frames queued since the last flush, sent together as one frame: a lone one as
-        # itself (no list made and dropped per delivery), more in a list (Shard.deliver).
-        self.out: bytes | list[bytes] | None = None
+        # itself (no list made and dropped per delivery), more in a list, or a channel's
+        # Batch shared with its other subscribers (Shard.deliver).
+        self.out: Queued | None = None
 
     def hold(self, frame: bytes, channel: str | None, replay: bool, amend: list | None,
              stamp: int, position: list | None = None) -> None:

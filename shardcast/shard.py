@@ -9,14 +9,14 @@ import asyncio
 import os
 import sys
 import time
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Iterable, Protocol
 
 import msgspec
 
 from . import envelopes, info, limits
 from .channel import Channel, ChannelOwner
 from .config import Config
-from .connection import HEARTBEAT, Connection, Transport
+from .connection import HEARTBEAT, Batch, Connection, Transport, joined
 from .recovery import Recovery
 from .resume import Resume
 from .routing import by_owner, owner
@@ -62,6 +62,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         # set's memory (a third at 5 to 10), and iterates as fast
         self.subscribers: dict[str, dict[Connection, None]] = {}
         self.dirty: list[Connection] = []
+        self.batches: dict[str, Batch] = {}      # open ones, per channel, since the last flush
         self.published = 0
         self.delivered = 0
         self.delivered_before = 0       # at the last flush
@@ -229,9 +230,11 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             conn = self.conns.get(conn_id)
             if conn is not None and name in conn.channels:
                 self.subscribers.setdefault(name, {})[conn] = None
+                self._close_batch(name)
 
     def _unsubscribe(self, conn: Connection, name: str) -> None:
         conn.channels.pop(name, None)
+        self._close_batch(name)
         local = self.subscribers.get(name)
         if local is not None:
             local.pop(conn, None)
@@ -259,6 +262,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             previous.close(1000)
         conn.last_active = time.monotonic()
         if transport.since is not None and self.resume(conn, transport):
+            self._changed(conn)     # no transport while it recovers: its frames are held
             return
         conn.transport = transport
         catchup = conn.take_catchup(transport.offsets)
@@ -266,28 +270,63 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             self.bytes_sent += len(catchup)
             transport.send(catchup)
 
-    def detach(self, conn: Connection, transport: Transport) -> None:
-        if conn.transport is transport:
-            conn.transport = None
-            conn.last_active = time.monotonic()
+    def detach(self, conn: Connection, transport: Transport) -> bytes | None:
+        """A long poll is answering: what was queued for it since the last flush, which it
+        takes along (later frames are held for the next poll)."""
+        if conn.transport is not transport:
+            return None
+        self._changed(conn)
+        conn.transport = None
+        conn.last_active = time.monotonic()
+        out, conn.out = conn.out, None
+        return None if out is None else joined(out)
 
     # -- delivery to local connections -------------------------------------------
 
     def deliver(self, route: list, frame: bytes) -> None:
+        was_clean = not self.dirty
         if route[0] == "u":
             targets = [self.conns[c] for c in route[1] if c in self.conns]
-            channel, replay, amend, stamp, position = None, True, route[2], route[3], None
+            self._queue(targets, frame, None, True, route[2], route[3], None)
         else:
             _, channel, exclude, pm, replay, amend, stamp, position = route
             targets = self.subscribers.get(channel) or ()
-            if exclude or pm:
+            if exclude or pm:       # a batch's sharers that get this frame leave it
                 skip, only = set(exclude), set(pm)
                 targets = [c for c in targets
                            if c.user not in skip and (not only or c.user in only)]
+                self._queue(targets, frame, channel, replay, amend, stamp, position)
+            elif (batch := self.batches.get(channel)) is not None:
+                batch.frames.append(frame)      # the hot path: once for all its sharers
+                if batch.loose:
+                    self._queue(batch.loose, frame, channel, replay, amend, stamp, position)
+            elif targets:
+                self.batches[channel] = batch = Batch(frame)
+                self._queue(self._share(batch, targets), frame, channel, replay, amend, stamp,
+                            position)
+        self.delivered += len(targets)
+        if was_clean and self.dirty:
+            self.net.schedule_flush()
+
+    def _share(self, batch: Batch, conns: dict[Connection, None]) -> list[Connection]:
+        """The connections that take ``batch`` as all they have queued; the others (queued
+        already, without a transport, or wanting positions) are its loose ones."""
+        dirty, loose = self.dirty, batch.loose
+        for conn in conns:
+            transport = conn.transport
+            if conn.out is None and transport is not None and not transport.offsets:
+                conn.out = batch
+                dirty.append(conn)
+            else:
+                loose.append(conn)
+        return loose
+
+    def _queue(self, conns: Iterable[Connection], frame: bytes, channel: str | None,
+               replay: bool, amend: list | None, stamp: int, position: list | None) -> None:
+        """Queue a frame for each connection, or hold it for one without a transport."""
         dirty = self.dirty
-        was_clean = not dirty
         with_position = None        # the frame for clients that asked for positions
-        for conn in targets:        # the hot loop: each line here costs per delivery
+        for conn in conns:          # each line here costs per delivery
             transport = conn.transport
             if transport is None:
                 conn.hold(frame, channel, replay, amend, stamp, position)
@@ -303,11 +342,22 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
                 dirty.append(conn)
             elif out.__class__ is list:
                 out.append(data)
-            else:
+            elif out.__class__ is bytes:
                 conn.out = [out, data]
-        self.delivered += len(targets)
-        if was_clean and dirty:
-            self.net.schedule_flush()
+            else:                   # it leaves a batch: later frames of that channel come
+                conn.out = [*out.frames, data]      # to it one by one
+                if out.open:
+                    out.loose.append(conn)
+
+    def _close_batch(self, channel: str) -> None:
+        batch = self.batches.pop(channel, None)
+        if batch is not None:
+            batch.open = False
+
+    def _changed(self, conn: Connection) -> None:
+        """Who gets the frames of ``conn``'s channels changed: their batches take no more."""
+        for name in conn.channels:
+            self._close_batch(name)
 
     def flush(self) -> float:
         """Send what each connection queued since the last flush as one frame. ``memo`` is
@@ -316,6 +366,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         Returns the messages a frame it sent: past one, messages come faster than this shard
         flushes."""
         dirty, self.dirty = self.dirty, []
+        self.batches = {}
         per_frame = (self.delivered - self.delivered_before) / max(len(dirty), 1)
         self.delivered_before = self.delivered
         now = time.monotonic()      # a frame sent counts as activity

@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 
 from . import schemas
-from .connection import HEARTBEAT, Connection, merge_frames
+from .connection import HEARTBEAT, Connection, Queued, joined, merge_frames
 from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, TOO_SLOW, Settings, WebSocket, frame,
                         refusal)
 
@@ -20,10 +20,9 @@ CLOSE_GRACE = 10.0       # seconds a closing websocket may take to flush before 
 NOT_FOUND = refusal(404, "Not Found", b'{"path": ["Websockets are served on /ws"]}')
 
 
-def wire(out: bytes | list[bytes]) -> bytes:
-    """A connection's queued frames (one, or a list) as one text frame, ready for any number
-    of sockets."""
-    return frame(TEXT, out if out.__class__ is bytes else merge_frames(out))
+def wire(out: Queued) -> bytes:
+    """A connection's queued frames as one text frame, ready for any number of sockets."""
+    return frame(TEXT, joined(out))
 
 
 def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
@@ -109,10 +108,11 @@ class WebSocketClient(WebSocket):
     def send(self, data: bytes) -> None:
         self.write(frame(TEXT, data))
 
-    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int:
-        """Send queued frames (one, or a list) as one; ``memo`` shares the encoding between
-        the subscribers that queued the same frames in one flush (bytes cache their hash)."""
-        key = out if out.__class__ is bytes else tuple(out)
+    def send_frames(self, out: Queued, memo: dict) -> int:
+        """Send queued frames as one; ``memo`` shares the encoding between the subscribers
+        that queued the same frames in one flush: a batch as itself, a list by its frames
+        (bytes cache their hash)."""
+        key = tuple(out) if out.__class__ is list else out
         data = memo.get(key)
         if data is None:
             data = memo[key] = wire(out)
@@ -137,15 +137,15 @@ def _refused(errors: dict) -> bytes:
 
 
 class LongPoll:
-    """A held ``/listen`` request: answers with the first batch of frames, or ``[]``.
+    """A held ``/listen`` request: answers with the first frames to come, or ``[]``.
 
     Once frames arrive it keeps collecting while more follow within LISTEN_QUIET, but for
     LISTEN_COLLECT at most and up to ``max_bytes``: a busy channel cannot hold it forever.
     """
 
     def __init__(self, wait: float, answer: Callable[[bytes], None],
-                 on_done: Callable[["LongPoll"], None], max_bytes: int, offsets: bool = False,
-                 since: dict | None = None) -> None:
+                 on_done: Callable[["LongPoll"], bytes | None], max_bytes: int,
+                 offsets: bool = False, since: dict | None = None) -> None:
         self.offsets = offsets
         self.since = since
         self.frames: list[bytes] = []
@@ -172,8 +172,8 @@ class LongPoll:
         self.timer.cancel()
         self.timer = self.loop.call_later(min(LISTEN_QUIET, self.last_call - now), self.finish)
 
-    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int:
-        data = out if out.__class__ is bytes else merge_frames(out)
+    def send_frames(self, out: Queued, memo: dict) -> int:
+        data = joined(out)
         self.send(data)
         return len(data)
 
@@ -182,8 +182,10 @@ class LongPoll:
             return
         self.done = True
         self.timer.cancel()
+        queued = self.on_done(self)     # frames queued for it since the shard's last flush
+        if queued is not None:
+            self.frames.append(queued)
         self.answer(merge_frames(self.frames) if self.frames else HEARTBEAT)
-        self.on_done(self)
 
     def close(self, code: int = 1000) -> None:
         self.finish()

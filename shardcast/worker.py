@@ -292,9 +292,9 @@ class Worker:
                         args.get("offsets", False), args.get("since"))
         self.actor.attach(conn, poll)
 
-    def poll_done(self, conn: Connection, poll: LongPoll) -> None:
+    def poll_done(self, conn: Connection, poll: LongPoll) -> bytes | None:
         self.long_polls -= 1
-        self.actor.detach(conn, poll)
+        return self.actor.detach(conn, poll)
 
     def stats(self, args: Any = None) -> dict:
         return {**self.actor.stats(args), "long_polls": self.long_polls}

@@ -1,11 +1,15 @@
 """The shard actor's state transitions, driven with plain calls (no sockets)."""
 from __future__ import annotations
 
+import asyncio
+import random
+
 import orjson
 import pytest
 
+from shardcast import envelopes
 from shardcast.config import Config
-from shardcast.connection import Connection, merge_frames
+from shardcast.connection import Connection, Queued, joined, merge_frames, replayed
 from shardcast.routing import owner
 from shardcast.shard import Shard
 
@@ -36,18 +40,18 @@ class RecordingNet:
 class Socket:
     """A transport that keeps what is sent to it."""
 
-    offsets = False
     since = None
 
-    def __init__(self) -> None:
+    def __init__(self, offsets: bool = False) -> None:
+        self.offsets = offsets
         self.frames: list[bytes] = []
         self.closed: int | None = None
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
 
-    def send_frames(self, out: bytes | list[bytes], memo: dict) -> int:
-        self.send(out if isinstance(out, bytes) else merge_frames(out))
+    def send_frames(self, out: Queued, memo: dict) -> int:
+        self.send(joined(out))
         return len(self.frames[-1])
 
     def close(self, code: int = 1000) -> None:
@@ -184,3 +188,128 @@ def test_user_state_change_reports_only_changed_keys(shard):
 def test_owner_is_stable_and_in_range():
     assert owner("lobby", 3) == owner("lobby", 3)
     assert {owner(f"ch{i}", 3) for i in range(100)} == {0, 1, 2}
+
+
+def test_a_long_poll_ending_before_the_flush_takes_what_was_queued_for_it(shard):
+    from shardcast.transport import LongPoll
+
+    async def poll_once() -> tuple[list[bytes], Connection]:
+        conn = open_conn(shard, "c1", "a", ["room"])
+        answers: list[bytes] = []
+        poll = LongPoll(60, answers.append, lambda done: shard.detach(conn, done), 1 << 20)
+        shard.attach(conn, poll)
+        shard.deliver(["c", "room", [], [], True, None, 1, None], b'[{"n":1}]')
+        poll.finish()       # its wait ran out before the shard flushed
+        shard.deliver(["c", "room", [], [], True, None, 2, None], b'[{"n":2}]')
+        shard.flush()
+        return answers, conn
+
+    answers, conn = asyncio.run(poll_once())
+    assert answers == [b'[{"n":1}]']
+    assert [frame for _, frame, _ in conn.take_held()] == [b'[{"n":2}]']
+
+
+class Expected:
+    """What each connection should get, kept the plain way: a list per connection, one entry
+    per delivery."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, set[str]] = {}
+        self.transport: dict[str, Socket | None] = {}
+        self.out: dict[str, list[bytes]] = {}
+        self.held: dict[str, list[tuple[int, bytes, list | None]]] = {}
+        self.frames: dict[int, list[bytes]] = {}      # id(socket) -> frames it should get
+
+    def deliver(self, conn_ids, frame: bytes, position: list | None, stamp: int) -> None:
+        for conn_id in conn_ids:
+            transport = self.transport[conn_id]
+            if transport is None:
+                self.held[conn_id].append((stamp, frame, position))
+            elif position is not None and transport.offsets:
+                self.out[conn_id].append(envelopes.positioned(frame, position))
+            else:
+                self.out[conn_id].append(frame)
+
+    def attach(self, conn_id: str, socket: Socket) -> None:
+        self.transport[conn_id] = socket
+        held = sorted(self.held[conn_id], key=lambda kept: kept[0])
+        self.held[conn_id] = []
+        self.frames[id(socket)] = [orjson.dumps(
+            [replayed(frame, position, socket.offsets) for _, frame, position in held])
+            ] if held else []
+
+    def flush(self) -> None:
+        for conn_id, out in self.out.items():
+            if out and self.transport[conn_id] is not None:
+                self.frames[id(self.transport[conn_id])].append(merge_frames(out))
+            self.out[conn_id] = []
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_queued_frames_match_one_list_per_connection(shard, seed):
+    """Channel frames are queued once per channel for the subscribers that share them; mixed
+    with direct and filtered frames, joins, leaves, polls ending and new transports, each
+    connection gets exactly what it would with a list of its own."""
+    rng = random.Random(seed)
+    users = ["u0", "u1", "u2"]
+    names = ["A", "B", "C"]
+    expected = Expected()
+    sockets: list[Socket] = []
+    for index in range(6):
+        conn_id, user = f"c{index}", users[index % 3]
+        joined_names = rng.sample(names, rng.randint(0, 2))
+        open_conn(shard, conn_id, user, joined_names)
+        expected.channels[conn_id] = set(joined_names)
+        expected.out[conn_id], expected.held[conn_id] = [], []
+        expected.transport[conn_id] = None
+        if rng.random() < 0.8:
+            socket = Socket(offsets=rng.random() < 0.3)
+            sockets.append(socket)
+            shard.attach(shard.conns[conn_id], socket)
+            expected.attach(conn_id, socket)
+    conn_ids = list(expected.channels)
+    for stamp in range(1, 45):
+        step = rng.random()
+        conn_id = rng.choice(conn_ids)
+        if step < 0.55:
+            name = rng.choice(names)
+            exclude = [rng.choice(users)] if rng.random() < 0.1 else []
+            pm = [rng.choice(users)] if rng.random() < 0.1 else []
+            position = ["e", stamp] if rng.random() < 0.5 else None
+            frame = orjson.dumps([{"type": "message", "channel": name, "n": stamp}])
+            shard.deliver(["c", name, exclude, pm, True, None, stamp, position], frame)
+            expected.deliver([c for c in conn_ids if name in expected.channels[c]
+                              and shard.conns[c].user not in exclude
+                              and (not pm or shard.conns[c].user in pm)],
+                             frame, position, stamp)
+        elif step < 0.65:
+            targets = rng.sample(conn_ids, 2)
+            frame = orjson.dumps([{"type": "message", "direct": True, "n": stamp}])
+            shard.deliver(["u", targets, None, stamp], frame)
+            expected.deliver(targets, frame, None, stamp)
+        elif step < 0.72:
+            name = rng.choice(names)
+            shard.conn_subscribe({"conn_id": conn_id, "channels": [name]})
+            shard.join({"joins": [[name, None, conn_id, shard.conns[conn_id].user, {}]]})
+            expected.channels[conn_id].add(name)
+        elif step < 0.77:
+            name = rng.choice(names)
+            shard.conn_unsubscribe({"conn_id": conn_id, "channels": [name]})
+            expected.channels[conn_id].discard(name)
+        elif step < 0.82 and expected.transport[conn_id] is not None:
+            out = expected.out[conn_id]
+            assert shard.detach(shard.conns[conn_id], expected.transport[conn_id]) == (
+                merge_frames(out) if out else None)
+            expected.out[conn_id], expected.transport[conn_id] = [], None
+        elif step < 0.88:
+            socket = Socket(offsets=rng.random() < 0.3)
+            sockets.append(socket)
+            shard.attach(shard.conns[conn_id], socket)
+            expected.attach(conn_id, socket)
+        else:
+            shard.flush()
+            expected.flush()
+    shard.flush()
+    expected.flush()
+    for socket in sockets:
+        assert socket.frames == expected.frames[id(socket)]
