@@ -29,20 +29,20 @@ log = logging.getLogger("shardcast.shard")
 SWEEP_INTERVAL = 1.0
 CHANNEL_SWEEP_INTERVAL = 60.0   # at most; a pass over 100,000 channels takes about 10 ms
 GOING_AWAY = 1001
-# After a flush that took t, the next one waits until t has passed again (10 ms at most): a
-# shard busy writing gathers frames meanwhile, so more share each socket write (measured:
-# 2.4 -> 5.9 messages a write, 2.1 -> 1.2 us CPU a delivery, same latency p99). A shard with
-# little to write waits microseconds. A flush that sent more than two messages a frame shows
-# messages coming faster than the shard flushes: it rests 4 t, so more share a write (fan-out
-# to 1,000 at 2 shards: 4.0-4.9 -> 7.4-7.5 messages a write, 1.63-2.25 -> 1.37 us CPU a
-# delivery). Past four a frame the shard is far behind, and 4 t may reach 25 ms (fan-out to
-# 1,000, where a flush takes 6-12 ms and 10 ms was always reached: 6.6-7.3 -> 14.6-15.6
-# messages a write, 1.93-2.36 -> 1.20-1.38 us a delivery at 2 shards, 1.10-1.16 -> 0.78-0.83 at
-# 1, lower latency, queues being shorter); below, 10 ms stays the bound (25 ms there cost a
-# window-bound publisher to many channels 13% of its rate). A shard that keeps up rests t,
-# and its latency stays as it was.
+# After a flush that took t, a shard rests before the next: frames gather meanwhile and share
+# one socket write. How long follows how far behind its sockets are, told by the messages its
+# last flush sent a frame (measured in fan-out to 1,000 subscribers, alternating pairs):
+# - keeping up: t, 10 ms at most; a shard with little to write waits microseconds, and its
+#   latency stays as it was (2.4 -> 5.9 messages a write, 2.1 -> 1.2 us CPU a delivery);
+# - behind (past two): 4 t, 10 ms at most (at 2 shards 4.0-4.9 -> 7.4-7.5 messages a write);
+#   25 ms there cost a window-bound publisher to many channels 13% of its rate;
+# - far behind (past four): 8 t, 25 ms at most. A flush there takes 6-12 ms; with 4 t a shard
+#   with half the sockets (2 shards) flushed twice as often as one with all of them (whose rest
+#   is at the bound), 18 messages a frame against 34. At 2 shards, 9 pairs: median 18.3 -> 24.7
+#   messages a frame, 0.53 -> 0.49 us a delivery (7 pairs lower), p99 unchanged (204 -> 206 ms).
 FLUSH_REST = 1.0
 FLUSH_REST_BEHIND = 4.0
+FLUSH_REST_FAR_BEHIND = 8.0
 BEHIND = 2.0                    # messages a frame
 FAR_BEHIND = 4.0
 MAX_FLUSH_WAIT = 0.010
@@ -220,8 +220,11 @@ class Worker:
         start = time.perf_counter()
         per_frame = self.actor.flush()
         end = time.perf_counter()
-        factor = FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST
-        bound = MAX_FLUSH_WAIT_FAR_BEHIND if per_frame > FAR_BEHIND else MAX_FLUSH_WAIT
+        if per_frame > FAR_BEHIND:
+            factor, bound = FLUSH_REST_FAR_BEHIND, MAX_FLUSH_WAIT_FAR_BEHIND
+        else:
+            factor = FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST
+            bound = MAX_FLUSH_WAIT
         self.flush_after = end + min((end - start) * factor, bound)
 
     def peer(self, shard: int) -> Link:

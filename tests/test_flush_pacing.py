@@ -1,6 +1,6 @@
 """A shard that spent t writing waits about t before its next flush (4 t when its flushes carry
-more than two messages a frame; bounded, further past four), and not at all when its flushes
-are quick: frames gather meanwhile and share one socket write."""
+more than two messages a frame, 8 t and bounded further past four), and not at all when its
+flushes are quick: frames gather meanwhile and share one socket write."""
 from __future__ import annotations
 
 import asyncio
@@ -52,9 +52,13 @@ def test_a_busy_shard_rests_as_long_as_its_last_flush_took():
     assert all(gap >= 2 * 0.004 - TIMER_SLACK for gap in gaps), gaps   # the write, then as long again
 
 
-def test_a_shard_that_is_behind_rests_longer():
-    gaps = flush_gaps(0.002, per_frame=BEHIND)
-    rest = min(worker.FLUSH_REST_BEHIND * 0.002, worker.MAX_FLUSH_WAIT)
+@pytest.mark.parametrize("per_frame, factor, bound", [
+    (BEHIND, worker.FLUSH_REST_BEHIND, worker.MAX_FLUSH_WAIT),
+    (FAR_BEHIND, worker.FLUSH_REST_FAR_BEHIND, worker.MAX_FLUSH_WAIT_FAR_BEHIND)],
+    ids=["behind", "far-behind"])
+def test_a_shard_that_is_behind_rests_longer(per_frame, factor, bound):
+    gaps = flush_gaps(0.002, per_frame=per_frame)
+    rest = min(factor * 0.002, bound)
     assert all(gap >= 0.002 + rest - TIMER_SLACK for gap in gaps), gaps
 
 
