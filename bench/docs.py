@@ -152,18 +152,21 @@ other case).
   receipt − first publish); `published_msgs_per_s` = accepted messages / publishing time;
   `req_per_s` = answered requests / posting time.
 * **Coalescing**: `msgs_per_frame` = messages per websocket frame received. shardcast merges
-  what one connection gets in one event-loop tick into one frame; Channelstream and Nchan send
-  a frame per message. Under saturation bigger batches cost less CPU per message, so compare
+  what one connection gets between two flushes of its shard into one frame; Channelstream and
+  Nchan send a frame per message. Under saturation bigger batches cost less CPU per message, so compare
   `server_cpu_us_per_msg` of runs with similar `msgs_per_frame`, and `server_cpu_us_per_frame`
   for the cost of each socket write.
 * **Latency**: receive time − send time, both CLOCK_MONOTONIC (shared by all processes of the
   machine), in mergeable log buckets of 1 % width; p50/p90/p99/max.
 * **Server CPU**: user + system CPU time of the server process and all its descendants (the
-  supervisor and the shards; for Channelstream its one process; for Nchan the nginx master and
-  its workers), read with psutil at the start and the end of the measured phase.
-  `server_cpu_us_per_msg` = CPU µs / delivered messages (for `api`: / accepted messages; for
-  `connect`: `server_cpu_us_per_conn`); `server_cpu_us_per_frame` = CPU µs / websocket frames
-  that carried messages to the subscribers. `server_cores` = CPU seconds / wall seconds.
+  supervisor, the API processes and the shards; for Channelstream its one process; for Nchan
+  the nginx master and its workers), read with psutil at the start and the end of the measured
+  phase. `server_cpu_us_per_msg` = CPU µs / delivered messages (for `api`: / accepted messages;
+  for `connect`: `server_cpu_us_per_conn`); `server_cpu_us_per_frame` = CPU µs / websocket
+  frames that carried messages to the subscribers. `server_cores` = CPU seconds / wall seconds.
+  For a shardcast node, `api_cpu_us_per_msg` and `shards_cpu_us_per_msg` (`_per_conn` for
+  `connect`) split it: the processes listening on the API port, and those listening on the
+  websocket ports (the supervisor, listening on neither, takes the rest, near nothing).
 * **Soak** (`python -m bench soak`, about 80 s; `--duration` sets the measured phase): the
   stable subscribers stay connected throughout; each phase's publisher and churner are processes
   that exit with it, so at both readings the bench holds the same connections open. The

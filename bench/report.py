@@ -52,8 +52,11 @@ METRICS = {
              ("rss_growth_mb", DOWN), ("fds_start", None), ("fds_end", None),
              ("returned_to_baseline", None), ("errors_logged", None), ("churn_errors", None)],
 }
-# A cluster's parts (bench.cluster): shown where a run has them.
-PARTS = [("nodes_cores", None), ("redis_cores", None), ("redis_cpu_us_per_publish", DOWN)]
+# A node's parts (bench.targets.NodeProbe) and a cluster's (bench.cluster): shown where a run
+# has them.
+PARTS = [("api_cpu_us_per_msg", DOWN), ("shards_cpu_us_per_msg", DOWN),
+         ("api_cpu_us_per_conn", DOWN), ("shards_cpu_us_per_conn", DOWN),
+         ("nodes_cores", None), ("redis_cores", None), ("redis_cpu_us_per_publish", DOWN)]
 INTEGRITY = ["lost", "duplicated", "out_of_order", "protocol_errors", "slow_consumer_closes",
              "server_slow_consumer_closes", "dropped_connections", "cut_off", "connect_errors",
              "publish_errors", "request_errors", "loadgen_cores", "loadgen_cpu_max_pct",

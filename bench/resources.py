@@ -120,6 +120,17 @@ class ServerProbe:
         return found
 
 
+class Processes(ServerProbe):
+    """A given set of a server's processes: one part of it."""
+
+    def __init__(self, processes: list[psutil.Process]) -> None:
+        super().__init__(None)
+        self.found = processes
+
+    def processes(self) -> list[psutil.Process]:
+        return self.found
+
+
 class CpuWindow:
     """Server CPU seconds spent between ``start()`` and ``stop()``, in total and per part."""
 

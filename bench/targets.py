@@ -26,7 +26,7 @@ import psutil
 from shardcast.config import env_var
 from shardcast.signing import sign_compat
 
-from .resources import ServerProbe, raise_open_file_limit
+from .resources import Processes, ServerProbe, raise_open_file_limit
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
@@ -239,6 +239,31 @@ class ShardcastServer(LocalServer):
 
     def environment(self, settings: dict[str, object]) -> dict[str, str]:
         return {env_var(key): str(value) for key, value in settings.items()}
+
+    def probe(self) -> ServerProbe:
+        return NodeProbe(self.root_pid(), self.api_port)
+
+
+class NodeProbe(ServerProbe):
+    """A shardcast node's processes, parted by role: the API processes (listening on the API
+    port), the shards (listening on their websocket ports), and the rest (the supervisor and its
+    helpers, listening on none), so that a scenario shows where the CPU goes."""
+
+    def __init__(self, root_pid: int | None, api_port: int) -> None:
+        super().__init__(root_pid)
+        self.api_port = api_port
+
+    def parts(self) -> dict[str, ServerProbe]:
+        roles: dict[str, list[psutil.Process]] = {"api": [], "shards": [], "supervisor": []}
+        for process in self.processes():
+            try:
+                ports = {connection.laddr.port for connection in process.net_connections("tcp")
+                         if connection.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                continue
+            role = "api" if self.api_port in ports else "shards" if ports else "supervisor"
+            roles[role].append(process)
+        return {role: Processes(found) for role, found in roles.items()}
 
 
 class ChannelstreamServer(LocalServer):

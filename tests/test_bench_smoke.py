@@ -96,6 +96,11 @@ def test_api_reports_post_message_throughput(tmp_path: Path) -> None:
     assert result["req_per_s"] > 0 and result["request_errors"] == 0
     assert result["protocol_errors"] == result["slow_consumer_closes"] == 0
     assert result["server_cpu_us_per_msg"] > 0
+    # where the CPU went: the API processes parse and answer, the shards take each message
+    assert result["api_cpu_us_per_msg"] > 0 and result["shards_cpu_us_per_msg"] > 0
+    # each figure is rounded to the millisecond
+    parts = result["api_cpu_s"] + result["shards_cpu_s"] + result["supervisor_cpu_s"]
+    assert abs(result["server_cpu_s"] - parts) <= 0.003
 
 
 def redis_servers() -> set[int]:
