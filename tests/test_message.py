@@ -227,6 +227,36 @@ def test_message_delivery_follows_list_order_per_channel(server, join):
         assert numbers == [n for n in range(40) if items[n]["channel"] == channel]
 
 
+def test_subscribers_of_a_channel_each_get_exactly_their_own_frames(server, join):
+    """A channel's frames, queued once for its subscribers, interleaved with another channel's,
+    with direct messages and with frames that exclude one of them: each gets all it is owed,
+    each stream in order, and nothing else."""
+    shared, other = unique("shared"), unique("other")
+    names = {role: unique(role) for role in ("plain", "both", "direct")}
+    clients = {"plain": join(server, names["plain"], [shared])[1],
+               "both": join(server, names["both"], [shared, other])[1],
+               "direct": join(server, names["direct"], [shared])[1]}
+    items, owed = [], {role: [] for role in clients}
+    for n in range(30):
+        skip = [names["plain"]] if n % 7 == 3 else []
+        items.append({"user": "p", "channel": shared, "exclude_users": skip, "message": {"n": n}})
+        for role in clients:
+            if not (skip and role == "plain"):
+                owed[role].append((shared, n))
+        if n % 3 == 0:
+            items.append({"user": "p", "channel": other, "message": {"n": n}})
+            owed["both"].append((other, n))
+        if n % 5 == 0:
+            items.append({"user": "p", "pm_users": [names["direct"]], "message": {"n": n}})
+            owed["direct"].append((None, n))
+    server.message(*items)
+    for role, client in clients.items():
+        got = [(e["channel"], e["message"]["n"]) for e in client.take(len(owed[role]))]
+        for stream in {channel for channel, _ in owed[role]}:
+            assert [n for c, n in got if c == stream] == [n for c, n in owed[role] if c == stream]
+        client.expect_quiet()
+
+
 def test_message_delivery_follows_request_order(server, join):
     channel = unique("ch")
     _, client = join(server, unique("u"), [channel])
