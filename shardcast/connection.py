@@ -15,15 +15,15 @@ Held = tuple[int, bytes, "list | None"]    # publication stamp, frame, message p
 class Batch:
     """The frames of one channel between two flushes, for its subscribers that had nothing
     else queued: appended once for all of them (their ``out`` is the batch), not once each.
-    ``loose``: the channel's other subscribers, served one by one. Closed (``open`` False)
-    when who gets the channel's frames changes; its sharers keep what it holds."""
+    ``loose``: the channel's other subscribers, served one by one. The shard stops appending
+    to it (Shard.batches) when who gets the channel's frames changes; its sharers keep what
+    it holds."""
 
-    __slots__ = ("frames", "loose", "open")
+    __slots__ = ("frames", "loose")
 
     def __init__(self, frame: bytes) -> None:
         self.frames = [frame]
         self.loose: list[Connection] = []
-        self.open = True
 
 
 Queued = bytes | list[bytes] | Batch     # a connection's frames since the last flush

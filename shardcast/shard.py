@@ -230,11 +230,11 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             conn = self.conns.get(conn_id)
             if conn is not None and name in conn.channels:
                 self.subscribers.setdefault(name, {})[conn] = None
-                self._close_batch(name)
+                self.batches.pop(name, None)
 
     def _unsubscribe(self, conn: Connection, name: str) -> None:
         conn.channels.pop(name, None)
-        self._close_batch(name)
+        self.batches.pop(name, None)
         local = self.subscribers.get(name)
         if local is not None:
             local.pop(conn, None)
@@ -345,19 +345,13 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             elif out.__class__ is bytes:
                 conn.out = [out, data]
             else:                   # it leaves a batch: later frames of that channel come
-                conn.out = [*out.frames, data]      # to it one by one
-                if out.open:
-                    out.loose.append(conn)
-
-    def _close_batch(self, channel: str) -> None:
-        batch = self.batches.pop(channel, None)
-        if batch is not None:
-            batch.open = False
+                conn.out = [*out.frames, data]      # to it one by one (a closed batch's
+                out.loose.append(conn)              # loose ones are never served again)
 
     def _changed(self, conn: Connection) -> None:
         """Who gets the frames of ``conn``'s channels changed: their batches take no more."""
         for name in conn.channels:
-            self._close_batch(name)
+            self.batches.pop(name, None)
 
     def flush(self) -> float:
         """Send what each connection queued since the last flush as one frame. ``memo`` is

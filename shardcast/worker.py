@@ -220,11 +220,10 @@ class Worker:
         start = time.perf_counter()
         per_frame = self.actor.flush()
         end = time.perf_counter()
-        if per_frame > FAR_BEHIND:
-            factor, bound = FLUSH_REST_FAR_BEHIND, MAX_FLUSH_WAIT_FAR_BEHIND
-        else:
-            factor = FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST
-            bound = MAX_FLUSH_WAIT
+        far = per_frame > FAR_BEHIND
+        factor = (FLUSH_REST_FAR_BEHIND if far else
+                  FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST)
+        bound = MAX_FLUSH_WAIT_FAR_BEHIND if far else MAX_FLUSH_WAIT
         self.flush_after = end + min((end - start) * factor, bound)
 
     def peer(self, shard: int) -> Link:
