@@ -88,7 +88,7 @@ class Commands:
                                            {"body": msgspec.to_builtins(body), "host": host})
             if answer is not NOT_ELSEWHERE:
                 return answer
-        conn_id = str(body.conn_id) if body.conn_id else envelopes.new_uuid()
+        conn_id = str(body.conn_id) if body.conn_id else self.new_conn_id(body.username)
         shard = self.shards.owner(conn_id)
         connected = checked(await self.shards.call(shard, "connect", {
             "conn_id": conn_id, "user": body.username, "channels": body.channels,
@@ -105,6 +105,15 @@ class Commands:
             "channels_info": connected["channels_info"],
             "ws_url": self.ws_url(host, shard, conn_id),
         }
+
+    def new_conn_id(self, user: str) -> str:
+        """A random connection id owned by the user's shard (one in as many tries as there are
+        shards): that shard settles the user's side of /connect without asking another."""
+        shard = self.shards.owner(user)
+        while True:
+            conn_id = envelopes.new_uuid()
+            if self.shards.owner(conn_id) == shard:
+                return conn_id
 
     async def down_shards(self) -> dict[str, str]:
         """Shards that cannot serve now, by index, with why. /ready needs no signature: the

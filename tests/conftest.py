@@ -8,6 +8,7 @@ channel and user names of their own (``contract.unique``).
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -106,7 +107,7 @@ def witness(open_ws: Callable) -> Callable[[Server, dict], WsClient]:
 
     def _witness(server: Server, reply: dict) -> WsClient:
         for _ in range(60):
-            twin = server.connect(reply["username"], reply["channels"])
+            twin = server.connect(reply["username"], reply["channels"], conn_id=str(uuid.uuid4()))
             if twin["ws_url"].split("/ws")[0] == reply["ws_url"].split("/ws")[0]:
                 return open_ws(twin)
             server.ok("POST", "/disconnect", {"conn_id": twin["conn_id"]}, sign=False)

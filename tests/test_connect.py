@@ -1,6 +1,7 @@
 """API.md § POST /connect."""
 
 import uuid
+import zlib
 from urllib.parse import parse_qs, urlsplit
 
 from contract import CHANNEL_INFO_KEYS, is_canonical_uuid, is_timestamp, settings, unique
@@ -55,6 +56,18 @@ def test_connect_ws_url_points_at_owning_shard(server):
     assert url.port in server.ws_ports
     assert url.path == "/ws"
     assert parse_qs(url.query) == {"conn_id": [reply["conn_id"]]}
+
+
+def test_connect_places_a_new_connection_on_its_users_shard(server3):
+    """A generated conn_id is one owned by the user's shard (crc32 of the name modulo the
+    shard count): that shard settles the user's side of /connect without asking another."""
+    for _ in range(12):
+        username = unique("u")
+        reply = server3.connect(username)
+        shard = zlib.crc32(username.encode()) % 3
+        assert zlib.crc32(reply["conn_id"].encode()) % 3 == shard
+        assert urlsplit(reply["ws_url"]).port == server3.ws_ports[shard]
+        assert is_canonical_uuid(reply["conn_id"])
 
 
 def test_connect_new_user_gets_fresh_user_state_merged_with_user_state(server):

@@ -5,6 +5,7 @@ import collections
 import os
 import signal
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,12 +28,14 @@ def port_of(reply):
 
 def spread(server, usernames, channels=(), per_shard=2, at_least=0, **body):
     """Connect the users in turn until every shard owns ``per_shard`` connections and there are
-    ``at_least`` in all; returns every /connect reply made."""
+    ``at_least`` in all; returns every /connect reply made. Each conn_id is drawn here: the
+    server would put a user's generated ones all on the user's shard."""
     replies, per_port = [], collections.Counter()
     for attempt in range(MAX_CONNECT_ATTEMPTS):
         if len(replies) >= at_least and all(per_port[port] >= per_shard for port in server.ws_ports):
             return replies
-        reply = server.connect(usernames[attempt % len(usernames)], list(channels), **body)
+        reply = server.connect(usernames[attempt % len(usernames)], list(channels),
+                               conn_id=str(uuid.uuid4()), **body)
         replies.append(reply)
         per_port[port_of(reply)] += 1
     raise AssertionError(f"connections did not spread over every shard: {dict(per_port)}")
