@@ -1,15 +1,17 @@
 """A shard that spent t writing waits about t before its next flush (4 t when its flushes carry
 more than two messages a frame, 8 t and bounded further past four), and not at all when its
-flushes are quick: frames gather meanwhile and share one socket write."""
+flushes are quick: frames gather meanwhile and share one socket write. Behind, it leaves its IPC
+links unread while it rests, and reads what came at once afterwards."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
 import uvloop
 
-from shardcast import worker
+from shardcast import ipc, worker
 from shardcast.config import Config
 from shardcast.worker import Worker
 
@@ -73,3 +75,39 @@ def test_the_rest_is_bounded(per_frame, bound):
 
 def test_quick_flushes_follow_at_once():
     assert sum(flush_gaps(0.0, flushes=50)) < 0.05
+
+
+def heard_after_flush(write_seconds: float, per_frame: float) -> float:
+    """Seconds from the end of a flush to when the shard handled a command sent on an IPC link
+    right after it."""
+    times: dict[str, float] = {}
+
+    async def run() -> None:
+        shard = Worker(0, Config(workers=1, secret="x"), "/tmp")
+        loop = asyncio.get_running_loop()
+        heard = loop.create_future()
+        shard.handlers["probe"] = lambda args: heard.set_result(time.perf_counter())
+        ours, theirs = socket.socketpair()
+        await loop.connect_accepted_socket(shard.accept_link, ours)
+
+        def slow_flush() -> float:
+            time.sleep(write_seconds)
+            return per_frame
+        shard.actor.flush = slow_flush
+        shard.flush()
+        times["flushed"] = time.perf_counter()
+        theirs.send(ipc.pack_command(ipc.Kind.CAST, 0, "probe", None))
+        times["heard"] = await asyncio.wait_for(heard, 5)
+        theirs.close()
+
+    uvloop.run(run())
+    return times["heard"] - times["flushed"]
+
+
+def test_a_shard_behind_reads_its_links_when_its_rest_ends():
+    rest = min(worker.FLUSH_REST_FAR_BEHIND * 0.004, worker.MAX_FLUSH_WAIT_FAR_BEHIND)
+    assert heard_after_flush(0.004, FAR_BEHIND) >= rest - TIMER_SLACK
+
+
+def test_a_shard_keeping_up_reads_its_links_at_once():
+    assert heard_after_flush(0.004, KEEPING_UP) < 0.004
