@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import pytest
 import uvloop
 
+from contract import delivered, unique
 from shardcast import ipc, worker
 from shardcast.config import Config
 from shardcast.worker import Worker
@@ -111,3 +113,30 @@ def test_a_shard_behind_reads_its_links_when_its_rest_ends():
 
 def test_a_shard_keeping_up_reads_its_links_at_once():
     assert heard_after_flush(0.004, KEEPING_UP) < 0.004
+
+
+def test_a_shard_behind_answers_commands_and_delivers_every_message(server3, open_ws):
+    """Posts of ten messages make each flush carry ten a frame, so the channel's shards hold
+    their links while they rest: the commands that come meanwhile are answered after a rest at
+    most, and every subscriber gets every message, in order."""
+    channel = unique("held")
+    clients = [open_ws(server3.connect(unique("u"), [channel])) for _ in range(12)]
+    posted: list[dict] = []
+
+    def post() -> None:
+        for batch in range(40):
+            posted.extend(server3.message(*[
+                {"user": "b", "channel": channel, "message": {"n": batch * 10 + n}}
+                for n in range(10)]))
+
+    publisher = threading.Thread(target=post)
+    publisher.start()
+    answers = []
+    while publisher.is_alive() or not answers:
+        start = time.monotonic()
+        server3.connect(unique("u"), [channel, unique("side")])
+        answers.append(time.monotonic() - start)
+    publisher.join()
+    assert max(answers) < 0.5, answers
+    for client in clients:
+        assert client.take(400, timeout=15) == [delivered(item) for item in posted]
