@@ -137,6 +137,6 @@ def test_a_shard_behind_answers_commands_and_delivers_every_message(server3, ope
         server3.connect(unique("u"), [channel, unique("side")])
         answers.append(time.monotonic() - start)
     publisher.join()
-    assert max(answers) < 0.5, answers
+    assert max(answers) < 1.0, answers    # a hold lasts 25 ms at most; a busy host, more
     for client in clients:
         assert client.take(400, timeout=15) == [delivered(item) for item in posted]
