@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 import orjson
@@ -176,10 +176,12 @@ class ChannelOwner:
     members, settings, history, and the fan-out of what is posted to them."""
 
     channels: dict[str, Channel]
+    index: int
     shards: int
     published: int
     net: Net
     config: Config
+    user_states: Callable[[dict], list[dict]]
 
     def join(self, args: dict) -> None:
         activations: dict[int, list] = {}
@@ -239,8 +241,19 @@ class ChannelOwner:
         count = len(chosen)
         if args.get("limit") is not None:
             chosen = heapq.nsmallest(args["limit"], chosen)
-        return {"channels": {name: self.channels[name].info(args["history"], args["users"])
-                             for name in chosen}, "chosen": count}
+        infos = {name: self.channels[name].info(args["history"], args["users"])
+                 for name in chosen}
+        result: dict[str, Any] = {"channels": infos, "chosen": count}
+        if args["users"] and args.get("limit") is None:
+            # The states of the members whose users are owned here go along: info.gather
+            # then asks only the other users' owners (for /connect at two shards, a round
+            # trip fewer). A page (``limit``) may be cut further: its members are asked after.
+            mine = {user for info in infos.values() for user in info["users"]
+                    if owner(user, self.shards) == self.index}
+            result["states"] = self.user_states({
+                "users": list(mine), "public": args.get("public", False),
+                "connections": args.get("connections", False)})
+        return result
 
     def publish(self, items: list[dict]) -> None:
         for item in items:

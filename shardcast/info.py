@@ -1,6 +1,7 @@
-"""The Info object: channels from the shards that own them, then their members' states from
-the shards that own the users. One code for the API process (/info, /connect) and for a shard
-that answers /connect itself; each brings its own way to ask shards (``Ask``)."""
+"""The Info object: channels from the shards that own them (each with the states of the members
+whose users it owns too), then the other members' states from the shards that own the users.
+One code for the API process (/info, /connect) and for a shard that answers /connect itself;
+each brings its own way to ask shards (``Ask``)."""
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Iterable
@@ -25,34 +26,43 @@ async def gather(ask: Ask, shards: int, flags: InfoFlags, names: list[str] | Non
     of them by name, and ``next`` and ``remaining`` to go on; ``match``: see Shard.info."""
     args = {"exclude": flags.exclude_channels, "history": flags.include_history,
             "users": flags.include_users, "after": flags.after, "limit": flags.limit,
-            "match": match and match.casefold()}
+            "match": match and match.casefold(), "public": flags.return_public_state,
+            "connections": flags.include_connections}
     if names is None:
         calls = {shard: {**args, "channels": None} for shard in range(shards)}
     else:
         calls = {shard: {**args, "channels": group}
                  for shard, group in by_owner(names, shards).items()}
     channels: dict = {}
+    states: dict[str, dict] = {}     # members' entries that came with their channels
     chosen = 0
     for found in await ask(calls, "info"):
         channels.update(checked(found)["channels"])
         chosen += found["chosen"]
+        states.update((entry["user"], entry) for entry in found.get("states", ()))
     listed = sorted(channels)[:flags.limit]
     page = {name: channels[name] for name in listed}
-    answer = {"channels": page, "users": await _members(ask, shards, flags, page.values())}
+    answer = {"channels": page,
+              "users": await _members(ask, shards, flags, page.values(), states)}
     if flags.limit is not None:
         remaining = chosen - len(listed)
         answer.update(next=listed[-1] if remaining else None, remaining=remaining)
     return answer
 
 
-async def _members(ask: Ask, shards: int, flags: InfoFlags,
-                   channels: Iterable[dict]) -> list[dict]:
-    """The top-level ``users``: each member of ``channels`` once."""
+async def _members(ask: Ask, shards: int, flags: InfoFlags, channels: Iterable[dict],
+                   states: dict[str, dict]) -> list[dict]:
+    """The top-level ``users``: each member of ``channels`` once; ``states`` holds those that
+    came with the channels, the others are asked of their users' owners."""
     if not flags.include_users:
         return []
     members = sorted({user for channel in channels for user in channel["users"]})
-    calls = {shard: {"users": group, "public": flags.return_public_state,
-                     "connections": flags.include_connections}
-             for shard, group in by_owner(members, shards).items()}
-    users = [user for found in await ask(calls, "user_states") for user in checked(found)]
-    return sorted(users, key=lambda entry: entry["user"])
+    users = [states[user] for user in members if user in states]
+    missing = [user for user in members if user not in states]
+    if missing:
+        calls = {shard: {"users": group, "public": flags.return_public_state,
+                         "connections": flags.include_connections}
+                 for shard, group in by_owner(missing, shards).items()}
+        users += [user for found in await ask(calls, "user_states") for user in checked(found)]
+        users.sort(key=lambda entry: entry["user"])
+    return users

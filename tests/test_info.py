@@ -180,3 +180,24 @@ def test_info_bad_page_flag_is_422(server, flags):
     response = server.post("/info", {"info": flags})
     assert response.status_code == 422
     assert set(response.json()["info"]) <= {"limit", "after"}
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_info_users_are_the_same_whichever_shard_owns_them(server, public):
+    """Each member's entry (state, and with include_connections its connections) is the same
+    whether its user is owned by the channel's shard, which answers it with the channel, or by
+    another shard, asked after."""
+    channel = unique("members")
+    expected = {}
+    for index in range(9):
+        user = unique("m")
+        replies = [server.connect(user, [channel], user_state={"pub": index, "priv": -index},
+                                  state_public_keys=["pub"]) for _ in range(1 + index % 2)]
+        state = {"pub": index} if public else {"pub": index, "priv": -index}
+        expected[user] = {"user": user, "state": state,
+                          "connections": sorted(reply["conn_id"] for reply in replies)}
+    info = server.info(channels=[channel], return_public_state=public, include_connections=True)
+    assert info["users"] == [expected[user] for user in sorted(expected)]
+    info = server.info(channels=[channel], return_public_state=public)
+    assert info["users"] == [{"user": user, "state": expected[user]["state"]}
+                             for user in sorted(expected)]
