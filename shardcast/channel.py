@@ -247,7 +247,7 @@ class ChannelOwner:
         if args["users"] and args.get("limit") is None:
             # The states of the members whose users are owned here go along: info.gather
             # then asks only the other users' owners (for /connect at two shards, a round
-            # trip fewer). A page (``limit``) may be cut further: its members are asked after.
+            # trip fewer). Not for a page (``limit``): gather may cut its channels further.
             mine = {user for info in infos.values() for user in info["users"]
                     if owner(user, self.shards) == self.index}
             result["states"] = self.user_states({
