@@ -251,8 +251,8 @@ class ChannelOwner:
             mine = {user for info in infos.values() for user in info["users"]
                     if owner(user, self.shards) == self.index}
             result["states"] = self.user_states({
-                "users": list(mine), "public": args.get("public", False),
-                "connections": args.get("connections", False)})
+                "users": list(mine), "public": args["public"],
+                "connections": args["connections"]})
         return result
 
     def publish(self, items: list[dict]) -> None:

@@ -226,13 +226,13 @@ class Worker:
         start = time.perf_counter()
         per_frame = self.actor.flush()
         end = time.perf_counter()
-        far = per_frame > FAR_BEHIND
+        behind, far = per_frame > BEHIND, per_frame > FAR_BEHIND
         factor = (FLUSH_REST_FAR_BEHIND if far else
-                  FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST)
+                  FLUSH_REST_BEHIND if behind else FLUSH_REST)
         bound = MAX_FLUSH_WAIT_FAR_BEHIND if far else MAX_FLUSH_WAIT
         rest = min((end - start) * factor, bound)
         self.flush_after = end + rest
-        if per_frame > BEHIND and not self.holding:
+        if behind:      # (no flush runs while holding: schedule_flush waits for the release)
             self.hold(rest)
 
     def hold(self, rest: float) -> None:
