@@ -130,9 +130,6 @@ class Worker:
         self.descriptors = descriptors.Watch(f"shard {index}")
         self.long_polls = 0     # /listen requests held open
         self.flush_after = 0.0  # perf_counter time before which no flush starts
-        self.links: set[Link] = set()   # IPC links to this shard, left unread while it holds
-        self.holding = False
-        self.flush_held = False         # a flush waits for the hold's end
         # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
         self.loop = asyncio.get_running_loop()
         self.stopped: asyncio.Future | None = None
@@ -150,7 +147,7 @@ class Worker:
         path = ipc.socket_path(self.ipc_dir, self.index)
         if os.path.exists(path):
             os.unlink(path)
-        ipc_server = await loop.create_unix_server(self.accept_link, path)
+        ipc_server = await loop.create_unix_server(lambda: Link(self.on_frame), path)
         self.ws_server = await loop.create_server(
             lambda: WebSocketClient(self.hosting), self.config.host,
             self.config.ws_port_base + self.index, **tls.server_options(self.config))
@@ -213,9 +210,6 @@ class Worker:
             self.peer(shard).write(ipc.pack_route(route, frame))
 
     def schedule_flush(self) -> None:
-        if self.holding:
-            self.flush_held = True
-            return
         wait = self.flush_after - time.perf_counter()
         if wait > 0:
             self.loop.call_later(wait, self.flush)
@@ -226,37 +220,11 @@ class Worker:
         start = time.perf_counter()
         per_frame = self.actor.flush()
         end = time.perf_counter()
-        behind, far = per_frame > BEHIND, per_frame > FAR_BEHIND
+        far = per_frame > FAR_BEHIND
         factor = (FLUSH_REST_FAR_BEHIND if far else
-                  FLUSH_REST_BEHIND if behind else FLUSH_REST)
+                  FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST)
         bound = MAX_FLUSH_WAIT_FAR_BEHIND if far else MAX_FLUSH_WAIT
-        rest = min((end - start) * factor, bound)
-        self.flush_after = end + rest
-        if behind:      # (no flush runs while holding: schedule_flush waits for the release)
-            self.hold(rest)
-
-    def hold(self, rest: float) -> None:
-        """Messages come faster than this shard flushes: what its links bring during the rest
-        waits unread, and is read at once when it ends, rather than waking the shard for each
-        message (several wakes a frame; each costs tens of us on a VM). Commands wait as
-        long, MAX_FLUSH_WAIT_FAR_BEHIND at most; websockets are read as ever."""
-        self.holding = True
-        for link in self.links:
-            link.transport.pause_reading()
-        self.loop.call_later(rest, self.release)
-
-    def release(self) -> None:
-        self.holding = False
-        for link in self.links:
-            link.transport.resume_reading()
-        if self.flush_held:     # after the loop's next pass through I/O reads what was held
-            self.flush_held = False
-            self.loop.call_soon(self.loop.call_soon, self.flush)
-
-    def accept_link(self) -> Link:
-        link = Link(self.on_frame, self.links.discard)
-        self.links.add(link)
-        return link
+        self.flush_after = end + min((end - start) * factor, bound)
 
     def peer(self, shard: int) -> Link:
         """The link to a peer shard, connected lazily and again after a restart."""
