@@ -3,13 +3,14 @@
 A frame is a header (body length, kind, request id) and a body. Requests and casts
 carry ``[command, args]`` as JSON; fan-out frames carry a small JSON routing part
 and the client frame bytes, which are passed on without re-encoding. Frames written
-in one event-loop tick leave in one write.
+in one event-loop tick leave in one write, behind a stamp of when it was made.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import struct
+import time
 from enum import IntEnum
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ import orjson
 
 HEADER = struct.Struct("<IBI")
 ROUTE = struct.Struct("<I")
+STAMP = struct.Struct("<IBIQ")      # a whole STAMP frame: its header, then its 8-byte body
 MAX_FRAME = 256 * 1024 * 1024
 log = logging.getLogger("shardcast.ipc")
 
@@ -26,6 +28,7 @@ class Kind(IntEnum):
     REPLY = 2     # JSON result (or raw bytes the caller asked for)
     CAST = 3      # [command, args], no answer
     DELIVER = 4   # route + client frame for local subscribers of a channel
+    STAMP = 5     # CLOCK_MONOTONIC nanoseconds when the write it begins was made
 
 
 class FrameError(ValueError):
@@ -34,6 +37,10 @@ class FrameError(ValueError):
 
 def pack(kind: Kind, request_id: int, body: bytes) -> bytes:
     return HEADER.pack(len(body), kind, request_id) + body
+
+
+def stamp() -> bytes:
+    return STAMP.pack(8, Kind.STAMP, 0, time.monotonic_ns())
 
 
 def pack_command(kind: Kind, request_id: int, command: str, args: Any) -> bytes:
@@ -116,10 +123,13 @@ class Link(asyncio.Protocol):
             log.error("closing IPC link: %s", error)
             self.close()
             return
+        self.received(frames)
+
+    def received(self, frames: list[tuple[int, int, bytes]]) -> None:
         for kind, request_id, body in frames:
             if kind == Kind.REPLY:
                 self._resolve(request_id, body)
-            else:
+            elif kind != Kind.STAMP:
                 self.on_frame(self, kind, request_id, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -153,6 +163,7 @@ class Link(asyncio.Protocol):
         self.flush_scheduled = False
         if self.transport is not None and self.outgoing:
             frames, self.outgoing = self.outgoing, []
+            frames.insert(0, stamp())
             self.transport.write(b"".join(frames))
 
     def request(self, command: str, args: Any, raw: bool = False) -> asyncio.Future:
@@ -184,6 +195,60 @@ class Link(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class Inbox:
+    """Frames from several links, handled in the order they were written. What one pass of
+    the loop through I/O read from the links is sorted by the stamps of the writes that carried
+    it (CLOCK_MONOTONIC is one clock for the whole machine): when links wait unread together (a
+    long flush, a hold) the loop reads them in an order of its own, and a post answered by one
+    API process must still come before the next one, sent through another."""
+
+    def __init__(self, on_frame: FrameHandler) -> None:
+        self.on_frame = on_frame
+        self.pending: list[tuple[int, int, Link, list]] = []   # stamp, arrival, link, frames
+        self.arrivals = 0
+        # While held, only its owner drains it: what a link not paused meanwhile (a new one)
+        # brings waits with the rest.
+        self.held = False
+        self.loop = asyncio.get_running_loop()
+
+    def add(self, stamp: int, link: "Link", frames: list) -> None:
+        if not self.pending and not self.held:
+            self.loop.call_soon(self.drain)     # once this pass through I/O is over
+        self.arrivals += 1
+        self.pending.append((stamp, self.arrivals, link, frames))
+
+    def drain(self) -> None:
+        pending, self.pending = self.pending, []
+        if len(pending) > 1:
+            pending.sort()      # stamp, then arrival: unique, so links are never compared
+        on_frame = self.on_frame
+        for _, _, link, frames in pending:
+            for kind, request_id, body in frames:
+                on_frame(link, kind, request_id, body)
+
+
+class InboxLink(Link):
+    """A link whose frames go through an Inbox, a write's worth at a time."""
+
+    def __init__(self, inbox: Inbox, on_lost: Callable[["Link"], None] | None = None):
+        super().__init__(inbox.on_frame, on_lost)
+        self.inbox = inbox
+        self.stamp = 0      # of the write being read
+
+    def received(self, frames: list[tuple[int, int, bytes]]) -> None:
+        write: list = []
+        for frame in frames:
+            if frame[0] == Kind.STAMP:
+                if write:
+                    self.inbox.add(self.stamp, self, write)
+                    write = []
+                self.stamp = int.from_bytes(frame[2], "little")
+            else:
+                write.append(frame)
+        if write:
+            self.inbox.add(self.stamp, self, write)
 
 
 def socket_path(directory: str, shard: int) -> str:

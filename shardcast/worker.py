@@ -130,6 +130,9 @@ class Worker:
         self.descriptors = descriptors.Watch(f"shard {index}")
         self.long_polls = 0     # /listen requests held open
         self.flush_after = 0.0  # perf_counter time before which no flush starts
+        self.inbox = ipc.Inbox(self.on_frame)
+        self.links: set[Link] = set()   # IPC links to this shard, left unread while it holds
+        self.flush_held = False         # a flush waits for the hold's end
         # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
         self.loop = asyncio.get_running_loop()
         self.stopped: asyncio.Future | None = None
@@ -147,7 +150,7 @@ class Worker:
         path = ipc.socket_path(self.ipc_dir, self.index)
         if os.path.exists(path):
             os.unlink(path)
-        ipc_server = await loop.create_unix_server(lambda: Link(self.on_frame), path)
+        ipc_server = await loop.create_unix_server(self.accept_link, path)
         self.ws_server = await loop.create_server(
             lambda: WebSocketClient(self.hosting), self.config.host,
             self.config.ws_port_base + self.index, **tls.server_options(self.config))
@@ -210,6 +213,9 @@ class Worker:
             self.peer(shard).write(ipc.pack_route(route, frame))
 
     def schedule_flush(self) -> None:
+        if self.inbox.held:
+            self.flush_held = True
+            return
         wait = self.flush_after - time.perf_counter()
         if wait > 0:
             self.loop.call_later(wait, self.flush)
@@ -220,11 +226,44 @@ class Worker:
         start = time.perf_counter()
         per_frame = self.actor.flush()
         end = time.perf_counter()
-        far = per_frame > FAR_BEHIND
+        behind, far = per_frame > BEHIND, per_frame > FAR_BEHIND
         factor = (FLUSH_REST_FAR_BEHIND if far else
-                  FLUSH_REST_BEHIND if per_frame > BEHIND else FLUSH_REST)
+                  FLUSH_REST_BEHIND if behind else FLUSH_REST)
         bound = MAX_FLUSH_WAIT_FAR_BEHIND if far else MAX_FLUSH_WAIT
-        self.flush_after = end + min((end - start) * factor, bound)
+        rest = min((end - start) * factor, bound)
+        self.flush_after = end + rest
+        if behind:      # (no flush runs while holding: schedule_flush waits for the release)
+            self.hold(rest)
+
+    def hold(self, rest: float) -> None:
+        """Messages come faster than this shard flushes: what its links bring during the rest
+        waits unread, and is read at once when it ends, rather than waking the shard for each
+        message (several wakes a frame; each costs tens of us on a VM). The inbox puts what
+        the links held back in the order it was written. Commands wait as long,
+        MAX_FLUSH_WAIT_FAR_BEHIND at most; websockets are read as ever."""
+        self.inbox.held = True
+        for link in self.links:
+            link.transport.pause_reading()
+        self.loop.call_later(rest, self.release)
+
+    def release(self) -> None:
+        for link in self.links:
+            link.transport.resume_reading()
+        # The links are read in the loop's next pass through I/O, after the callbacks due now
+        # and those they schedule: their frames are handled then, and the flush held after.
+        self.loop.call_soon(self.loop.call_soon, self.after_hold)
+
+    def after_hold(self) -> None:
+        self.inbox.held = False
+        self.inbox.drain()      # a frame that makes the shard dirty schedules its own flush
+        if self.flush_held:
+            self.flush_held = False
+            self.schedule_flush()
+
+    def accept_link(self) -> Link:
+        link = ipc.InboxLink(self.inbox, self.links.discard)
+        self.links.add(link)
+        return link
 
     def peer(self, shard: int) -> Link:
         """The link to a peer shard, connected lazily and again after a restart."""

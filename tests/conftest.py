@@ -19,6 +19,20 @@ from harness import (ADMIN_PASSWORD, GC_CONNS_AFTER, GC_HEARTBEAT_INTERVAL, SILE
 from redisserver import RedisServer
 from wsclient import WsClient, open_websocket
 
+LOG_TAIL = 6000     # characters of a server's log shown with a failure
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    """A failed test's report carries the log tail of every server it used: a flake on a busy
+    CI host is then explained by what the server said, not guessed at."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Server) and value.process is not None:
+                report.sections.append((f"log of server {name}", value.output()[-LOG_TAIL:]))
+    return report
+
 
 @pytest.fixture(scope="session")
 def server_pool() -> Iterator[ServerPool]:

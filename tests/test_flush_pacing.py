@@ -1,15 +1,19 @@
 """A shard that spent t writing waits about t before its next flush (4 t when its flushes carry
 more than two messages a frame, 8 t and bounded further past four), and not at all when its
-flushes are quick: frames gather meanwhile and share one socket write."""
+flushes are quick: frames gather meanwhile and share one socket write. Behind, it leaves its IPC
+links unread while it rests, and reads what came at once afterwards."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 
 import pytest
 import uvloop
 
-from shardcast import worker
+from contract import delivered, unique
+from shardcast import ipc, worker
 from shardcast.config import Config
 from shardcast.worker import Worker
 
@@ -73,3 +77,66 @@ def test_the_rest_is_bounded(per_frame, bound):
 
 def test_quick_flushes_follow_at_once():
     assert sum(flush_gaps(0.0, flushes=50)) < 0.05
+
+
+def heard_after_flush(write_seconds: float, per_frame: float) -> float:
+    """Seconds from the end of a flush to when the shard handled a command sent on an IPC link
+    right after it."""
+    times: dict[str, float] = {}
+
+    async def run() -> None:
+        shard = Worker(0, Config(workers=1, secret="x"), "/tmp")
+        loop = asyncio.get_running_loop()
+        heard = loop.create_future()
+        shard.handlers["probe"] = lambda args: heard.set_result(time.perf_counter())
+        ours, theirs = socket.socketpair()
+        await loop.connect_accepted_socket(shard.accept_link, ours)
+
+        def slow_flush() -> float:
+            time.sleep(write_seconds)
+            return per_frame
+        shard.actor.flush = slow_flush
+        shard.flush()
+        times["flushed"] = time.perf_counter()
+        theirs.send(ipc.pack_command(ipc.Kind.CAST, 0, "probe", None))
+        times["heard"] = await asyncio.wait_for(heard, 5)
+        theirs.close()
+
+    uvloop.run(run())
+    return times["heard"] - times["flushed"]
+
+
+def test_a_shard_behind_reads_its_links_when_its_rest_ends():
+    rest = min(worker.FLUSH_REST_FAR_BEHIND * 0.004, worker.MAX_FLUSH_WAIT_FAR_BEHIND)
+    assert heard_after_flush(0.004, FAR_BEHIND) >= rest - TIMER_SLACK
+
+
+def test_a_shard_keeping_up_reads_its_links_at_once():
+    assert heard_after_flush(0.004, KEEPING_UP) < 0.004
+
+
+def test_a_shard_behind_answers_commands_and_delivers_every_message(server3, open_ws):
+    """Posts of ten messages make each flush carry ten a frame, so the channel's shards hold
+    their links while they rest: the commands that come meanwhile are answered after a rest at
+    most, and every subscriber gets every message, in order."""
+    channel = unique("held")
+    clients = [open_ws(server3.connect(unique("u"), [channel])) for _ in range(12)]
+    posted: list[dict] = []
+
+    def post() -> None:
+        for batch in range(40):
+            posted.extend(server3.message(*[
+                {"user": "b", "channel": channel, "message": {"n": batch * 10 + n}}
+                for n in range(10)]))
+
+    publisher = threading.Thread(target=post)
+    publisher.start()
+    answers = []
+    while publisher.is_alive() or not answers:
+        start = time.monotonic()
+        server3.connect(unique("u"), [channel, unique("side")])
+        answers.append(time.monotonic() - start)
+    publisher.join()
+    assert max(answers) < 1.0, answers    # a hold lasts 25 ms at most; a busy host, more
+    for client in clients:
+        assert client.take(400, timeout=15) == [delivered(item) for item in posted]

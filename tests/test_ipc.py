@@ -1,8 +1,10 @@
-"""IPC frame encoding: round trips, partial reads, clean errors on garbage; links that give up."""
+"""IPC frame encoding: round trips, partial reads, clean errors on garbage; links that give up;
+an inbox that handles what several links carried in the order it was written."""
 from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 import uvloop
 
@@ -47,3 +49,24 @@ def test_a_link_that_never_connects_fails_what_waits_on_it():
         assert link.closed and not link.outgoing
 
     uvloop.run(run())
+
+
+def test_an_inbox_handles_what_links_held_in_the_order_it_was_written():
+    """Three links read in one pass, each carrying writes made at different times: their casts
+    are handled by the stamps of their writes, whichever link the loop reads first."""
+    def write(at: int, *names: str) -> bytes:
+        return ipc.STAMP.pack(8, ipc.Kind.STAMP, 0, at) + b"".join(
+            ipc.pack_command(ipc.Kind.CAST, 0, name, None) for name in names)
+
+    async def run() -> list[str]:
+        handled: list[str] = []
+        inbox = ipc.Inbox(lambda link, kind, rid, body: handled.append(body))
+        links = [ipc.InboxLink(inbox) for _ in range(3)]
+        links[2].data_received(write(50, "e") + write(70, "g"))
+        links[0].data_received(write(10, "a", "b") + write(60, "f"))
+        links[1].data_received(write(20, "c") + write(40, "d")[:-3])   # d: partly read
+        links[1].data_received(write(40, "d")[-3:])
+        await asyncio.sleep(0)
+        return [orjson.loads(body)[0] for body in handled]
+
+    assert uvloop.run(run()) == list("abcdefg")
