@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,14 +29,19 @@ class Frame:
         return struct.unpack_from("!H", self.payload)[0] if len(self.payload) >= 2 else None
 
 
-def handshake(url: str, rcvbuf: int | None = None, timeout: float = 5.0) -> socket.socket:
-    """A socket past the websocket upgrade of ``url``, with no byte of the stream read."""
+def handshake(url: str, rcvbuf: int | None = None, timeout: float = 5.0,
+              context: ssl.SSLContext | None = None) -> socket.socket:
+    """A socket past the websocket upgrade of ``url``, with no byte of the stream read; over
+    TLS with ``context``, in this thread alone (an SSL socket read by one thread and written by
+    another is not safe: CPython issues 137583 and 151508)."""
     parts = urlsplit(url)
     sock = socket.socket()
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(timeout)
     sock.connect((parts.hostname, parts.port))
+    if context is not None:
+        sock = context.wrap_socket(sock, server_hostname=parts.hostname)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"

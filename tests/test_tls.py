@@ -3,15 +3,16 @@ made for the test."""
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 
 import pytest
 import requests
+import rawws
 from contract import unique
 from harness import Server
 from shardcast.config import ConfigError, load_config
-from wsclient import open_websocket
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,16 @@ def test_websockets_are_served_over_tls(tls_server, certificate):
     reply = tls_server.connect(unique("alice"), [channel])
     assert reply["ws_url"].startswith("wss://127.0.0.1:")
     context = ssl.create_default_context(cafile=certificate[0])
-    with open_websocket(reply["ws_url"], context) as client:
+    with rawws.handshake(reply["ws_url"], context=context) as sock:
         posted = tls_server.say(channel, "over tls")
-        assert client.next()["uuid"] == posted["uuid"]
+        stream, frames = b"", []
+        while not frames:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {stream!r}"
+            stream += chunk
+            frames, _ = rawws.parse_frames(stream)
+        assert frames[0].opcode == rawws.TEXT
+        assert [envelope["uuid"] for envelope in json.loads(frames[0].payload)] == [posted["uuid"]]
 
 
 def test_certificate_and_key_go_together():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import socket
-import ssl
 import time
 from json import loads as json_loads
 from typing import Any, Callable
@@ -85,10 +84,9 @@ class WsClient:
         raise AssertionError(f"unexpected envelopes: {list(self.pending)}")
 
 
-def open_websocket(url: str, ssl_context: ssl.SSLContext | None = None) -> WsClient:
+def open_websocket(url: str) -> WsClient:
     connection = ws_connect(
         url,
-        ssl=ssl_context,
         open_timeout=5,
         close_timeout=1,
         ping_interval=None,
