@@ -206,6 +206,10 @@ async def _serve(config: Config) -> bool:
     return clean
 
 
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
 def _announce(config: Config) -> None:
     secure = "s" if config.ssl_certfile else ""
     where = ""
@@ -213,7 +217,8 @@ def _announce(config: Config) -> None:
         from .redis.resp import Address
         where = f", node {config.node} of the cluster at {Address.parse(config.redis_url)}"
     print(f"shardcast API on http{secure}://{config.host}:{config.port} "
-          f"({config.api_processes} API processes, {config.workers} shards{where})", flush=True)
+          f"({_count(config.api_processes, 'API process', 'API processes')}, "
+          f"{_count(config.workers, 'shard', 'shards')}{where})", flush=True)
     for index in range(config.workers):
         print(f"  shard {index}: websockets on ws{secure}://{config.host}:"
               f"{config.ws_port_base + index}/ws", flush=True)

@@ -72,6 +72,11 @@ def test_requests_land_on_every_api_process(server):
     assert all(after[i]["requests"] > before[i]["requests"] for i in range(PROCESSES)), after
 
 
+def test_the_banner_counts_the_api_processes_and_shards(server, server_pool):
+    assert f"({PROCESSES} API processes, {SHARDS} shards)" in server.log_text()
+    assert "(1 API process, 1 shard)" in server_pool.get(1).log_text()
+
+
 def test_sequential_posts_through_either_api_process_arrive_in_order(server):
     """Each post is answered before the next is sent, each over a connection of its own (so
     through either process). An API process used to answer before its frames left for the shard
