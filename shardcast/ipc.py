@@ -12,6 +12,7 @@ import logging
 import struct
 import time
 from enum import IntEnum
+from operator import itemgetter
 from typing import Any, Callable
 
 import orjson
@@ -29,6 +30,10 @@ class Kind(IntEnum):
     CAST = 3      # [command, args], no answer
     DELIVER = 4   # route + client frame for local subscribers of a channel
     STAMP = 5     # CLOCK_MONOTONIC nanoseconds when the write it begins was made
+
+
+# Compared once a frame: an enum member costs a lookup through its class (6x an int's).
+REPLY_KIND, STAMP_KIND = int(Kind.REPLY), int(Kind.STAMP)
 
 
 class FrameError(ValueError):
@@ -142,9 +147,9 @@ class Link(asyncio.Protocol):
 
     def received(self, frames: list[tuple[int, int, bytes]]) -> None:
         for kind, request_id, body in frames:
-            if kind == Kind.REPLY:
+            if kind == REPLY_KIND:
                 self._resolve(request_id, body)
-            elif kind != Kind.STAMP:
+            elif kind != STAMP_KIND:
                 self.on_frame(self, kind, request_id, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -222,8 +227,7 @@ class Inbox:
 
     def __init__(self, on_frame: FrameHandler) -> None:
         self.on_frame = on_frame
-        self.pending: list[tuple[int, int, Link, list]] = []   # stamp, arrival, link, frames
-        self.arrivals = 0
+        self.pending: list[tuple[int, Link, list]] = []     # stamp, link, frames
         # While held, only its owner drains it: what a link not paused meanwhile (a new one)
         # brings waits with the rest.
         self.held = False
@@ -232,15 +236,14 @@ class Inbox:
     def add(self, stamp: int, link: "Link", frames: list) -> None:
         if not self.pending and not self.held:
             self.loop.call_soon(self.drain)     # once this pass through I/O is over
-        self.arrivals += 1
-        self.pending.append((stamp, self.arrivals, link, frames))
+        self.pending.append((stamp, link, frames))
 
     def drain(self) -> None:
         pending, self.pending = self.pending, []
         if len(pending) > 1:
-            pending.sort()      # stamp, then arrival: unique, so links are never compared
+            pending.sort(key=itemgetter(0))     # stable: equal stamps keep their arrival order
         on_frame = self.on_frame
-        for _, _, link, frames in pending:
+        for _, link, frames in pending:
             for kind, request_id, body in frames:
                 on_frame(link, kind, request_id, body)
 
@@ -256,7 +259,7 @@ class InboxLink(Link):
     def received(self, frames: list[tuple[int, int, bytes]]) -> None:
         write: list = []
         for frame in frames:
-            if frame[0] == Kind.STAMP:
+            if frame[0] == STAMP_KIND:
                 if write:
                     self.inbox.add(self.stamp, self, write)
                     write = []

@@ -53,7 +53,8 @@ def test_a_link_that_never_connects_fails_what_waits_on_it():
 
 def test_an_inbox_handles_what_links_held_in_the_order_it_was_written():
     """Three links read in one pass, each carrying writes made at different times: their casts
-    are handled by the stamps of their writes, whichever link the loop reads first."""
+    are handled by the stamps of their writes, whichever link the loop reads first (writes
+    stamped alike, in the order they were read)."""
     def write(at: int, *names: str) -> bytes:
         return ipc.STAMP.pack(8, ipc.Kind.STAMP, 0, at) + b"".join(
             ipc.pack_command(ipc.Kind.CAST, 0, name, None) for name in names)
@@ -62,11 +63,11 @@ def test_an_inbox_handles_what_links_held_in_the_order_it_was_written():
         handled: list[str] = []
         inbox = ipc.Inbox(lambda link, kind, rid, body: handled.append(body))
         links = [ipc.InboxLink(inbox) for _ in range(3)]
-        links[2].data_received(write(50, "e") + write(70, "g"))
-        links[0].data_received(write(10, "a", "b") + write(60, "f"))
-        links[1].data_received(write(20, "c") + write(40, "d")[:-3])   # d: partly read
-        links[1].data_received(write(40, "d")[-3:])
+        links[2].data_received(write(50, "f") + write(70, "h"))
+        links[0].data_received(write(10, "a", "b") + write(20, "c") + write(60, "g"))
+        links[1].data_received(write(20, "d") + write(40, "e")[:-3])   # e: partly read
+        links[1].data_received(write(40, "e")[-3:])
         await asyncio.sleep(0)
         return [orjson.loads(body)[0] for body in handled]
 
-    assert uvloop.run(run()) == list("abcdefg")
+    assert uvloop.run(run()) == list("abcdefgh")
