@@ -1,7 +1,6 @@
 """The HTTP API: routes, signatures, IP allow-list, CORS, and 4xx answers for bad input."""
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import re
@@ -48,7 +47,7 @@ class HttpApi:
         self.closing = False    # set at shutdown: new requests get 503, those in flight finish
         self.in_flight = 0
         # A backend's next request reaches another API process only if there is one: then
-        # what this one queued for the shards must leave before its answer (see _backlog).
+        # what this one queued for the shards must leave before its answer (see decorate).
         self.flush_first = config.api_processes > 1
         self.verify_compat = signing.CompatVerifier(
             config.secret, config.signature_max_age if config.validate_requests else None)
@@ -104,36 +103,29 @@ class HttpApi:
             result = handler(request)
         except Invalid as error:
             return json_response(error.errors, error.status)
-        if isinstance(result, Response) and not self._backlog():
+        if isinstance(result, Response):
             return result
         return self._guard(result)
 
-    def _backlog(self) -> list[asyncio.Future]:
-        """What must happen before an answer leaves: the frames this process queued for the
-        shards must be in their links. With several API processes they are written now, as
-        the backend's next request may reach another process, whose frames must not overtake
-        these (sequential posts arrive in order); alone, this process queues the next
-        request's frames behind these, and a tick's requests share a write. A link whose
-        socket is full (its shard is behind) holds the answer until it takes them: the
-        backend is slowed to what the shard reads, instead of this process buffering for it."""
-        if self.flush_first:
-            self.commands.shards.flush()
-        return self.commands.shards.backlog()
-
-    async def _guard(self, pending: Awaitable[Response] | Response) -> Response:
+    async def _guard(self, pending: Awaitable[Response]) -> Response:
         self.in_flight += 1
         try:
-            response = await _answer(pending)
-            backlog = self._backlog()
-            if backlog:
-                await asyncio.wait(backlog)
-            return response
+            return await pending
+        except Invalid as error:
+            return json_response(error.errors, error.status)
+        except ShardUnavailable as error:
+            return json_response(error.errors(), 503)
         finally:
             self.in_flight -= 1
 
     def decorate(self, request: Request, response: Response) -> None:
-        """Just before an answer leaves: CORS on every answer, as browsers call /listen and
-        /disconnect directly."""
+        """Just before an answer leaves. With several API processes, what the request sent the
+        shards leaves first: the backend's next request may reach another one, whose frames
+        must not overtake these (sequential posts arrive in order). Alone, this process queues
+        the next request's frames behind these, and a tick's requests share a write. CORS on
+        every answer: browsers call /listen and /disconnect directly."""
+        if self.flush_first:
+            self.commands.shards.flush()
         allowed = self.config.allow_cors
         origin = request.headers.get("origin")
         if not allowed:
@@ -254,18 +246,6 @@ class HttpApi:
         if callback is None:
             return Response(200, frames)
         return Response(200, callback.encode() + b"(" + frames + b")", "application/javascript")
-
-
-async def _answer(pending: Awaitable[Response] | Response) -> Response:
-    """A handler's answer, the refusals raised while it was awaited answered as such."""
-    if isinstance(pending, Response):
-        return pending
-    try:
-        return await pending
-    except Invalid as error:
-        return json_response(error.errors, error.status)
-    except ShardUnavailable as error:
-        return json_response(error.errors(), 503)
 
 
 def _with_query_conn_id(request: Request) -> Any:

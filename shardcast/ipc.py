@@ -114,27 +114,12 @@ class Link(asyncio.Protocol):
         self.closed = False
         self.requests: dict[int, tuple[asyncio.Future, bool]] = {}
         self.next_id = 0
-        self.drained: asyncio.Future | None = None   # while the socket holds back our bytes
         # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # Paused as soon as the socket leaves a byte of a write to us: ``drained`` then says
-        # when it took them all (an API process answers no sooner; see HttpApi._backlog).
-        transport.set_write_buffer_limits(high=0)
         self._schedule_flush()
-
-    def pause_writing(self) -> None:
-        self.drained = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        self._set_drained()
-
-    def _set_drained(self) -> None:
-        drained, self.drained = self.drained, None
-        if drained is not None:
-            drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -154,7 +139,6 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._set_drained()     # what it held is lost with it
         self.give_up("shard link lost")
         if self.on_lost:
             self.on_lost(self)

@@ -93,11 +93,6 @@ class Shards:
             if link is not None and link.outgoing:
                 link.flush()
 
-    def backlog(self) -> list[asyncio.Future]:
-        """One future for each link whose socket holds back some of what was written to it:
-        each is done once that socket took it all."""
-        return [link.drained for link in self.links if link is not None and link.drained]
-
     def cast_all(self, command: str, args: Any) -> None:
         for link in self.links:
             if link is not None and not link.closed:
