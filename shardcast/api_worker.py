@@ -56,7 +56,7 @@ class ApiProcess:
         self.parent = os.getppid()
         self.stopped = self.loop.create_future()
         self.control: Link | None = None
-        self.shards = Shards(config.workers)
+        self.shards = Shards(config.workers, config.max_shard_backlog)
         self.directory = None
         self.api: HttpApi | None = None
         self.counts: RequestCounts | None = None

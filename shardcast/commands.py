@@ -11,7 +11,7 @@ import orjson
 from msgspec import UNSET
 
 from . import __version__, envelopes, info
-from .shards import Shards, ShardUnavailable
+from .shards import ShardBehind, Shards, ShardUnavailable
 from .config import Config
 from .info import checked
 from .schemas import (ConnectBody, DeleteItem, EditItem, InfoFlags, MessageItem,
@@ -129,6 +129,8 @@ class Commands:
         for shard in range(self.shards.count):
             try:
                 asked[shard] = self.shards.request(shard, "ready", None, timeout=READY_TIMEOUT)
+            except ShardBehind:
+                down[str(shard)] = "behind"
             except ShardUnavailable:
                 down[str(shard)] = "restarting"
         for shard, answer in asked.items():
@@ -212,17 +214,20 @@ class Commands:
         Each carries a ``stamp`` of when it was posted: catch-up replays in that order whichever
         way the items travel (the channel owner takes it off before keeping the item)."""
         by_owner: dict[int, list[dict]] = {}
+        casts = []
         for item in items:
             item["stamp"] = envelopes.publication_stamp()
             if item["channel"] is not None:
                 by_owner.setdefault(self.shards.owner(item["channel"]), []).append(item)
             else:
                 direct = envelope(item)
-                for shard, users in self.shards.group(item["pm_users"]).items():
-                    self.shards.cast(shard, "direct", {"users": users, "envelope": direct,
-                                                        "stamp": item["stamp"]})
-        for shard, group in by_owner.items():
-            self.shards.cast(shard, command, group)
+                casts.extend((shard, "direct", {"users": users, "envelope": direct,
+                                                "stamp": item["stamp"]})
+                             for shard, users in self.shards.group(item["pm_users"]).items())
+        casts.extend((shard, command, group) for shard, group in by_owner.items())
+        links = [self.shards.link(shard) for shard, _, _ in casts]   # all or nothing: 503
+        for link, (_, name, args) in zip(links, casts):
+            link.cast(name, args)
 
     # -- users and channels ---------------------------------------------------------
 

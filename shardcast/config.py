@@ -131,6 +131,10 @@ class Config:
     send_buffer_size: int = _key(
         1048576, "bytes queued for one connection before it is dropped as too slow"
     )
+    max_shard_backlog: int = _key(
+        33554432, "bytes an API process queues for one shard that does not read them (stopped, "
+        "or far behind); past it, commands for that shard answer 503"
+    )
     max_message_size: int = _key(
         262144, "largest message payload of one /message item, in bytes of its JSON"
     )
@@ -204,9 +208,9 @@ _TIMINGS = (
     "shutdown_timeout", "node_timeout", "redis_timeout", "history_ttl", "http_header_timeout",
     "http_body_timeout", "http_keep_alive_timeout", "http_send_timeout",
 )
-_SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "catchup_size",
-          "max_message_size", "replay_cache_size", "max_url_size", "max_header_size",
-          "max_headers")
+_SIZES = ("max_body_size", "max_client_frame_size", "send_buffer_size", "max_shard_backlog",
+          "catchup_size", "max_message_size", "replay_cache_size", "max_url_size",
+          "max_header_size", "max_headers")
 _LIMITS = ("max_channels_per_connection", "max_connections_per_user",
            "max_connections_per_shard", "max_state_keys", "max_long_polls",
            "admin_channels_limit", "max_connections_per_address")   # 0: no limit

@@ -103,6 +103,8 @@ class HttpApi:
             result = handler(request)
         except Invalid as error:
             return json_response(error.errors, error.status)
+        except ShardUnavailable as error:    # a command sent without waiting (/message)
+            return json_response(error.errors(), 503)
         if isinstance(result, Response):
             return result
         return self._guard(result)

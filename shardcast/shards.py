@@ -23,12 +23,25 @@ class ShardUnavailable(Exception):
         return {"shard": [f"Shard {self.shard} is unavailable; retry"]}
 
 
+class ShardBehind(ShardUnavailable):
+    """A shard has not read what this process already queued for it (max_shard_backlog)."""
+
+    def __init__(self, shard: int, limit: int) -> None:
+        super().__init__(shard)
+        self.limit = limit
+
+    def errors(self) -> dict:
+        return {"shard": [f"Shard {self.shard} is behind: more than {self.limit} bytes wait "
+                          "for it (max_shard_backlog); retry"]}
+
+
 RECONNECT_EVERY = 0.05     # seconds between tries to reach a (restarting) shard
 
 
 class Shards:
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, max_backlog: int) -> None:
         self.count = shards
+        self.max_backlog = max_backlog   # bytes queued for a shard that does not read them
         self.links: list[Link | None] = [None] * shards
         self.restarts = [0] * shards        # counted by the supervisor, shown by admin.json
 
@@ -61,9 +74,13 @@ class Shards:
         return by_owner(keys, self.count)
 
     def link(self, shard: int) -> Link:
+        """The link to ``shard``, if it can take more: a stalled shard's link would otherwise
+        buffer everything sent its way in this process."""
         link = self.links[shard]
         if link is None or link.closed:
             raise ShardUnavailable(shard)
+        if link.transport.get_write_buffer_size() > self.max_backlog:
+            raise ShardBehind(shard, self.max_backlog)
         return link
 
     def request(self, shard: int, command: str, args: Any, raw: bool = False,

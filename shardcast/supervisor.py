@@ -38,7 +38,7 @@ SPAWN = multiprocessing.get_context("spawn")
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.shards = Shards(config.workers)
+        self.shards = Shards(config.workers, config.max_shard_backlog)
         self.processes: list[BaseProcess | None] = [None] * config.workers
         self.restarts = self.shards.restarts
         self.ipc_dir = tempfile.mkdtemp(prefix="shardcast-")

@@ -1,0 +1,97 @@
+"""What an API process does when a shard cannot take its commands: a stopped shard's link
+fills up to max_shard_backlog, then that shard's commands answer 503 naming it (the process
+holds no more), and it takes them again once the shard reads; a post to a shard being restarted
+answers 503, not 500, and a post that names several shards is refused whole."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from contract import wait_until
+import harness
+from harness import CONTRACT_ENV, Server
+
+WORKERS = 2
+BACKLOG = 262144            # max_shard_backlog of the server below
+PAYLOAD = "x" * 65536       # a post's worth: the stopped shard's link is full within tens
+MAX_POSTS = 200             # the kernel's socket buffer and BACKLOG take far fewer
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server(WORKERS, {**CONTRACT_ENV, "SHARDCAST_API_WORKERS": "1",
+                              "SHARDCAST_MAX_SHARD_BACKLOG": str(BACKLOG)}).start()
+    yield server
+    server.stop()
+
+
+def shard_pid(server: Server, index: int) -> int:
+    return server.get("/admin/admin.json").json()["shards"][index]["pid"]
+
+
+def post(server: Server, *items: dict):
+    return server.post("/message", [{"user": "backend", **item} for item in items])
+
+
+def test_a_stopped_shard_takes_commands_up_to_its_backlog_then_answers_503(server, open_ws):
+    stalled, healthy = harness.owned_by(1, WORKERS, "stalled"), harness.owned_by(0, WORKERS, "ok")
+    reader = open_ws(server.connect("reader", [stalled],
+                                    conn_id=harness.conn_id_on(0, WORKERS)))
+    pid = shard_pid(server, 1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        accepted = []
+        for number in range(MAX_POSTS):
+            response = post(server, {"channel": stalled,
+                                     "message": {"n": number, "pad": PAYLOAD}})
+            if response.status_code != 200:
+                break
+            accepted.append(number)
+        assert response.status_code == 503, f"{MAX_POSTS} posts taken for a stopped shard"
+        assert response.json() == {"shard": [
+            f"Shard 1 is behind: more than {BACKLOG} bytes wait for it (max_shard_backlog); "
+            "retry"]}
+        assert len(accepted) * len(PAYLOAD) > BACKLOG
+        assert post(server, {"channel": healthy, "message": {"n": 0}}).status_code == 200
+        ready = server.get("/ready")
+        assert ready.status_code == 503 and ready.json()["down"] == {"1": "behind"}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    refused = number
+    wait_until(lambda: post(server, {"channel": stalled, "message": {"n": "probe"}}
+                            ).status_code == 200, timeout=10)
+    marker = server.sentinel(stalled)
+    received = [envelope["message"]["n"] for envelope in reader.until_uuid(marker, timeout=10)
+                if envelope.get("type") == "message"]
+    taken = [n for n in received if isinstance(n, int)]
+    assert taken == accepted and refused not in taken
+    assert shard_pid(server, 1) == pid      # stopped and resumed, never restarted
+
+
+def test_a_post_to_a_restarting_shard_is_refused_whole_with_503(server, open_ws):
+    lost, healthy = harness.owned_by(1, WORKERS, "lost"), harness.owned_by(0, WORKERS, "kept")
+    reader = open_ws(server.connect("witness", [healthy],
+                                    conn_id=harness.conn_id_on(0, WORKERS)))
+    pid = shard_pid(server, 1)
+    os.kill(pid, signal.SIGKILL)
+    answers: dict[int, list[int]] = {}
+    deadline = time.monotonic() + 10
+    number = 0
+    while time.monotonic() < deadline:     # until the restarted shard takes posts again
+        response = post(server, {"channel": healthy, "message": {"n": number}},
+                        {"channel": lost, "message": {"n": number}})
+        answers.setdefault(response.status_code, []).append(number)
+        if response.status_code == 503:
+            assert response.json() == {"shard": ["Shard 1 is unavailable; retry"]}
+        elif response.status_code == 200 and 503 in answers:
+            break
+        number += 1
+    assert set(answers) <= {200, 503}, {status: len(n) for status, n in answers.items()}
+    assert answers.get(503), "the restart went unnoticed: no post was refused"
+    marker = server.sentinel(healthy)
+    received = [envelope["message"]["n"] for envelope in reader.until_uuid(marker)
+                if envelope.get("type") == "message"]
+    assert received == answers[200]
