@@ -11,6 +11,7 @@ import orjson
 from msgspec import UNSET
 
 from . import __version__, envelopes, info
+from .ipc import Link
 from .shards import ShardBehind, Shards, ShardUnavailable
 from .config import Config
 from .info import checked
@@ -189,30 +190,28 @@ class Commands:
 
     # -- messages -------------------------------------------------------------------
 
-    def publish(self, items: list[MessageItem]) -> bytes:
-        """The accepted items as the JSON answer; they are sent on once their messages pass."""
+    def publish(self, items: list[MessageItem]) -> tuple[bytes, list[Link]]:
+        """The accepted items as the JSON answer, and the links they went on; they are sent on
+        once their messages pass."""
         now = envelopes.now_iso()
         accepted = [_message(item, now) for item in items if item.channel or item.pm_users]
         answer = encode_checked(items, accepted, self.config.max_message_size)
-        self._route(accepted, "publish", envelopes.message)
-        return answer
+        return answer, self._route(accepted, "publish", envelopes.message)
 
-    def edit(self, items: list[EditItem]) -> bytes:
+    def edit(self, items: list[EditItem]) -> tuple[bytes, list[Link]]:
         accepted = [_edit(item) for item in items if item.channel or item.pm_users]
         answer = encode_checked(items, accepted, self.config.max_message_size)
-        self._route(accepted, "edit", envelopes.edit)
-        return answer
+        return answer, self._route(accepted, "edit", envelopes.edit)
 
-    def delete(self, items: list[DeleteItem]) -> bytes:
+    def delete(self, items: list[DeleteItem]) -> tuple[bytes, list[Link]]:
         accepted = [_routing(item) for item in items if item.channel or item.pm_users]
-        answer = orjson.dumps(accepted)
-        self._route(accepted, "delete", envelopes.delete)
-        return answer
+        return orjson.dumps(accepted), self._route(accepted, "delete", envelopes.delete)
 
-    def _route(self, items: list[dict], command: str, envelope) -> None:
-        """Channel items to their channel's owner (in order); direct ones to the users' owners.
-        Each carries a ``stamp`` of when it was posted: catch-up replays in that order whichever
-        way the items travel (the channel owner takes it off before keeping the item)."""
+    def _route(self, items: list[dict], command: str, envelope) -> list[Link]:
+        """Channel items to their channel's owner (in order); direct ones to the users' owners;
+        returns the links they went on. Each carries a ``stamp`` of when it was posted:
+        catch-up replays in that order whichever way the items travel (the channel owner takes
+        it off before keeping the item)."""
         by_owner: dict[int, list[dict]] = {}
         casts = []
         for item in items:
@@ -228,6 +227,7 @@ class Commands:
         links = [self.shards.link(shard) for shard, _, _ in casts]   # all or nothing: 503
         for link, (_, name, args) in zip(links, casts):
             link.cast(name, args)
+        return links
 
     # -- users and channels ---------------------------------------------------------
 

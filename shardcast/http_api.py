@@ -13,6 +13,7 @@ from .shards import ShardUnavailable
 from .commands import Commands
 from .config import Config
 from .http_server import Request, Response, json_response
+from .ipc import Link
 from .schemas import Invalid
 
 ALLOW_METHODS = "GET, POST, OPTIONS, PUT, DELETE, PATCH"
@@ -123,9 +124,10 @@ class HttpApi:
     def decorate(self, request: Request, response: Response) -> None:
         """Just before an answer leaves. With several API processes, what the request sent the
         shards leaves first: the backend's next request may reach another one, whose frames
-        must not overtake these (sequential posts arrive in order). Alone, this process queues
-        the next request's frames behind these, and a tick's requests share a write. CORS on
-        every answer: browsers call /listen and /disconnect directly."""
+        must not overtake these (sequential posts arrive in order; see also ``_sent_on``).
+        Alone, this process queues the next request's frames behind these, and a tick's
+        requests share a write. CORS on every answer: browsers call /listen and /disconnect
+        directly."""
         if self.flush_first:
             self.commands.shards.flush()
         allowed = self.config.allow_cors
@@ -185,15 +187,25 @@ class HttpApi:
         return json_response(await self.commands.unsubscribe(body))
 
     def message(self, request: Request) -> Response:
-        return Response(200, self.commands.publish(schemas.decode(request.body,
-                                                                  schemas.MessageList)))
+        return self._sent_on(*self.commands.publish(schemas.decode(request.body,
+                                                                   schemas.MessageList)))
 
     def edit(self, request: Request) -> Response:
-        return Response(200, self.commands.edit(schemas.decode(request.body, schemas.EditList)))
+        return self._sent_on(*self.commands.edit(schemas.decode(request.body,
+                                                                schemas.EditList)))
 
     def delete(self, request: Request) -> Response:
-        return Response(200, self.commands.delete(schemas.decode(request.body,
-                                                                 schemas.DeleteList)))
+        return self._sent_on(*self.commands.delete(schemas.decode(request.body,
+                                                                  schemas.DeleteList)))
+
+    def _sent_on(self, answer: bytes, links: list[Link]) -> Response:
+        """The answer to commands sent without waiting for the shards. With several API
+        processes it leaves once they are in the links' sockets: flushed, a full socket (its
+        shard behind) would keep them in this process, and the backend's next post, through
+        another one, could overtake them."""
+        if not self.flush_first:
+            return Response(200, answer)
+        return Response(200, answer, after=self.commands.shards.in_sockets(links))
 
     async def user_state(self, request: Request) -> Response:
         body = schemas.decode(request.body, schemas.UserStateBody)

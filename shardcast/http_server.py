@@ -52,14 +52,16 @@ class Request:
 
 
 class Response:
-    __slots__ = ("status", "body", "content_type", "headers")
+    __slots__ = ("status", "body", "content_type", "headers", "after")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 after: asyncio.Future | None = None) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers or {}
+        self.after = after      # the answer leaves once this is done (and those before it)
 
 
 def json_response(value: object, status: int = 200) -> Response:
@@ -83,9 +85,10 @@ class HttpProtocol(asyncio.Protocol):
 
     Reading pauses while a handler's answer is awaited or the client does not read its answers
     (pause_writing): a connection then holds one slice of parsed requests, the rest of one read
-    unparsed and what the transport buffers past its high-water mark. One timer enforces the
-    timeout of what the client owes: its headers, its body, its next request, or reading ours;
-    none runs while the client waits for us.
+    unparsed and what the transport buffers past its high-water mark. An answer that waits
+    (``Response.after``) holds the later ones back, while their requests go on being handled.
+    One timer enforces the timeout of what the client owes: its headers, its body, its next
+    request, or reading ours; none runs while the client waits for us.
     """
 
     def __init__(self, app: Handler, limits: HttpLimits,
@@ -100,6 +103,9 @@ class HttpProtocol(asyncio.Protocol):
         self.admitted = False
         self.queue: collections.deque[Request] = collections.deque()
         self.busy = False               # a handler's answer is awaited
+        # Answers that wait, in order: (Response.after, bytes, keep-alive)
+        self.held: collections.deque[tuple[asyncio.Future | None, tuple[bytes, ...], bool]] = (
+            collections.deque())
         self.writing_paused = False     # the client does not take our answers as fast
         self.closing = False
         self.unparsed: bytes | memoryview | None = None   # read while parsing was held
@@ -145,6 +151,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = self.parser = self.unparsed = None
         self.closing = True
         self.queue.clear()
+        self.held.clear()
         self._reset()
 
     def pause_writing(self) -> None:
@@ -314,6 +321,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
+        wait = response.after
         head = (f"{_status_line(response.status)}content-type: {response.content_type}\r\n"
                 f"content-length: {len(response.body)}\r\n")
         for name, value in response.headers.items():
@@ -322,16 +330,49 @@ class HttpProtocol(asyncio.Protocol):
             head += "connection: close\r\n"
         encoded = f"{head}\r\n".encode("latin-1")
         if len(response.body) > COPY_LIMIT:
-            self.transport.writelines((encoded, response.body))
+            parts: tuple[bytes, ...] = (encoded, response.body)
         else:
-            self.transport.write(encoded + response.body)
+            parts = (encoded + response.body,)
+        if wait is None and not self.held:
+            self._write(parts, request.keep_alive)
+            return
+        # It waits, and later answers wait behind it; the requests after it are handled
+        # meanwhile, unless this answer closes the connection.
+        self.held.append((wait, parts, request.keep_alive))
+        if wait is not None:
+            wait.add_done_callback(self._release)
         if not request.keep_alive:
+            self.busy = True
+            self.transport.pause_reading()
+
+    def _write(self, parts: tuple[bytes, ...], keep_alive: bool) -> None:
+        if len(parts) > 1:
+            self.transport.writelines(parts)
+        else:
+            self.transport.write(parts[0])
+        if not keep_alive:
             self._close()
+
+    def _release(self, _: object = None) -> None:
+        """Send the held answers whose wait is over, in order; then go on as after any."""
+        held = self.held
+        while held and not self.closing and (held[0][0] is None or held[0][0].done()):
+            _, parts, keep_alive = held.popleft()
+            self._write(parts, keep_alive)
+        if not held:
+            self._resume()
+
+    def _send_held(self) -> None:
+        """The connection is being closed: what is held leaves now, ahead of the end."""
+        while self.held:
+            _, parts, _ = self.held.popleft()
+            self._write(parts, True)
 
     def _fail(self, status: HTTPStatus, message: str, close: bool = True) -> None:
         """Answer a request we cannot parse or accept; the connection closes after it."""
         if self.closing:
             return
+        self._send_held()
         body = orjson.dumps({"request": [message]})
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
@@ -352,6 +393,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         if self.closing:
             return
+        self._send_held()
         self.closing = True
         transport = self.transport
         if self.reading != FRESH and transport.can_write_eof():
@@ -394,7 +436,7 @@ class HttpProtocol(asyncio.Protocol):
         sending = self.closing or self.writing_paused
         if sending:
             deadline = self.send_since + limits.send_timeout
-        elif self.busy:
+        elif self.busy or self.held:
             return              # the client waits for us; _await_client() starts the timer again
         else:
             deadline = self.since + limits.timeouts[self.reading]

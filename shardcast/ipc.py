@@ -8,6 +8,7 @@ in one event-loop tick leave in one write, behind a stamp of when it was made.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
 import time
@@ -114,6 +115,9 @@ class Link(asyncio.Protocol):
         self.closed = False
         self.requests: dict[int, tuple[asyncio.Future, bool]] = {}
         self.next_id = 0
+        self.sent = 0           # bytes handed to the transport
+        # (bytes handed to the transport then, future done once the socket took them)
+        self.unsent: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
         # Looked up once: Python 3.11's get_running_loop() makes a getpid syscall each time.
         self.loop = asyncio.get_running_loop()
 
@@ -151,6 +155,10 @@ class Link(asyncio.Protocol):
             if not future.done():
                 future.set_exception(ConnectionError(reason))
         self.requests.clear()
+        for _, future in self.unsent:      # nothing more will get through: wait no longer
+            if not future.done():
+                future.set_result(None)
+        self.unsent.clear()
 
     def write(self, frame: bytes) -> None:
         if self.closed:
@@ -169,7 +177,42 @@ class Link(asyncio.Protocol):
         if self.transport is not None and self.outgoing:
             frames, self.outgoing = self.outgoing, []
             frames.insert(0, stamp())
-            self.transport.write(b"".join(frames))
+            data = b"".join(frames)
+            self.sent += len(data)
+            self.transport.write(data)
+            if self.unsent and not self.closed:
+                self._watch()
+
+    def in_socket(self) -> asyncio.Future | None:
+        """Done once all handed to the transport so far is in the socket, the shard's to read;
+        None when it already is (the transport buffers nothing)."""
+        transport = self.transport
+        if transport is None or self.closed or not transport.get_write_buffer_size():
+            return None
+        future = self.loop.create_future()
+        self.unsent.append((self.sent, future))
+        self._watch()
+        return future
+
+    def _watch(self) -> None:
+        """Resolve what the socket took; then have uvloop call resume_writing once it takes
+        the next one's bytes. It checks its low-water mark whenever a write completes (each
+        flush is one write), so the mark is set to what was handed over after those bytes."""
+        unsent, transport = self.unsent, self.transport
+        taken = self.sent - transport.get_write_buffer_size()
+        while unsent and unsent[0][0] <= taken:
+            future = unsent.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+        if unsent:
+            after = self.sent - unsent[0][0]
+            transport.set_write_buffer_limits(high=after, low=after)
+        else:
+            transport.set_write_buffer_limits()     # uvloop's defaults
+
+    def resume_writing(self) -> None:
+        if self.unsent and not self.closed:
+            self._watch()
 
     def request(self, command: str, args: Any, raw: bool = False) -> asyncio.Future:
         """Send a request; the future resolves to the decoded reply (or raw bytes)."""

@@ -110,6 +110,20 @@ class Shards:
             if link is not None and link.outgoing:
                 link.flush()
 
+    @staticmethod
+    def in_sockets(links: Iterable[Link]) -> asyncio.Future | None:
+        """Flush ``links``: done once what they were handed is in their sockets; None when it
+        already is."""
+        waits = []
+        for link in dict.fromkeys(links):      # each once
+            link.flush()
+            wait = link.in_socket()
+            if wait is not None:
+                waits.append(wait)
+        if not waits:
+            return None
+        return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
+
     def cast_all(self, command: str, args: Any) -> None:
         for link in self.links:
             if link is not None and not link.closed:

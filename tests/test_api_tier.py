@@ -1,20 +1,27 @@
 """API processes share the API port: the kernel spreads connections over them, sequential posts
-through different ones arrive in order, and one that dies is replaced while the others answer."""
+through different ones arrive in order (shards behind, links full), an answer waits while its
+shard's socket is full, and one that dies is replaced while the others answer."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import selectors
 import signal
+import socket
 import threading
 import time
+from typing import Iterator
 
 import pytest
 import requests
 
 from contract import unique, wait_until
+import harness
 from harness import CONTRACT_ENV, Server
+from rawhttp import open_socket, read_response
 from wsclient import raw_handshake
 
 PROCESSES = 2
@@ -22,6 +29,8 @@ CONNECTIONS = 40
 POSTS = 150
 FLOODED = 300       # websockets enough that a flush takes milliseconds: shards rest (and hold)
 FLOOD_ITEMS = 10    # messages a flood post: ten a frame, a shard behind
+FILL, FILL_ITEMS = 100_000, 8       # bytes of a big message, and such messages a post
+PIPELINED = 20      # posts sent at once on one connection to a stopped shard
 SHARDS = 2
 
 
@@ -78,8 +87,8 @@ def test_sequential_posts_through_either_api_process_arrive_in_order(server):
     assert_sequential_posts_arrive_in_order(server)
 
 
-def assert_sequential_posts_arrive_in_order(server: Server) -> None:
-    channel = unique("ch")
+def assert_sequential_posts_arrive_in_order(server: Server, channel: str = "") -> None:
+    channel = channel or unique("ch")
     with server.ws(server.connect(unique("u"), [channel])["ws_url"]) as client:
         texts = [str(n) for n in range(POSTS)]
         for text in texts:
@@ -103,33 +112,113 @@ def drain(sockets: list, stop: threading.Event) -> None:
                     pass
 
 
-def flood(server: Server, channel: str, stop: threading.Event) -> None:
-    items = [{"channel": channel, "user": "flood", "message": {"text": "x" * 200}}] * FLOOD_ITEMS
+def posts(channel: str, size: int, count: int) -> list[dict]:
+    return [{"channel": channel, "user": "load", "message": {"text": "x" * size}}] * count
+
+
+def keep_posting(server: Server, items: list[dict], stop: threading.Event) -> None:
     while not stop.is_set():
         assert fresh_post(server, "/message", items).status_code == 200
 
 
-def test_sequential_posts_arrive_in_order_while_the_shards_are_behind(server):
-    """Posts of ten messages to a crowded channel keep the shards behind, so each leaves its IPC
-    links unread while it rests and reads them all when the rest ends, in an order of the
-    loop's. Sequential posts through either API process must still arrive as they were
-    answered: it fails when a shard handles its links' frames in the order it reads them."""
+@contextlib.contextmanager
+def shards_behind(server: Server, full: str = "") -> Iterator[None]:
+    """Posts of ten messages to a crowded channel keep the shards behind while the block runs;
+    with ``full``, posts of big messages to that channel (nobody joined it: its shard drops
+    them) fill that shard's links while it holds them."""
     crowded = unique("crowded")
     sockets = [raw_handshake(server.connect(unique("f"), [crowded])["ws_url"])
                for _ in range(FLOODED)]
     stop = threading.Event()
+    loads = [posts(crowded, 200, FLOOD_ITEMS)]
+    if full:
+        loads += [posts(full, FILL, FILL_ITEMS)] * 2
     threads = [threading.Thread(target=drain, args=(sockets, stop)),
-               threading.Thread(target=flood, args=(server, crowded, stop))]
+               *(threading.Thread(target=keep_posting, args=(server, items, stop))
+                 for items in loads)]
     try:
         for thread in threads:
             thread.start()
-        assert_sequential_posts_arrive_in_order(server)
+        yield
     finally:
         stop.set()
         for thread in threads:
             thread.join()
         for sock in sockets:
             sock.close()
+
+
+def test_sequential_posts_arrive_in_order_while_the_shards_are_behind(server):
+    """Shards behind leave their IPC links unread while they rest and read them all when the
+    rest ends, in an order of the loop's. Sequential posts through either API process must
+    still arrive as they were answered: it fails when a shard handles its links' frames in
+    the order it reads them."""
+    with shards_behind(server):
+        assert_sequential_posts_arrive_in_order(server)
+
+
+def test_sequential_posts_arrive_in_order_while_the_links_are_full(server):
+    """As above, with the links of the channel's shard full: an API process answers a post only
+    once its frames are in the link's socket, not in its own buffer, or a post through the
+    other one could get there first."""
+    channel = unique("ch")
+    full = harness.owned_by(harness.owner(channel, SHARDS), SHARDS, "full")
+    with shards_behind(server, full):
+        assert_sequential_posts_arrive_in_order(server, channel)
+
+
+def send_post(server: Server, sock: socket.socket, channel: str, message: dict) -> None:
+    body = json.dumps([{"channel": channel, "user": "backend", "message": message}]).encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in server.sign().items())
+    sock.sendall(f"POST /message HTTP/1.1\r\nhost: 127.0.0.1\r\n{head}content-type: "
+                 f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def status_within(sock: socket.socket, timeout: float) -> int | None:
+    """The status of the next answer, or None if none comes within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        return read_response(sock)[0]
+    except socket.timeout:
+        return None
+
+
+def test_a_stopped_shard_holds_answers_back(server, open_ws):
+    """Its shard stopped, an API process answers posts until the link's socket is full; then
+    the answer waits (the backend's next post, through another process, must not overtake
+    it), and so do those of the posts pipelined behind it, while posts to the other shard are
+    answered at once. All are answered once the shard reads again, and delivered in order."""
+    channel = harness.owned_by(1, SHARDS, "stalled")
+    reader = open_ws(server.connect(unique("u"), [channel],
+                                    conn_id=harness.conn_id_on(0, SHARDS)))
+    pid = server.get("/admin/admin.json").json()["shards"][1]["pid"]
+    with contextlib.closing(open_socket(server.api_port)) as sock:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answered = []
+            while len(answered) < 200:      # a full socket takes a few; then one waits
+                send_post(server, sock, channel, {"n": len(answered), "pad": "x" * FILL})
+                status = status_within(sock, 1.0)
+                if status is None:
+                    break
+                answered.append(status)
+            assert status is None and set(answered) == {200}, answered
+            waiting = len(answered)
+            for number in range(waiting + 1, waiting + 1 + PIPELINED):
+                send_post(server, sock, channel, {"n": number})
+            assert status_within(sock, 0.5) is None
+            # Only answers of posts to the stopped shard wait: other shards' are not held.
+            elsewhere = harness.owned_by(0, SHARDS, "elsewhere")
+            assert [fresh_post(server, "/message", posts(elsewhere, 10, 1)).status_code
+                    for _ in range(CONNECTIONS // 4)] == [200] * (CONNECTIONS // 4)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [status_within(sock, 10) for _ in range(PIPELINED + 1)] == [200] * (
+            PIPELINED + 1)
+    marker = server.sentinel(channel)
+    numbers = [envelope["message"]["n"] for envelope in reader.until_uuid(marker, timeout=10)
+               if envelope.get("type") == "message"]
+    assert numbers == list(range(waiting + 1 + PIPELINED))
 
 
 def test_a_killed_api_process_is_replaced_and_the_others_answer(server):

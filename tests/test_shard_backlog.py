@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from contract import wait_until
+from contract import unique, wait_until
 import harness
 from harness import CONTRACT_ENV, Server
 
@@ -36,10 +36,15 @@ def post(server: Server, *items: dict):
     return server.post("/message", [{"user": "backend", **item} for item in items])
 
 
+def reader(server: Server, open_ws, channel: str):
+    """A websocket in ``channel`` on shard 0, which is never stopped."""
+    return open_ws(server.connect(unique("reader"), [channel],
+                                  conn_id=harness.conn_id_on(0, WORKERS)))
+
+
 def test_a_stopped_shard_takes_commands_up_to_its_backlog_then_answers_503(server, open_ws):
     stalled, healthy = harness.owned_by(1, WORKERS, "stalled"), harness.owned_by(0, WORKERS, "ok")
-    reader = open_ws(server.connect("reader", [stalled],
-                                    conn_id=harness.conn_id_on(0, WORKERS)))
+    client = reader(server, open_ws, stalled)
     pid = shard_pid(server, 1)
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -64,7 +69,7 @@ def test_a_stopped_shard_takes_commands_up_to_its_backlog_then_answers_503(serve
     wait_until(lambda: post(server, {"channel": stalled, "message": {"n": "probe"}}
                             ).status_code == 200, timeout=10)
     marker = server.sentinel(stalled)
-    received = [envelope["message"]["n"] for envelope in reader.until_uuid(marker, timeout=10)
+    received = [envelope["message"]["n"] for envelope in client.until_uuid(marker, timeout=10)
                 if envelope.get("type") == "message"]
     taken = [n for n in received if isinstance(n, int)]
     assert taken == accepted and refused not in taken
@@ -73,8 +78,7 @@ def test_a_stopped_shard_takes_commands_up_to_its_backlog_then_answers_503(serve
 
 def test_a_post_to_a_restarting_shard_is_refused_whole_with_503(server, open_ws):
     lost, healthy = harness.owned_by(1, WORKERS, "lost"), harness.owned_by(0, WORKERS, "kept")
-    reader = open_ws(server.connect("witness", [healthy],
-                                    conn_id=harness.conn_id_on(0, WORKERS)))
+    client = reader(server, open_ws, healthy)
     pid = shard_pid(server, 1)
     os.kill(pid, signal.SIGKILL)
     answers: dict[int, list[int]] = {}
@@ -92,6 +96,6 @@ def test_a_post_to_a_restarting_shard_is_refused_whole_with_503(server, open_ws)
     assert set(answers) <= {200, 503}, {status: len(n) for status, n in answers.items()}
     assert answers.get(503), "the restart went unnoticed: no post was refused"
     marker = server.sentinel(healthy)
-    received = [envelope["message"]["n"] for envelope in reader.until_uuid(marker)
+    received = [envelope["message"]["n"] for envelope in client.until_uuid(marker)
                 if envelope.get("type") == "message"]
     assert received == answers[200]
