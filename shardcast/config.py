@@ -132,8 +132,9 @@ class Config:
         1048576, "bytes queued for one connection before it is dropped as too slow"
     )
     max_shard_backlog: int = _key(
-        33554432, "bytes an API process queues for one shard that does not read them (stopped, "
-        "or far behind); past it, commands for that shard answer 503"
+        33554432, "bytes an API process or a shard queues for a shard that does not read them "
+        "(stopped, or far behind); past it, commands for that shard answer 503, and its "
+        "subscribers who miss deliveries are closed with 3008"
     )
     max_message_size: int = _key(
         262144, "largest message payload of one /message item, in bytes of its JSON"

@@ -23,6 +23,7 @@ from .routing import by_owner, owner
 from .schemas import InfoFlags, Invalid
 from .shards import ShardUnavailable, answers
 from .user import User, UserOwner
+from .websocket import NORMAL, TOO_SLOW
 
 UNKNOWN_CONNECTION = {"error": {"conn_id": ["Unknown connection"]}}
 USER_SIDE = ("user", "fresh_state", "state", "public_keys", "conn_id")
@@ -47,7 +48,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         "connect", "subscribe", "unsubscribe", "conn_close", "conn_channels",
         "user_connect", "user_public", "user_state", "user_states", "user_conn_gone",
         "join", "activate", "leave", "configure", "info", "publish", "edit", "delete", "direct",
-        "state_change", "stats", "peer_restarted", "conn_info", "history_after",
+        "state_change", "stats", "peer_restarted", "conn_info", "history_after", "lagged",
     )
 
     def __init__(self, index: int, shards: int, config: Config, net: Net) -> None:
@@ -208,6 +209,17 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
         self.remove_conn(conn)
         return True
 
+    def lagged(self, args: dict) -> None:
+        """A peer dropped deliveries to these channels' and connections' subscribers here,
+        this shard having left too much of its link unread (Worker.behind): they are closed
+        as slow consumers, so that their clients reconnect and catch up."""
+        conns = {self.conns[conn_id] for conn_id in args["conns"] if conn_id in self.conns}
+        for name in args["channels"]:
+            conns.update(self.subscribers.get(name, ()))
+        for conn in conns:
+            self.slow_consumers += 1
+            self.remove_conn(conn, TOO_SLOW)
+
     def conn_channels(self, args: dict) -> list[str]:
         names: set[str] = set()
         for conn_id in args["conn_ids"]:
@@ -241,7 +253,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
             if not local:
                 del self.subscribers[name]
 
-    def remove_conn(self, conn: Connection) -> None:
+    def remove_conn(self, conn: Connection, code: int = NORMAL) -> None:
         """Forget a connection and tell the owners of its channels and user."""
         if self.conns.pop(conn.id, None) is None:
             return
@@ -252,7 +264,7 @@ class Shard(ChannelOwner, UserOwner, Recovery, Resume):
                       {"user": conn.user, "conn_id": conn.id})
         transport, conn.transport = conn.transport, None
         if transport is not None:
-            transport.close(1000)
+            transport.close(code)
 
     def attach(self, conn: Connection, transport: Transport) -> None:
         """A websocket or long poll takes over delivery; catch-up goes first (for a client

@@ -126,6 +126,8 @@ class Worker:
         self.handlers["stats"] = self.stats
         self.handlers["ready"] = lambda args: True     # /ready: this loop answers
         self.peers: list[Link | None] = [None] * config.workers
+        # Per peer left behind: the channels and connections whose deliveries it missed.
+        self.missed: dict[int, tuple[set[str], set[str]]] = {}
         self.parent = os.getppid()
         self.descriptors = descriptors.Watch(f"shard {index}")
         self.long_polls = 0     # /listen requests held open
@@ -209,8 +211,36 @@ class Worker:
     def deliver(self, shard: int, route: list, frame: bytes) -> None:
         if shard == self.index:
             self.actor.deliver(route, frame)
-        else:
-            self.peer(shard).write(ipc.pack_route(route, frame))
+            return
+        link = self.peer(shard)
+        if not self.behind(shard, link, route):
+            link.write(ipc.pack_route(route, frame))
+
+    def behind(self, shard: int, link: Link, route: list) -> bool:
+        """Whether the peer leaves more than max_shard_backlog unread (stopped, or far
+        behind): then this delivery is dropped and noted, rather than kept here for as long as
+        the peer takes. Once it reads again, it is told whose deliveries it missed (``lagged``)
+        before any other, and closes them as slow consumers: their clients come back and
+        catch up."""
+        if self.full(link):
+            channels, conns = self.missed.setdefault(shard, (set(), set()))
+            if route[0] == "c":
+                channels.add(route[1])
+            else:
+                conns.update(route[1])
+            return True
+        if shard in self.missed:
+            self.tell_lagged(shard, link)
+        return False
+
+    def full(self, link: Link) -> bool:
+        transport = link.transport
+        return (transport is not None
+                and transport.get_write_buffer_size() > self.config.max_shard_backlog)
+
+    def tell_lagged(self, shard: int, link: Link) -> None:
+        channels, conns = self.missed.pop(shard)
+        link.cast("lagged", {"channels": sorted(channels), "conns": sorted(conns)})
 
     def schedule_flush(self) -> None:
         if self.inbox.held:
@@ -269,6 +299,7 @@ class Worker:
         """The link to a peer shard, connected lazily and again after a restart."""
         link = self.peers[shard]
         if link is None or link.closed:
+            self.missed.pop(shard, None)    # a restarted peer has none of those connections
             link = self.peers[shard] = Link(self.on_frame)
             asyncio.ensure_future(self.connect(link, shard))
         return link
@@ -359,6 +390,10 @@ class Worker:
         now = time.monotonic()
         self.actor.sweep(now)
         self.descriptors.check(now)
+        for shard in list(self.missed):     # a peer that caught up, with nothing more to get
+            link = self.peers[shard]
+            if link.transport is not None and not self.full(link):
+                self.tell_lagged(shard, link)
         self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     @property

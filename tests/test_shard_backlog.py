@@ -1,7 +1,9 @@
-"""What an API process does when a shard cannot take its commands: a stopped shard's link
-fills up to max_shard_backlog, then that shard's commands answer 503 naming it (the process
-holds no more), and it takes them again once the shard reads; a post to a shard being restarted
-answers 503, not 500, and a post that names several shards is refused whole."""
+"""When a shard cannot take what is sent to it. An API process: a stopped shard's link fills up
+to max_shard_backlog, then that shard's commands answer 503 naming it (the process holds no
+more), and it takes them again once the shard reads; a post to a shard being restarted answers
+503, not 500, and a post that names several shards is refused whole. A shard: deliveries to a
+stopped peer past max_shard_backlog are dropped, and the peer's subscribers who missed them are
+closed as slow consumers (3008) once it reads again."""
 from __future__ import annotations
 
 import os
@@ -9,6 +11,7 @@ import signal
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from contract import unique, wait_until
 import harness
@@ -36,10 +39,10 @@ def post(server: Server, *items: dict):
     return server.post("/message", [{"user": "backend", **item} for item in items])
 
 
-def reader(server: Server, open_ws, channel: str):
-    """A websocket in ``channel`` on shard 0, which is never stopped."""
+def reader(server: Server, open_ws, channel: str, shard: int = 0):
+    """A websocket in ``channel`` on ``shard`` (shard 0 is never stopped)."""
     return open_ws(server.connect(unique("reader"), [channel],
-                                  conn_id=harness.conn_id_on(0, WORKERS)))
+                                  conn_id=harness.conn_id_on(shard, WORKERS)))
 
 
 def test_a_stopped_shard_takes_commands_up_to_its_backlog_then_answers_503(server, open_ws):
@@ -99,3 +102,32 @@ def test_a_post_to_a_restarting_shard_is_refused_whole_with_503(server, open_ws)
     received = [envelope["message"]["n"] for envelope in client.until_uuid(marker)
                 if envelope.get("type") == "message"]
     assert received == answers[200]
+
+
+def test_deliveries_to_a_stopped_peer_stop_at_its_backlog_and_its_subscribers_are_closed_3008(
+        server, open_ws):
+    channel = harness.owned_by(0, WORKERS, "owned")
+    near, far = reader(server, open_ws, channel), reader(server, open_ws, channel, shard=1)
+    pid = shard_pid(server, 1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        numbers = list(range(MAX_POSTS // 4))       # well past the peer's socket and backlog
+        for number in numbers:
+            assert post(server, {"channel": channel,
+                                 "message": {"n": number, "pad": PAYLOAD}}).status_code == 200
+        marker = server.sentinel(channel)
+        assert [envelope["message"]["n"] for envelope in near.until_uuid(marker)
+                if envelope.get("type") == "message"] == numbers
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    got = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            got.extend(envelope["message"].get("n") for envelope in far.take(1)
+                       if envelope.get("type") == "message")
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 3008
+    assert got == numbers[:len(got)] and len(got) < len(numbers)    # in order, then cut off
+    after = reader(server, open_ws, channel, shard=1)
+    item = server.say(channel, "caught up")
+    assert after.until(lambda envelope: envelope.get("uuid") == item["uuid"])
+    assert shard_pid(server, 1) == pid
