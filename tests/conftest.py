@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from contract import unique
+import harness
 from harness import (ADMIN_PASSWORD, GC_CONNS_AFTER, GC_HEARTBEAT_INTERVAL, SILENT_HEARTBEAT_INTERVAL, ClusterNodes,
                      Server, ServerPool)
 from redisserver import RedisServer
@@ -22,15 +23,24 @@ from wsclient import WsClient, open_websocket
 LOG_TAIL = 6000     # characters of a server's log shown with a failure
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    harness.STARTED.clear()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
-    """A failed test's report carries the log tail of every server it used: a flake on a busy
-    CI host is then explained by what the server said, not guessed at."""
+    """A failed test's report carries the log tail of every server it used, fixtures and those
+    it started itself (stopped or not): a flake on a busy CI host is then explained by what
+    the server said, not guessed at."""
     report = yield
     if report.failed:
-        for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, Server) and value.process is not None:
-                report.sections.append((f"log of server {name}", value.output()[-LOG_TAIL:]))
+        named = {id(value): name for name, value in getattr(item, "funcargs", {}).items()
+                 if isinstance(value, Server)}
+        servers = {id(server): server for server in harness.STARTED}
+        servers.update({key: item.funcargs[name] for key, name in named.items()})
+        for key, server in servers.items():
+            label = named.get(key, f"started on port {server.api_port}")
+            report.sections.append((f"log of server {label}", server.output()[-LOG_TAIL:]))
     return report
 
 

@@ -36,6 +36,7 @@ GC_CONNS_AFTER = 2
 GC_HEARTBEAT_INTERVAL = 1
 SILENT_HEARTBEAT_INTERVAL = 600
 ADMIN_PASSWORD = "correct horse battery staple"
+STARTED: list["Server"] = []     # by the running test (conftest shows their logs on failure)
 # Timing knobs of the contract servers: fast long polls, no collection during a test.
 CONTRACT_ENV = {
     "SHARDCAST_GC_CONNS_AFTER": str(CONTRACT_GC_CONNS_AFTER),
@@ -77,6 +78,7 @@ class Server:
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, **popen
         )
+        STARTED.append(self)
         self._wait_ready()
         return self
 
