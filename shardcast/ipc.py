@@ -276,12 +276,20 @@ class Inbox:
 
 
 class InboxLink(Link):
-    """A link whose frames go through an Inbox, a write's worth at a time."""
+    """A link whose frames go through an Inbox, a write's worth at a time. ``on_made`` hears of
+    it once it has a transport: uvloop makes the protocol a callback before that."""
 
-    def __init__(self, inbox: Inbox, on_lost: Callable[["Link"], None] | None = None):
+    def __init__(self, inbox: Inbox, on_made: Callable[["Link"], None] | None = None,
+                 on_lost: Callable[["Link"], None] | None = None):
         super().__init__(inbox.on_frame, on_lost)
         self.inbox = inbox
+        self.on_made = on_made
         self.stamp = 0      # of the write being read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.on_made is not None:
+            self.on_made(self)
 
     def received(self, frames: list[tuple[int, int, bytes]]) -> None:
         write: list = []

@@ -291,9 +291,9 @@ class Worker:
             self.schedule_flush()
 
     def accept_link(self) -> Link:
-        link = ipc.InboxLink(self.inbox, self.links.discard)
-        self.links.add(link)
-        return link
+        # Counted once connected: a hold pauses the links it counts, and a new one has no
+        # transport yet (what it brings during a hold waits in the inbox all the same).
+        return ipc.InboxLink(self.inbox, self.links.add, self.links.discard)
 
     def peer(self, shard: int) -> Link:
         """The link to a peer shard, connected lazily and again after a restart."""

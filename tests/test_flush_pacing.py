@@ -115,6 +115,32 @@ def test_a_shard_keeping_up_reads_its_links_at_once():
     assert heard_after_flush(0.004, KEEPING_UP) < 0.004
 
 
+def test_a_link_accepted_just_before_a_hold_is_heard_when_the_rest_ends():
+    """uvloop calls a new link's connection_made one callback after it makes the protocol. A
+    flush that held in between met the link without a transport, failed, and left the shard's
+    links unread for good: every command to it then timed out."""
+    async def run() -> bool:
+        shard = Worker(0, Config(workers=1, secret="x"), "/tmp")
+        loop = asyncio.get_running_loop()
+        heard = loop.create_future()
+        shard.handlers["probe"] = lambda args: heard.set_result(True)
+
+        def slow_flush() -> float:
+            time.sleep(0.002)
+            return FAR_BEHIND
+        shard.actor.flush = slow_flush
+        ours, theirs = socket.socketpair()
+        loop.call_soon(shard.flush)       # runs after the link is made, before it connects
+        await loop.connect_accepted_socket(shard.accept_link, ours)
+        theirs.send(ipc.pack_command(ipc.Kind.CAST, 0, "probe", None))
+        try:
+            return await asyncio.wait_for(heard, 2)
+        finally:
+            theirs.close()
+
+    assert uvloop.run(run())
+
+
 def test_a_shard_behind_answers_commands_and_delivers_every_message(server3, open_ws):
     """Posts of ten messages make each flush carry ten a frame, so the channel's shards hold
     their links while they rest: the commands that come meanwhile are answered after a rest at
