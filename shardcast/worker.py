@@ -272,9 +272,9 @@ class Worker:
         the links held back in the order it was written. Commands wait as long,
         MAX_FLUSH_WAIT_FAR_BEHIND at most; websockets are read as ever."""
         self.inbox.held = True
+        self.loop.call_later(rest, self.release)    # first: a held inbox must be released
         for link in self.links:
             link.transport.pause_reading()
-        self.loop.call_later(rest, self.release)
 
     def release(self) -> None:
         for link in self.links:
