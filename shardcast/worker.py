@@ -277,11 +277,11 @@ class Worker:
             link.transport.pause_reading()
 
     def release(self) -> None:
-        for link in self.links:
-            link.transport.resume_reading()
         # The links are read in the loop's next pass through I/O, after the callbacks due now
         # and those they schedule: their frames are handled then, and the flush held after.
         self.loop.call_soon(self.loop.call_soon, self.after_hold)
+        for link in self.links:
+            link.transport.resume_reading()
 
     def after_hold(self) -> None:
         self.inbox.held = False
