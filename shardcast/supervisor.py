@@ -51,8 +51,8 @@ class Supervisor:
         await asyncio.gather(*(self._start_shard(i) for i in range(self.config.workers)))
         self._prepare_spare()
 
-    async def _start_shard(self, index: int) -> None:
-        process = self._launch(index)
+    async def _start_shard(self, index: int, restart: bool = False) -> None:
+        process = self._launch(index, restart)
         self.processes[index] = process
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + START_TIMEOUT
@@ -73,15 +73,16 @@ class Supervisor:
         self.shards.links[index] = link
         loop.add_reader(process.sentinel, self._on_exit, index)
 
-    def _launch(self, index: int) -> BaseProcess:
-        """Shard ``index`` as a new process: the standby one when it is ready."""
+    def _launch(self, index: int, restart: bool) -> BaseProcess:
+        """Shard ``index`` as a new process: the standby one when it is ready (a restart)."""
         spare, self.spare = self.spare, None
         if spare is not None and spare[0].is_alive():
             process, orders = spare
             orders.send(index)
             orders.close()
             return process
-        process = SPAWN.Process(target=shard_main, args=(index, self.config, self.ipc_dir),
+        process = SPAWN.Process(target=shard_main,
+                                args=(index, self.config, self.ipc_dir, restart),
                                 name=f"shardcast-shard-{index}")
         process.start()
         return process
@@ -115,7 +116,7 @@ class Supervisor:
             asyncio.ensure_future(self.node.remove_connections(self.node.id, range(index,
                                                                                   index + 1)))
         try:
-            await self._start_shard(index)
+            await self._start_shard(index, restart=True)
         except (StartupError, OSError) as error:
             log.error("%s; retrying in 1 s", error)
             await asyncio.sleep(1)
@@ -123,9 +124,6 @@ class Supervisor:
             return
         log.warning("shard %d restarted", index)
         self._prepare_spare()
-        for other, link in enumerate(self.shards.links):
-            if other != index and link is not None and not link.closed:
-                link.cast("peer_restarted", {"shard": index})
 
     async def stop(self) -> bool:
         """Shards close their websockets (1001) and answer held long polls; API processes stop

@@ -63,7 +63,7 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def shard_main(index: int, config: Config, ipc_dir: str) -> None:
+def shard_main(index: int, config: Config, ipc_dir: str, restart: bool = False) -> None:
     """Process entry point: one uvloop loop for the shard's whole life."""
     logs.setup(config.log_level, config.log_format, f"shard-{index}")
     websocket.log.addFilter(logs.RateLimit(WEBSOCKET_LOG_INTERVAL))
@@ -74,14 +74,14 @@ def shard_main(index: int, config: Config, ipc_dir: str) -> None:
     descriptors.raise_limit()   # done by the supervisor already (inherited); cheap to be sure
     tune_gc()
     try:
-        uvloop.run(_serve(index, config, ipc_dir))
+        uvloop.run(_serve(index, config, ipc_dir, restart))
     except OSError as error:    # e.g. its websocket port is taken; the supervisor reports it
         log.error("shard %d cannot start: %s", index, error)
         sys.exit(1)
 
 
-async def _serve(index: int, config: Config, ipc_dir: str) -> None:
-    await Worker(index, config, ipc_dir).run()   # made inside the loop it keeps
+async def _serve(index: int, config: Config, ipc_dir: str, restart: bool) -> None:
+    await Worker(index, config, ipc_dir).run(restart)   # made inside the loop it keeps
 
 
 def standby_main(orders: mp_connection.Connection, config: Config, ipc_dir: str) -> None:
@@ -95,7 +95,7 @@ def standby_main(orders: mp_connection.Connection, config: Config, ipc_dir: str)
         return
     finally:
         orders.close()
-    shard_main(index, config, ipc_dir)
+    shard_main(index, config, ipc_dir, restart=True)     # spares stand by for restarts
 
 
 FAILED = b'{"error": {"_server": ["shard failed on this command"]}}'
@@ -146,9 +146,11 @@ class Worker:
             self.actor.conns.get, self.actor.attach, self.ws_closed,
             config.max_channels_per_connection)
 
-    async def run(self) -> None:
+    async def run(self, restart: bool = False) -> None:
         loop = self.loop
         self.stopped = loop.create_future()
+        if restart:
+            self.announce_restart()
         path = ipc.socket_path(self.ipc_dir, self.index)
         if os.path.exists(path):
             os.unlink(path)
@@ -171,6 +173,15 @@ class Worker:
         with contextlib.suppress(OSError):     # the supervisor may be gone: tidy up after it
             os.unlink(path)
             os.rmdir(self.ipc_dir)             # by the last shard out
+
+    def announce_restart(self) -> None:
+        """Back empty after a crash: the peers part its old connections from their channels
+        and users, and send back what it owned (``Recovery``). Told on the links this shard's
+        own joins will take, before it accepts anything, so that no peer takes the news
+        after a join of a new connection here (and parts that one too)."""
+        for shard in range(self.config.workers):
+            if shard != self.index:
+                self.peer(shard).cast("peer_restarted", {"shard": self.index})
 
     def shut_down(self) -> None:
         """Stop taking websockets, close each with 1001 and answer held long polls; IPC goes
