@@ -137,7 +137,7 @@ class Link(asyncio.Protocol):
     def received(self, frames: list[tuple[int, int, bytes]]) -> None:
         for kind, request_id, body in frames:
             if kind == REPLY_KIND:
-                self._resolve(request_id, body)
+                self.resolve(request_id, body)
             elif kind != STAMP_KIND:
                 self.on_frame(self, kind, request_id, body)
 
@@ -231,7 +231,7 @@ class Link(asyncio.Protocol):
     def reply(self, request_id: int, body: bytes) -> None:
         self.write(pack(Kind.REPLY, request_id, body))
 
-    def _resolve(self, request_id: int, body: bytes) -> None:
+    def resolve(self, request_id: int, body: bytes) -> None:
         entry = self.requests.pop(request_id, None)
         if entry is None:
             return

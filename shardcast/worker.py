@@ -311,7 +311,10 @@ class Worker:
         link = self.peers[shard]
         if link is None or link.closed:
             self.missed.pop(shard, None)    # a restarted peer has none of those connections
-            link = self.peers[shard] = Link(self.on_frame)
+            # Its replies come through the inbox too, in the order the peer wrote them with
+            # what it sends on its own link: a history reply must not overtake the deliveries
+            # written before it (a resume would send those twice).
+            link = self.peers[shard] = ipc.InboxLink(self.inbox)
             asyncio.ensure_future(self.connect(link, shard))
         return link
 
@@ -330,6 +333,9 @@ class Worker:
 
     def on_frame(self, link: Link, kind: int, request_id: int, body: bytes) -> None:
         try:
+            if kind == ipc.REPLY_KIND:      # to a request of this shard's, on a peer link
+                link.resolve(request_id, body)
+                return
             if kind == Kind.DELIVER:
                 route, frame = ipc.unpack_route(body)
                 self.actor.deliver(route, frame)
