@@ -183,11 +183,14 @@ class Link(asyncio.Protocol):
             if self.unsent and not self.closed:
                 self._watch()
 
+    def backlog(self) -> int:
+        """Bytes handed to the transport that the socket has not taken (its peer not reading)."""
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
     def in_socket(self) -> asyncio.Future | None:
         """Done once all handed to the transport so far is in the socket, the shard's to read;
         None when it already is (the transport buffers nothing)."""
-        transport = self.transport
-        if transport is None or self.closed or not transport.get_write_buffer_size():
+        if self.closed or not self.backlog():
             return None
         future = self.loop.create_future()
         self.unsent.append((self.sent, future))

@@ -79,7 +79,7 @@ class Shards:
         link = self.links[shard]
         if link is None or link.closed:
             raise ShardUnavailable(shard)
-        if link.transport.get_write_buffer_size() > self.max_backlog:
+        if link.backlog() > self.max_backlog:
             raise ShardBehind(shard, self.max_backlog)
         return link
 

@@ -224,30 +224,23 @@ class Worker:
             self.actor.deliver(route, frame)
             return
         link = self.peer(shard)
-        if not self.behind(shard, link, route):
-            link.write(ipc.pack_route(route, frame))
-
-    def behind(self, shard: int, link: Link, route: list) -> bool:
-        """Whether the peer leaves more than max_shard_backlog unread (stopped, or far
-        behind): then this delivery is dropped and noted, rather than kept here for as long as
-        the peer takes. Once it reads again, it is told whose deliveries it missed (``lagged``)
-        before any other, and closes them as slow consumers: their clients come back and
-        catch up."""
-        if self.full(link):
-            channels, conns = self.missed.setdefault(shard, (set(), set()))
-            if route[0] == "c":
-                channels.add(route[1])
-            else:
-                conns.update(route[1])
-            return True
-        if shard in self.missed:
+        if link.backlog() > self.config.max_shard_backlog:
+            self.miss(shard, route)
+            return
+        if self.missed and shard in self.missed:
             self.tell_lagged(shard, link)
-        return False
+        link.write(ipc.pack_route(route, frame))
 
-    def full(self, link: Link) -> bool:
-        transport = link.transport
-        return (transport is not None
-                and transport.get_write_buffer_size() > self.config.max_shard_backlog)
+    def miss(self, shard: int, route: list) -> None:
+        """The peer leaves more than max_shard_backlog unread (stopped, or far behind): this
+        delivery is dropped and noted, rather than kept here for as long as the peer takes.
+        Once it reads again, it is told whose deliveries it missed (``lagged``) before any
+        other, and closes them as slow consumers: their clients come back and catch up."""
+        channels, conns = self.missed.setdefault(shard, (set(), set()))
+        if route[0] == "c":
+            channels.add(route[1])
+        else:
+            conns.update(route[1])
 
     def tell_lagged(self, shard: int, link: Link) -> None:
         channels, conns = self.missed.pop(shard)
@@ -409,7 +402,7 @@ class Worker:
         self.descriptors.check(now)
         for shard in list(self.missed):     # a peer that caught up, with nothing more to get
             link = self.peers[shard]
-            if link.transport is not None and not self.full(link):
+            if link.backlog() <= self.config.max_shard_backlog:
                 self.tell_lagged(shard, link)
         self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
