@@ -112,9 +112,6 @@ class Supervisor:
 
     async def _restart(self, index: int) -> None:
         self.restarts[index] += 1
-        if self.node is not None:       # its connections are gone: so they must be in Redis
-            asyncio.ensure_future(self.node.remove_connections(self.node.id, range(index,
-                                                                                  index + 1)))
         try:
             await self._start_shard(index, restart=True)
         except (StartupError, OSError) as error:

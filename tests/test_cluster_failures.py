@@ -4,6 +4,8 @@ and nodes; messages are checked once each, in order, for every reader."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -96,6 +98,56 @@ def test_a_killed_node_is_parted_by_one_janitor_and_others_lose_nothing(nodes, o
     assert victim not in nodes[1].channel_info(channel)["users"]
     admin = nodes[0].ok("GET", "/admin/admin.json")
     assert [node["node_id"] for node in admin["nodes"]] == ["node0", "node1"]
+
+
+def test_a_killed_shard_s_successor_parts_its_connections_and_takes_their_ids_back(nodes,
+                                                                                    open_ws):
+    """The restarted shard forgets what Redis still lists for it before it takes a connection,
+    so a client reconnecting with its old conn_id is parted once, joined again, and stays."""
+    channel, victim, witness, conn_id = unique("ch"), unique("victim"), unique("w"), conn_id_on(1, 2)
+    nodes[0].channel_config({channel: {"notify_presence": True}})
+    watcher = open_ws(nodes[0].connect(witness, [channel]))
+    open_ws(nodes[2].connect(victim, [channel], conn_id=conn_id))
+    assert watcher.next()["user"] == victim
+    os.kill(stats(nodes[2])[1]["pid"], signal.SIGKILL)
+    reply = wait_until(lambda: connected(nodes[2], victim, channel, conn_id), 10, interval=0.01)
+    client = open_ws(reply)
+    seen = [(e["user"], e["message"]["action"]) for e in watcher.take(2, timeout=5)]
+    assert seen == [(victim, "parted"), (victim, "joined")]
+    item = nodes[1].say(channel, "after the restart")
+    _, got = client.until(lambda envelope: envelope["type"] == "message")
+    assert got["uuid"] == item["uuid"]
+    assert nodes[1].channel_info(channel)["users"] == sorted([victim, witness])
+
+
+def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis, open_ws):
+    """A node back under the same id before anyone took it for dead: no janitor will part
+    what it held, so its shards do, before they take a connection."""
+    cluster = start_nodes(redis.url(), SHARDCAST_NODE_TIMEOUT=60)
+    try:
+        channel, victim, witness = unique("ch"), unique("victim"), unique("w")
+        cluster[0].channel_config({channel: {"notify_presence": True}})
+        watcher = open_ws(cluster[0].connect(witness, [channel]))
+        for shard in range(2):
+            open_ws(cluster[1].connect(victim, [channel], conn_id=conn_id_on(shard, 2)))
+        assert watcher.next()["user"] == victim
+        cluster[1].kill()
+        cluster[1].start()
+        parted = watcher.next(timeout=5)
+        assert (parted["user"], parted["message"]) == (victim, {"action": "parted"})
+        assert cluster[0].channel_info(channel)["users"] == [witness]
+    finally:
+        cluster.stop()
+
+
+def connected(node: Server, user: str, channel: str, conn_id: str) -> dict | None:
+    """/connect's answer, or None while the restarted shard cannot take it yet (503)."""
+    response = node.post("/connect", {"username": user, "channels": [channel],
+                                      "conn_id": conn_id})
+    if response.status_code == 503:
+        return None
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_while_redis_is_away_calls_answer_503_fast_and_websockets_stay(redis, nodes, open_ws):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -14,10 +15,11 @@ from ..connection import Connection
 from ..shard import Net, Shard
 from .keys import Keys
 from .owner import REDIS_DOWN, RedisOwner
-from .resp import Redis
+from .resp import Redis, RedisError, RedisUnavailable
 from .scripts import Scripts
 from .subscriber import Subscriber
 
+log = logging.getLogger("shardcast.shard")
 OWNER_COMMANDS = ("join", "leave", "configure", "info", "publish", "edit", "delete", "direct",
                   "state_change", "user_connect", "user_public", "user_state", "user_states",
                   "user_conn_gone")
@@ -32,7 +34,7 @@ class ClusterShard(Shard):
         self.scripts = scripts = Scripts()
         self.redis = Redis(config.redis_url, config.redis_timeout, f"shard {index}",
                            on_ready=self._connected)
-        self.was_connected = False
+        self.synced = False     # Redis lists no connection of this shard that it does not hold
         self.owner = RedisOwner(config, node_id, index, shards, self.redis, scripts, keys)
         self.subscriber = Subscriber(config.redis_url, config.redis_timeout,
                                      config.redis_timeout + 1.0, keys,
@@ -45,24 +47,31 @@ class ClusterShard(Shard):
 
     def _connected(self, redis: Redis) -> None:
         self.scripts.load(redis)
-        if self.was_connected:
-            asyncio.ensure_future(self.reconcile())
-        self.was_connected = True
+        self.synced = False
+        asyncio.ensure_future(self.reconcile())
 
     async def reconcile(self) -> None:
-        """After Redis trouble: forget the connections that ended while it was away, and tell
-        it again about those it lost (a Redis restarted empty, or a janitor that took this
-        node for dead): their users and channels come back, with default settings where the
-        channels themselves were lost."""
+        """On every connection to Redis, before this shard takes a connection: forget those
+        Redis lists for it that it does not hold (a predecessor's, killed with its shard or
+        its whole node, or those that ended while Redis was away), and tell Redis again about
+        those it lost (a Redis restarted empty, or a janitor that took this node for dead):
+        their users and channels come back, with default settings where the channels
+        themselves were lost. Until then the shard takes no connection: a conn_id reused
+        meanwhile would be forgotten after its join."""
         try:
             known = {conn_id.decode()
                      for conn_id in await self.redis.call("SMEMBERS", self.my_conns)}
-            for conn_id in known - self.conns.keys():
-                await self.owner.forget_conn(conn_id, self.my_conns)
-        except (ConnectionError, RuntimeError):
+            await asyncio.gather(*(self.owner.forget_conn(conn_id, self.my_conns)
+                                   for conn_id in known - self.conns.keys()))
+        except RedisUnavailable:
             return          # Redis went away again: the next connection reconciles
-        for conn_id in self.conns.keys() - known:
-            self._register(self.conns[conn_id])
+        except RedisError as error:
+            log.error("shard %d could not reconcile its connections with Redis: %s",
+                      self.index, error)
+        else:
+            for conn_id in self.conns.keys() - known:
+                self._register(self.conns[conn_id])
+        self.synced = True
 
     def _register(self, conn: Connection) -> None:
         keys, send, now = self.keys, self.redis.send, time.time()
@@ -98,8 +107,8 @@ class ClusterShard(Shard):
         return answer
 
     def peer_restarted(self, args: dict) -> None:
-        """Nothing to rebuild: what the dead shard owned lives in Redis, and the supervisor
-        removes its connections from there."""
+        """Nothing to rebuild: what the dead shard owned lives in Redis, and its successor
+        forgets its connections there (``reconcile``)."""
 
     # -- connections hosted here ------------------------------------------------------------
 
@@ -113,7 +122,7 @@ class ClusterShard(Shard):
         """A connection joining channels (a new one: made): refused while Redis is away, and
         answered once Redis knows a new connection and this shard's subscriptions to its new
         channels are confirmed, so that their activations reach it."""
-        if not (self.redis.ready and self.subscriber.redis.ready):
+        if not (self.redis.ready and self.subscriber.redis.ready and self.synced):
             return REDIS_DOWN
         reply = command(args)
         if "error" in reply:
