@@ -231,23 +231,28 @@ class Commands:
 
     # -- users and channels ---------------------------------------------------------
 
-    async def user_state(self, body: UserStateBody) -> dict:
+    async def user_state(self, body: UserStateBody) -> tuple[dict, list[Link]]:
+        """The answer, and the links the state change went on (see ``publish``)."""
         args: dict[str, Any] = {"user": body.user, "state": body.user_state}
         if body.state_public_keys is not UNSET:
             args["public_keys"] = body.state_public_keys
         result = checked(await self.shards.call(self.shards.owner(body.user), "user_state",
                                                  args))
+        links = []
         if result["refresh"] and result["conns"]:
-            await self._spread_state(body.user, result)
-        return {key: result[key] for key in ("user_state", "changed_state", "public_keys")}
+            links = await self._spread_state(body.user, result)
+        return {key: result[key] for key in ("user_state", "changed_state", "public_keys")}, links
 
-    async def _spread_state(self, user: str, result: dict) -> None:
+    async def _spread_state(self, user: str, result: dict) -> list[Link]:
         """Refresh the user's public state in its channels; notify where configured."""
         names = await self.directory.conn_channels(result["conns"])
-        for shard, group in self.shards.group(names).items():
-            self.shards.cast(shard, "state_change", {
+        casts = self.shards.group(names).items()
+        links = [self.shards.link(shard) for shard, _ in casts]     # all or nothing: 503
+        for link, (_, group) in zip(links, casts):
+            link.cast("state_change", {
                 "channels": group, "user": user, "public_state": result["public_state"],
                 "changed": result["changed_public"], "notify": bool(result["changed_state"])})
+        return links
 
     async def channel_config(self, configs: dict) -> dict:
         calls = {shard: {"configs": {name: msgspec.structs.asdict(configs[name]) for name in names}}

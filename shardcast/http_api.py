@@ -199,7 +199,8 @@ class HttpApi:
                                                                   schemas.DeleteList)))
 
     def _sent_on(self, answer: bytes, links: list[Link]) -> Response:
-        """The answer to commands sent without waiting for the shards. With several API
+        """The answer to a request whose last commands went without waiting for the shards
+        (casts, or a /user_state's changes to its channels). With several API
         processes it leaves once they are in the links' sockets: flushed, a full socket (its
         shard behind) would keep them in this process, and the backend's next post, through
         another one, could overtake them."""
@@ -209,7 +210,8 @@ class HttpApi:
 
     async def user_state(self, request: Request) -> Response:
         body = schemas.decode(request.body, schemas.UserStateBody)
-        return json_response(await self.commands.user_state(body))
+        answer, links = await self.commands.user_state(body)
+        return self._sent_on(orjson.dumps(answer), links)
 
     async def channel_config(self, request: Request) -> Response:
         configs = schemas.decode(request.body, schemas.ChannelConfigs)

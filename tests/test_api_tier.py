@@ -31,6 +31,7 @@ FLOODED = 300       # websockets enough that a flush takes milliseconds: shards 
 FLOOD_ITEMS = 10    # messages a flood post: ten a frame, a shard behind
 FILL, FILL_ITEMS = 100_000, 8       # bytes of a big message, and such messages a post
 PIPELINED = 20      # posts sent at once on one connection to a stopped shard
+FILLERS = 8         # connections filling the links to a stopped shard: both processes' surely
 SHARDS = 2
 
 
@@ -168,9 +169,13 @@ def test_sequential_posts_arrive_in_order_while_the_links_are_full(server):
 
 
 def send_post(server: Server, sock: socket.socket, channel: str, message: dict) -> None:
-    body = json.dumps([{"channel": channel, "user": "backend", "message": message}]).encode()
+    send(server, sock, "/message", [{"channel": channel, "user": "backend", "message": message}])
+
+
+def send(server: Server, sock: socket.socket, path: str, value: object) -> None:
+    body = json.dumps(value).encode()
     head = "".join(f"{name}: {value}\r\n" for name, value in server.sign().items())
-    sock.sendall(f"POST /message HTTP/1.1\r\nhost: 127.0.0.1\r\n{head}content-type: "
+    sock.sendall(f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{head}content-type: "
                  f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
 
 
@@ -219,6 +224,31 @@ def test_a_stopped_shard_holds_answers_back(server, open_ws):
     numbers = [envelope["message"]["n"] for envelope in reader.until_uuid(marker, timeout=10)
                if envelope.get("type") == "message"]
     assert numbers == list(range(waiting + 1 + PIPELINED))
+
+
+def test_a_user_state_change_is_answered_once_it_is_in_its_channels_shard_socket(server):
+    """As a post: the change /user_state sends the shards of the user's channels (after it
+    asked the user's owner) must not be overtaken by the backend's next post, through another
+    process. With the channel's shard stopped and the links of both processes to it full, the
+    answer waits until the shard reads again."""
+    channel = harness.owned_by(1, SHARDS, "stalled")
+    user = harness.owned_by(0, SHARDS, "u")
+    server.connect(user, [channel], conn_id=harness.conn_id_on(0, SHARDS))
+    pid = server.get("/admin/admin.json").json()["shards"][1]["pid"]
+    with contextlib.ExitStack() as stack:
+        os.kill(pid, signal.SIGSTOP)
+        stack.callback(os.kill, pid, signal.SIGCONT)
+        for _ in range(FILLERS):        # the kernel spreads them over both processes
+            sock = stack.enter_context(contextlib.closing(open_socket(server.api_port)))
+            for _ in range(200):        # a full socket takes a few; then one waits
+                send_post(server, sock, channel, {"pad": "x" * FILL})
+                if status_within(sock, 0.5) is None:
+                    break
+        sock = stack.enter_context(contextlib.closing(open_socket(server.api_port)))
+        send(server, sock, "/user_state", {"user": user, "user_state": {"status": "away"}})
+        assert status_within(sock, 1.0) is None
+        os.kill(pid, signal.SIGCONT)
+        assert status_within(sock, 10) == 200
 
 
 def test_a_killed_api_process_is_replaced_and_the_others_answer(server):
