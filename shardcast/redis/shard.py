@@ -20,6 +20,8 @@ from .scripts import Scripts
 from .subscriber import Subscriber
 
 log = logging.getLogger("shardcast.shard")
+RECONCILING = {"error": {"error": "this shard is clearing the connections it no longer holds "
+                                  "from Redis; retry in a moment"}, "status": 503}
 OWNER_COMMANDS = ("join", "leave", "configure", "info", "publish", "edit", "delete", "direct",
                   "state_change", "user_connect", "user_public", "user_state", "user_states",
                   "user_conn_gone")
@@ -122,8 +124,10 @@ class ClusterShard(Shard):
         """A connection joining channels (a new one: made): refused while Redis is away, and
         answered once Redis knows a new connection and this shard's subscriptions to its new
         channels are confirmed, so that their activations reach it."""
-        if not (self.redis.ready and self.subscriber.redis.ready and self.synced):
+        if not (self.redis.ready and self.subscriber.redis.ready):
             return REDIS_DOWN
+        if not self.synced:
+            return RECONCILING
         reply = command(args)
         if "error" in reply:
             return reply
