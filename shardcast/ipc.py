@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import struct
 import time
 from enum import IntEnum
@@ -306,6 +307,12 @@ class InboxLink(Link):
                 write.append(frame)
         if write:
             self.inbox.add(self.stamp, self, write)
+
+
+def run_id(directory: str) -> str:
+    """What tells this run of a node from its earlier ones: the name of its IPC directory,
+    made afresh (``mkdtemp``) by each supervisor."""
+    return os.path.basename(directory)
 
 
 def socket_path(directory: str, shard: int) -> str:

@@ -184,7 +184,7 @@ async def _serve(config: Config) -> bool:
         await supervisor.start()
         if config.redis_url:
             from .redis.node import Node
-            supervisor.node = Node(config, supervisor.shards)
+            supervisor.node = Node(config, supervisor.shards, ipc.run_id(supervisor.ipc_dir))
             await supervisor.node.start()
         commands = Commands(supervisor.shards, config, supervisor.node)
         if supervisor.node is not None:

@@ -119,7 +119,8 @@ class Worker:
         self.ipc_dir = ipc_dir
         if config.redis_url:     # a cluster node: channels and users live in Redis
             from .redis.shard import ClusterShard
-            self.actor = ClusterShard(index, config.workers, config, self, config.node)
+            self.actor = ClusterShard(index, config.workers, config, self, config.node,
+                                      ipc.run_id(ipc_dir))
         else:
             self.actor = Shard(index, config.workers, config, self)
         self.handlers = self.actor.handlers()

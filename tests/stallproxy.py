@@ -1,7 +1,8 @@
 """A TCP proxy in front of Redis that can silence the subscription connections it carries (it
 stops passing Redis' bytes to them and keeps them open, a stall no socket error reveals), make
 them lag (Redis' bytes reach them late, in order), or play a Redis that restarts and loads its
-data for a while (every command of a new connection is answered LOADING meanwhile)."""
+data for a while (every command of a new connection is answered LOADING meanwhile), or hold a
+client's command naming a key until told to pass it on."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class StallProxy:
         self.lock = threading.Lock()
         self.loading_until = 0.0
         self.refused_loading = 0        # connections answered LOADING
+        self.holding: bytes | None = None
+        self.held = threading.Event()       # a command was held
+        self.passing = threading.Event()    # pass on what is held, and hold no more
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, db: int = 0) -> str:
@@ -60,6 +64,15 @@ class StallProxy:
         for pair in chosen:
             pair.lag = seconds
         return len(chosen)
+
+    def hold(self, key: bytes) -> None:
+        """Hold the next command naming ``key``, and what its connection sends after it,
+        until ``release``."""
+        self.holding = key
+
+    def release(self) -> None:
+        self.holding = None
+        self.passing.set()
 
     def _subscriptions(self) -> list[_Pair]:
         with self.lock:
@@ -114,6 +127,9 @@ class StallProxy:
                     continue
                 if b"SUBSCRIBE" in data.upper():
                     pair.subscriber = True
+                if self.holding is not None and self.holding in data:
+                    self.held.set()
+                    self.passing.wait(60)
                 pair.upstream.sendall(data)
         except OSError:
             pass

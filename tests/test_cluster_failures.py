@@ -140,6 +140,37 @@ def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis
         cluster.stop()
 
 
+def test_a_janitor_spares_what_the_node_it_buries_took_since_it_came_back(redis, open_ws):
+    """Node 1 dies and comes back under its id while node 0, its janitor, has already found it
+    dead: what the janitor reads of it then may hold the new run's connections, which it must
+    leave alone. Node 0 reaches Redis through a proxy that holds its read of node 1's
+    connections until the new run has one."""
+    proxy = StallProxy(redis.port)
+    cluster = start_nodes(redis.url(), urls={0: proxy.url()}, SHARDCAST_NODE_TIMEOUT=5,
+                          SHARDCAST_REDIS_TIMEOUT=10)     # node 0's held read must not time out
+    try:
+        channel, witness = unique("ch"), unique("w")
+        old, new = unique("old"), unique("new")
+        cluster[0].channel_config({channel: {"notify_presence": True}})
+        watcher = open_ws(cluster[0].connect(witness, [channel]))
+        open_ws(cluster[1].connect(old, [channel], conn_id=conn_id_on(0, 2)))
+        assert watcher.next()["user"] == old
+        proxy.hold(f"{cluster.prefix}:node:node1:0:conns".encode())
+        time.sleep(5)               # node 0 acts as janitor once it has been up that long
+        cluster[1].kill()
+        assert proxy.held.wait(15)
+        cluster[1].start()
+        open_ws(cluster[1].connect(new, [channel], conn_id=conn_id_on(0, 2)))
+        seen = [(e["user"], e["message"]["action"]) for e in watcher.take(2, timeout=5)]
+        assert seen == [(old, "parted"), (new, "joined")]
+        proxy.release()
+        watcher.expect_quiet(2.0)
+        assert cluster[0].channel_info(channel)["users"] == sorted([new, witness])
+    finally:
+        cluster.stop()
+        proxy.close()
+
+
 def connected(node: Server, user: str, channel: str, conn_id: str) -> dict | None:
     """/connect's answer, or None while the restarted shard cannot take it yet (503)."""
     response = node.post("/connect", {"username": user, "channels": [channel],

@@ -65,7 +65,7 @@ class Keys:
     # -- a connection and a node --------------------------------------------------------
 
     def conn(self, conn_id: str) -> str:
-        """hash: user, node, shard."""
+        """hash: user, node, shard, run (of the node, ``ipc.run_id``)."""
         return f"{self.prefix}:conn:{{{conn_id}}}"
 
     def conn_channels(self, conn_id: str) -> str:

@@ -164,9 +164,10 @@ class Node(Directory):
     """This node in the cluster, as its supervisor runs it: its registration, the janitor, and
     the connection commands other nodes forward to it."""
 
-    def __init__(self, config: Config, shards: Shards) -> None:
+    def __init__(self, config: Config, shards: Shards, run: str) -> None:
         super().__init__(config, "supervisor")
         self.shards = shards
+        self.run = run          # this run of the node (``ipc.run_id``), in its reports
         self.requests = self.keys.node_inbox(self.id)
         self.owner = RedisOwner(config, self.id, 0, shards.count, self.redis, self.scripts,
                                 self.keys)
@@ -235,6 +236,7 @@ class Node(Directory):
             "node_id": self.id,
             "address": f"{self.config.host}:{self.config.port}",
             "shards": self.shards.count,
+            "run": self.run,
             "connections": sum(s["connections"] for s in stats),
             "messages_published": sum(s["messages_published"] for s in stats),
             "messages_delivered": sum(s["messages_delivered"] for s in stats),
@@ -257,16 +259,25 @@ class Node(Directory):
                 continue
             if await self.redis.call("SET", self.keys.janitor(node), self.id, "NX", "PX",
                                      int(self.config.node_timeout * 3000)):
-                log.warning("node %s stopped reporting; removing its connections", node)
-                report = orjson.loads(await self.redis.call("HGET", self.keys.nodes, node))
-                await self.remove_connections(node, range(report["shards"]))
-                await self.redis.call("HDEL", self.keys.nodes, node)
+                await self._bury(node)
 
-    async def remove_connections(self, node: str, shards: range) -> None:
-        """Part the connections of a dead node's ``shards`` from their channels and users, as
-        their own shards would have."""
+    async def _bury(self, node: str) -> None:
+        """Remove what a dead node held. It may be back under the same id (restarted): then
+        its new run reports again, and its shards, which may take connections before it
+        does, have already cleared what the dead run held (ClusterShard.reconcile)."""
+        report = orjson.loads(await self.redis.call("HGET", self.keys.nodes, node))
+        if await self.redis.call("EXISTS", self.keys.node(node)):
+            return      # back since it was found dead, and this report may be the new run's
+        log.warning("node %s stopped reporting; removing its connections", node)
+        await self.remove_connections(node, range(report["shards"]), report.get("run"))
+        if not await self.redis.call("EXISTS", self.keys.node(node)):
+            await self.redis.call("HDEL", self.keys.nodes, node)
+
+    async def remove_connections(self, node: str, shards: range, run: str | None) -> None:
+        """Part the connections of a dead run of a node (``run``; None: whatever run made
+        them) from their channels and users, as their own shards would have."""
         for shard in shards:
             key = self.keys.shard_conns(node, shard)
             for conn_id in await self.redis.call("SMEMBERS", key):
-                await self.owner.forget_conn(conn_id.decode(), key)
+                await self.owner.forget_conn(conn_id.decode(), key, run)
                 self.cleaned += 1

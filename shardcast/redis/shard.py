@@ -28,9 +28,11 @@ OWNER_COMMANDS = ("join", "leave", "configure", "info", "publish", "edit", "dele
 
 
 class ClusterShard(Shard):
-    def __init__(self, index: int, shards: int, config: Config, net: Net, node_id: str) -> None:
+    def __init__(self, index: int, shards: int, config: Config, net: Net, node_id: str,
+                 run: str) -> None:
         super().__init__(index, shards, config, net)
         self.node_id = node_id
+        self.run = run
         self.keys = keys = Keys(config.redis_prefix)
         self.my_conns = keys.shard_conns(node_id, index)
         self.scripts = scripts = Scripts()
@@ -142,7 +144,7 @@ class ClusterShard(Shard):
     def _registration(self, conn_id: str, user: str) -> list[asyncio.Future]:
         """Tell Redis where the connection lives (for other nodes, and for janitors)."""
         return [self.redis.call("HSET", self.keys.conn(conn_id), "user", user,
-                                "node", self.node_id, "shard", self.index),
+                                "node", self.node_id, "shard", self.index, "run", self.run),
                 self.redis.call("SADD", self.my_conns, conn_id)]
 
     async def _answer(self, waiting: asyncio.Future, reply: dict) -> dict:

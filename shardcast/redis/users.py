@@ -106,12 +106,18 @@ class RedisUsers:
             found.append(entry)
         return found
 
-    async def forget_conn(self: RedisOwner, conn_id: str, registry: str) -> None:
+    async def forget_conn(self: RedisOwner, conn_id: str, registry: str,
+                          run: str | None = None) -> None:
         """A connection whose shard is gone (or never told Redis): parted from its channels
-        and user, its keys removed, as its shard does when it ends normally."""
+        and user, its keys removed, as its shard does when it ends normally. With ``run``,
+        only if that run of its node made it: a later one, back under the node's id, may
+        already have registered connections again."""
         keys, call = self.keys, self.redis.call
-        user, channels = await asyncio.gather(call("HGET", keys.conn(conn_id), "user"),
-                                              call("SMEMBERS", keys.conn_channels(conn_id)))
+        (user, made_by), channels = await asyncio.gather(
+            call("HMGET", keys.conn(conn_id), "user", "run"),
+            call("SMEMBERS", keys.conn_channels(conn_id)))
+        if run is not None and made_by is not None and made_by.decode() != run:
+            return
         for name in channels:
             self.leave({"channel": name.decode(), "conn_id": conn_id})
         if user is not None:
