@@ -174,7 +174,6 @@ class Node(Directory):
         self.commands: Commands | None = None       # set once made (they use this node)
         self.interval = config.node_timeout / REPORTS_PER_TIMEOUT
         self.up_since: float | None = None
-        self.cleaned = 0            # connections removed after dead nodes and shards
 
     async def start(self) -> None:
         await super().start()
@@ -280,4 +279,3 @@ class Node(Directory):
             key = self.keys.shard_conns(node, shard)
             for conn_id in await self.redis.call("SMEMBERS", key):
                 await self.owner.forget_conn(conn_id.decode(), key, run)
-                self.cleaned += 1
