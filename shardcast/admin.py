@@ -23,12 +23,12 @@ import secrets
 import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
-from uuid import UUID
 
 import orjson
 
 from . import assets
 from .config import Config
+from .envelopes import canonical_uuid
 from .http_api import HttpApi
 from .http_server import Request, Response, json_response
 from .schemas import InfoFlags
@@ -233,7 +233,7 @@ class Admin:
         if not query:
             return json_response({"q": ["Give a user name or a connection id"]}, 422)
         shards = self.api.commands.shards
-        conn_id = _canonical_uuid(query)
+        conn_id = canonical_uuid(query)
         if conn_id is not None:
             found = await shards.call(shards.owner(conn_id), "conn_info",
                                        {"conn_ids": [conn_id]})
@@ -297,10 +297,3 @@ def _cookie(request: Request, name: str) -> str | None:
         if key == name:
             return value
     return None
-
-
-def _canonical_uuid(text: str) -> str | None:
-    try:
-        return str(UUID(text))
-    except ValueError:
-        return None

@@ -5,12 +5,12 @@ import asyncio
 import time
 from typing import Callable
 from urllib.parse import parse_qs
-from uuid import UUID
 
 import orjson
 
 from . import schemas
 from .connection import HEARTBEAT, Connection, Queued, joined, merge_frames
+from .envelopes import canonical_uuid
 from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, TOO_SLOW, Settings, WebSocket, frame,
                         refusal)
 
@@ -28,10 +28,7 @@ def wire(out: Queued) -> bytes:
 def conn_id_from_query(query: dict[str, list[str]]) -> str | None:
     """The canonical conn_id of ``conn_id=...``, or None when missing or invalid."""
     values = query.get("conn_id", [])
-    try:
-        return str(UUID(values[0])) if len(values) == 1 else None
-    except ValueError:
-        return None
+    return canonical_uuid(values[0]) if len(values) == 1 else None
 
 
 class Hosting:
