@@ -239,6 +239,9 @@ def test_a_redis_restarted_empty_is_told_again_what_the_nodes_hold(open_ws):
         redis.stop()
         redis.start()                   # empty: no channel, member or user survived
         wait_until(lambda: len(members(nodes[1], channel)) == 2, timeout=10)
+        # A shard's subscription may come back after its registrations, and a message posted
+        # before it is lost (no history: cluster.md): probes until both clients hear one.
+        wait_until(lambda: heard_by_all(nodes[1], channel, (first, second)), timeout=10)
         item = nodes[1].say(channel, "after the restart")
         marker = nodes[0].sentinel(channel)
         for client in (first, second):
@@ -246,6 +249,16 @@ def test_a_redis_restarted_empty_is_told_again_what_the_nodes_hold(open_ws):
     finally:
         nodes.stop()
         redis.close()
+
+
+def heard_by_all(node: Server, channel: str, clients: tuple) -> bool:
+    probe = node.say(channel, "probe")["uuid"]
+    try:
+        for client in clients:
+            client.until_uuid(probe, timeout=1)
+    except AssertionError:      # lost, or late: the next probe reads past it
+        return False
+    return True
 
 
 def test_subscriptions_killed_by_redis_come_back_and_repair_the_gap(redis, nodes, open_ws):
