@@ -249,10 +249,26 @@ end
 return 1
 """
 
+# Users remembered since a time: the ARGV triples are (user, its score when read, '1' if its
+# keys had expired by then). Those gone are forgotten, those still there looked at again later;
+# an entry whose score moved since (a connect) is left alone.
+FORGET_USERS = """
+for i = 2, #ARGV, 3 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    if ARGV[i + 2] == '1' then
+      redis.call('ZREM', KEYS[1], ARGV[i])
+    else
+      redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    end
+  end
+end
+return 1
+"""
+
 SOURCES = {"publish": PUBLISH, "announce": ANNOUNCE, "join": JOIN, "leave": LEAVE,
            "configure": CONFIGURE, "amend": AMEND, "state_change": STATE_CHANGE,
            "direct": DIRECT, "user_connect": USER_CONNECT, "user_state": USER_STATE,
-           "user_conn_gone": USER_CONN_GONE}
+           "user_conn_gone": USER_CONN_GONE, "forget_users": FORGET_USERS}
 
 
 class Scripts:
