@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardcast.node")
 FORWARD_TIMEOUT = 10.0      # seconds a forwarded command may take (a long poll: more)
 REPORTS_PER_TIMEOUT = 5     # reports per node_timeout; a node key lives 3 of them
-FORGET_PAGE, FORGET_PAGES = 1000, 10    # users looked at a query, queries a report
+FORGET_PAGE, FORGET_PAGES = 1000, 10    # names looked at a query, queries a report
 UNAVAILABLE = Invalid(REDIS_DOWN["error"], 503)
 
 
@@ -223,7 +223,10 @@ class Node(Directory):
             try:
                 await self._report()
                 await self._bury_the_dead()
-                await self._forget_users()
+                await self._forget_gone(self.keys.users, self.keys.user,
+                                        self.config.gc_users_after)
+                await self._forget_gone(self.keys.channels, self.keys.meta,
+                                        self.config.history_ttl)
             except (RedisUnavailable, RuntimeError, ConnectionError) as error:
                 log.debug("node report failed: %s", error)
                 self.up_since = None
@@ -274,20 +277,20 @@ class Node(Directory):
         if not await self.redis.call("EXISTS", self.keys.node(node)):
             await self.redis.call("HDEL", self.keys.nodes, node)
 
-    async def _forget_users(self) -> None:
-        """A user's keys expire gc_users_after its last connection (USER_CONN_GONE); the
-        users zset, which admin.json counts, would otherwise keep every user ever seen. Every
-        node prunes it (the script makes that safe), a few pages a report."""
+    async def _forget_gone(self, zset: str, key: Callable[[str], str], after: float) -> None:
+        """Drop from ``zset`` (users or channels, by last use) the names whose ``key`` has
+        expired: a user's keys ``gc_users_after`` its last connection, a channel's
+        ``history_ttl`` after its last use without members. Else it would keep every name
+        ever seen, for admin.json to count and an unfiltered /info to look up. Every node
+        prunes (the script makes that safe), a few pages a report."""
         call = self.redis.call
         for _ in range(FORGET_PAGES):
-            page = await call("ZRANGEBYSCORE", self.keys.users, "-inf",
-                              time.time() - self.config.gc_users_after, "WITHSCORES",
-                              "LIMIT", 0, FORGET_PAGE)
+            page = await call("ZRANGEBYSCORE", zset, "-inf", time.time() - after,
+                              "WITHSCORES", "LIMIT", 0, FORGET_PAGE)
             names = page[0::2]
-            found = await asyncio.gather(*(call("EXISTS", self.keys.user(name.decode()))
-                                           for name in names))
+            found = await asyncio.gather(*(call("EXISTS", key(name.decode())) for name in names))
             if names:
-                await self.scripts.call(self.redis, "forget_users", [self.keys.users], [
+                await self.scripts.call(self.redis, "forget_gone", [zset], [
                     time.time(), *(part for name, score, exists in zip(names, page[1::2], found)
                                    for part in (name, score, "0" if exists else "1"))])
             if len(names) < FORGET_PAGE:

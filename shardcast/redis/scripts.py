@@ -249,10 +249,11 @@ end
 return 1
 """
 
-# Users remembered since a time: the ARGV triples are (user, its score when read, '1' if its
-# keys had expired by then). Those gone are forgotten, those still there looked at again later;
-# an entry whose score moved since (a connect) is left alone.
-FORGET_USERS = """
+# Entries of a zset of names by last use (users, channels) not used since a time: the ARGV
+# triples are (name, its score when read, '1' if its keys had expired by then). Those gone are
+# forgotten, those still there looked at again later; an entry whose score moved since (a use)
+# is left alone.
+FORGET_GONE = """
 for i = 2, #ARGV, 3 do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
     if ARGV[i + 2] == '1' then
@@ -268,7 +269,7 @@ return 1
 SOURCES = {"publish": PUBLISH, "announce": ANNOUNCE, "join": JOIN, "leave": LEAVE,
            "configure": CONFIGURE, "amend": AMEND, "state_change": STATE_CHANGE,
            "direct": DIRECT, "user_connect": USER_CONNECT, "user_state": USER_STATE,
-           "user_conn_gone": USER_CONN_GONE, "forget_users": FORGET_USERS}
+           "user_conn_gone": USER_CONN_GONE, "forget_gone": FORGET_GONE}
 
 
 class Scripts:

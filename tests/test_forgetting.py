@@ -1,7 +1,8 @@
-"""API.md: users outlive their connections until ``gc_users_after`` idle. Here it is 1 s, on one
-node and on a cluster of two (where the users' keys expire in Redis and the nodes prune the
-set that admin.json counts): users without a connection are forgotten, state and all, and a
-user connected for longer than that is not."""
+"""What nobody uses is forgotten. Users outlive their connections until ``gc_users_after`` idle
+(API.md), here 1 s, on one node and on a cluster of two: without a connection they are
+forgotten, state and all; connected for longer than that, they are not. In a cluster, where
+their keys (and those of a channel without members, after ``history_ttl``) expire in Redis,
+the nodes also prune the sets that admin.json counts and an unfiltered /info reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from harness import CONTRACT_ENV, ClusterNodes, Server
 
 GC_USERS_AFTER = 1.0
 SETTINGS = {"SHARDCAST_GC_USERS_AFTER": str(GC_USERS_AFTER), "SHARDCAST_NODE_TIMEOUT": "3"}
+HISTORY_TTL = 1.0
 
 
 @pytest.fixture(params=["one node", "cluster"])
@@ -45,3 +47,25 @@ def test_users_without_connections_are_forgotten_after_gc_users_after(nodes, ope
     assert back["state"] == {"mood": "new"}         # its old state went with it
     time.sleep(GC_USERS_AFTER * 2)
     assert nodes[0].connect(stays)["state"] == {"mood": "here"}
+
+
+def test_channels_left_are_forgotten_by_a_cluster(redis_server, open_ws):
+    cluster = ClusterNodes(redis_server.url(), count=2, SHARDCAST_HISTORY_TTL=HISTORY_TTL,
+                           SHARDCAST_NODE_TIMEOUT=3).start()
+    try:
+        kept, left = unique("kept"), [unique("left") for _ in range(5)]
+        open_ws(cluster[0].connect(unique("u"), [kept]))
+        for name in left:
+            conn_id = cluster[1].connect(unique("u"), [name])["conn_id"]
+            cluster[1].ok("POST", "/disconnect", {"conn_id": conn_id})
+        assert channels(cluster[0]) == 6
+        wait_until(lambda: channels(cluster[1]) == 1, timeout=HISTORY_TTL + 10)
+        assert list(cluster[0].info()["channels"]) == [kept]
+        time.sleep(HISTORY_TTL * 2)
+        assert channels(cluster[0]) == 1
+    finally:
+        cluster.stop()
+
+
+def channels(node: Server) -> int:
+    return node.ok("GET", "/admin/admin.json")["total_channels"]
