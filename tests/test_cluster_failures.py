@@ -104,7 +104,8 @@ def test_a_killed_shard_s_successor_parts_its_connections_and_takes_their_ids_ba
                                                                                     open_ws):
     """The restarted shard forgets what Redis still lists for it before it takes a connection,
     so a client reconnecting with its old conn_id is parted once, joined again, and stays."""
-    channel, victim, witness, conn_id = unique("ch"), unique("victim"), unique("w"), conn_id_on(1, 2)
+    channel, victim, witness = unique("ch"), unique("victim"), unique("w")
+    conn_id = conn_id_on(1, 2)
     nodes[0].channel_config({channel: {"notify_presence": True}})
     watcher = open_ws(nodes[0].connect(witness, [channel]))
     open_ws(nodes[2].connect(victim, [channel], conn_id=conn_id))
@@ -120,9 +121,12 @@ def test_a_killed_shard_s_successor_parts_its_connections_and_takes_their_ids_ba
     assert nodes[1].channel_info(channel)["users"] == sorted([victim, witness])
 
 
-def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis, open_ws):
+@pytest.mark.parametrize("shards_after", [2, 1])
+def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis, open_ws,
+                                                                           shards_after):
     """A node back under the same id before anyone took it for dead: no janitor will part
-    what it held, so its shards do, before they take a connection."""
+    what it held, so its shards do, before they take a connection, and the node itself
+    for the shards it no longer has."""
     cluster = start_nodes(redis.url(), SHARDCAST_NODE_TIMEOUT=60)
     try:
         channel, victim, witness = unique("ch"), unique("victim"), unique("w")
@@ -132,6 +136,7 @@ def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis
             open_ws(cluster[1].connect(victim, [channel], conn_id=conn_id_on(shard, 2)))
         assert watcher.next()["user"] == victim
         cluster[1].kill()
+        cluster[1].workers, cluster[1].ws_ports = shards_after, cluster[1].ws_ports[:shards_after]
         cluster[1].start()
         parted = watcher.next(timeout=5)
         assert (parted["user"], parted["message"]) == (victim, {"action": "parted"})

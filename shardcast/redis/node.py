@@ -221,6 +221,8 @@ class Node(Directory):
     async def _keep_reporting(self) -> None:
         while True:
             try:
+                if self.up_since is None:
+                    await self._clear_dropped_shards()
                 await self._report()
                 await self._bury_the_dead()
                 await self._forget_gone(self.keys.users, self.keys.user,
@@ -253,6 +255,15 @@ class Node(Directory):
         self.redis.ping()
         if self.up_since is None:
             self.up_since = time.monotonic()
+
+    async def _clear_dropped_shards(self) -> None:
+        """Back under its id with fewer shards than its last report says: each shard clears
+        what an earlier run left in its own registry (ClusterShard.reconcile), and this clears
+        the registries of the shards it no longer has."""
+        last = await self.redis.call("HGET", self.keys.nodes, self.id)
+        shards = orjson.loads(last)["shards"] if last is not None else 0
+        if shards > self.shards.count:
+            await self.remove_connections(self.id, range(self.shards.count, shards), None)
 
     async def _bury_the_dead(self) -> None:
         if self.up_since is None or time.monotonic() - self.up_since < self.config.node_timeout:
