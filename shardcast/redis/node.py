@@ -312,5 +312,5 @@ class Node(Directory):
         them) from their channels and users, as their own shards would have."""
         for shard in shards:
             key = self.keys.shard_conns(node, shard)
-            for conn_id in await self.redis.call("SMEMBERS", key):
-                await self.owner.forget_conn(conn_id.decode(), key, run)
+            conn_ids = await self.redis.call("SMEMBERS", key)
+            await self.owner.forget_conns([conn_id.decode() for conn_id in conn_ids], key, run)

@@ -20,7 +20,6 @@ from .scripts import Scripts
 from .subscriber import Subscriber
 
 log = logging.getLogger("shardcast.shard")
-FORGET_BATCH = 1000     # connections forgotten at once when reconciling
 RECONCILING = {"error": {"error": "this shard is clearing the connections it no longer holds "
                                   "from Redis; retry in a moment"}, "status": 503}
 OWNER_COMMANDS = ("join", "leave", "configure", "info", "publish", "edit", "delete", "direct",
@@ -66,10 +65,7 @@ class ClusterShard(Shard):
         try:
             known = {conn_id.decode()
                      for conn_id in await self.redis.call("SMEMBERS", self.my_conns)}
-            gone = list(known - self.conns.keys())
-            for start in range(0, len(gone), FORGET_BATCH):      # pipelined, memory bounded
-                await asyncio.gather(*(self.owner.forget_conn(conn_id, self.my_conns)
-                                       for conn_id in gone[start:start + FORGET_BATCH]))
+            await self.owner.forget_conns(list(known - self.conns.keys()), self.my_conns)
         except RedisUnavailable:
             return          # Redis went away again: the next connection reconciles
         except RedisError as error:

@@ -18,6 +18,8 @@ from ..user import UNKNOWN_USER
 if TYPE_CHECKING:
     from .owner import RedisOwner
 
+FORGET_BATCH = 1000     # connections forgotten at once
+
 
 class RedisUsers:
     """The user commands (a part of the shard's ``RedisOwner``, whose connection they use)."""
@@ -105,6 +107,14 @@ class RedisUsers:
                 entry["connections"] = sorted(conn.decode() for conn in await conns)
             found.append(entry)
         return found
+
+    async def forget_conns(self: RedisOwner, conn_ids: list[str], registry: str,
+                           run: str | None = None) -> None:
+        """``forget_conn`` for each, pipelined a batch at a time (a shard may have held
+        100,000: all at once would hold a coroutine and its futures for each)."""
+        for start in range(0, len(conn_ids), FORGET_BATCH):
+            await asyncio.gather(*(self.forget_conn(conn_id, registry, run)
+                                   for conn_id in conn_ids[start:start + FORGET_BATCH]))
 
     async def forget_conn(self: RedisOwner, conn_id: str, registry: str,
                           run: str | None = None) -> None:
