@@ -254,7 +254,8 @@ class Inbox:
     the loop through I/O read from the links is sorted by the stamps of the writes that carried
     it (CLOCK_MONOTONIC is one clock for the whole machine): when links wait unread together (a
     long flush, a hold) the loop reads them in an order of its own, and a post answered by one
-    API process must still come before the next one, sent through another."""
+    API process must still come before the next one, sent through another. Replies to this
+    side's requests are resolved in that order too."""
 
     def __init__(self, on_frame: FrameHandler) -> None:
         self.on_frame = on_frame
@@ -276,7 +277,10 @@ class Inbox:
         on_frame = self.on_frame
         for _, link, frames in pending:
             for kind, request_id, body in frames:
-                on_frame(link, kind, request_id, body)
+                if kind == REPLY_KIND:      # to a request made on this link, as Link resolves
+                    link.resolve(request_id, body)
+                else:
+                    on_frame(link, kind, request_id, body)
 
 
 class InboxLink(Link):

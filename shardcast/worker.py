@@ -327,9 +327,6 @@ class Worker:
 
     def on_frame(self, link: Link, kind: int, request_id: int, body: bytes) -> None:
         try:
-            if kind == ipc.REPLY_KIND:      # to a request of this shard's, on a peer link
-                link.resolve(request_id, body)
-                return
             if kind == Kind.DELIVER:
                 route, frame = ipc.unpack_route(body)
                 self.actor.deliver(route, frame)
