@@ -224,10 +224,7 @@ class Commands:
                                                 "stamp": item["stamp"]})
                              for shard, users in self.shards.group(item["pm_users"]).items())
         casts.extend((shard, command, group) for shard, group in by_owner.items())
-        links = [self.shards.link(shard) for shard, _, _ in casts]   # all or nothing: 503
-        for link, (_, name, args) in zip(links, casts):
-            link.cast(name, args)
-        return links
+        return self.shards.cast_each(casts)
 
     # -- users and channels ---------------------------------------------------------
 
@@ -246,13 +243,10 @@ class Commands:
     async def _spread_state(self, user: str, result: dict) -> list[Link]:
         """Refresh the user's public state in its channels; notify where configured."""
         names = await self.directory.conn_channels(result["conns"])
-        casts = self.shards.group(names).items()
-        links = [self.shards.link(shard) for shard, _ in casts]     # all or nothing: 503
-        for link, (_, group) in zip(links, casts):
-            link.cast("state_change", {
-                "channels": group, "user": user, "public_state": result["public_state"],
-                "changed": result["changed_public"], "notify": bool(result["changed_state"])})
-        return links
+        return self.shards.cast_each([(shard, "state_change", {
+            "channels": group, "user": user, "public_state": result["public_state"],
+            "changed": result["changed_public"], "notify": bool(result["changed_state"])})
+            for shard, group in self.shards.group(names).items()])
 
     async def channel_config(self, configs: dict) -> dict:
         calls = {shard: {"configs": {name: msgspec.structs.asdict(configs[name]) for name in names}}

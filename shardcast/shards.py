@@ -101,8 +101,13 @@ class Shards:
         return await answers({shard: self.request(shard, command, args)
                               for shard, args in calls.items()})
 
-    def cast(self, shard: int, command: str, args: Any) -> None:
-        self.link(shard).cast(command, args)
+    def cast_each(self, casts: list[tuple[int, str, Any]]) -> list[Link]:
+        """Each (shard, command, args) cast, or none: ShardUnavailable (a 503) when a shard
+        cannot take its part. The links they went on."""
+        links = [self.link(shard) for shard, _, _ in casts]
+        for link, (_, command, args) in zip(links, casts):
+            link.cast(command, args)
+        return links
 
     def flush(self) -> None:
         """Send what is queued for every shard now."""
