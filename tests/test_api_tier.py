@@ -31,6 +31,7 @@ FLOODED = 300       # websockets enough that a flush takes milliseconds: shards 
 FLOOD_ITEMS = 10    # messages a flood post: ten a frame, a shard behind
 FILL, FILL_ITEMS = 100_000, 8       # bytes of a big message, and such messages a post
 PIPELINED = 20      # posts sent at once on one connection to a stopped shard
+MAX_FILL = 200      # posts that could not all fit in a link's socket
 FILLERS = 8         # connections filling the links to a stopped shard: both processes' surely
 SHARDS = 2
 
@@ -188,6 +189,19 @@ def status_within(sock: socket.socket, timeout: float) -> int | None:
         return None
 
 
+def fill(server: Server, sock: socket.socket, channel: str, wait: float) -> list[int]:
+    """Post numbered big messages to a stopped shard's channel until one is not answered
+    within ``wait``: the link's socket is full (it takes a few). The statuses of the others."""
+    answered: list[int] = []
+    while len(answered) < MAX_FILL:
+        send_post(server, sock, channel, {"n": len(answered), "pad": "x" * FILL})
+        status = status_within(sock, wait)
+        if status is None:
+            return answered
+        answered.append(status)
+    raise AssertionError(f"{MAX_FILL} posts answered: none waits")
+
+
 def test_a_stopped_shard_holds_answers_back(server, open_ws):
     """Its shard stopped, an API process answers posts until the link's socket is full; then
     the answer waits (the backend's next post, through another process, must not overtake
@@ -200,14 +214,8 @@ def test_a_stopped_shard_holds_answers_back(server, open_ws):
     with contextlib.closing(open_socket(server.api_port)) as sock:
         os.kill(pid, signal.SIGSTOP)
         try:
-            answered = []
-            while len(answered) < 200:      # a full socket takes a few; then one waits
-                send_post(server, sock, channel, {"n": len(answered), "pad": "x" * FILL})
-                status = status_within(sock, 2.0)
-                if status is None:
-                    break
-                answered.append(status)
-            assert status is None and set(answered) == {200}, answered
+            answered = fill(server, sock, channel, 2.0)
+            assert set(answered) == {200}, answered
             waiting = len(answered)
             for number in range(waiting + 1, waiting + 1 + PIPELINED):
                 send_post(server, sock, channel, {"n": number})
@@ -239,11 +247,8 @@ def test_a_user_state_change_is_answered_once_it_is_in_its_channels_shard_socket
         os.kill(pid, signal.SIGSTOP)
         stack.callback(os.kill, pid, signal.SIGCONT)
         for _ in range(FILLERS):        # the kernel spreads them over both processes
-            sock = stack.enter_context(contextlib.closing(open_socket(server.api_port)))
-            for _ in range(200):        # a full socket takes a few; then one waits
-                send_post(server, sock, channel, {"pad": "x" * FILL})
-                if status_within(sock, 0.5) is None:
-                    break
+            fill(server, stack.enter_context(contextlib.closing(open_socket(server.api_port))),
+                 channel, 0.5)
         sock = stack.enter_context(contextlib.closing(open_socket(server.api_port)))
         send(server, sock, "/user_state", {"user": user, "user_state": {"status": "away"}})
         assert status_within(sock, 1.0) is None

@@ -36,7 +36,6 @@ def test_a_reply_is_handled_after_the_deliveries_written_before_it(tmp_path):
         loop = asyncio.get_running_loop()
         shard = Worker(1, Config(workers=2, secret="x"), str(tmp_path))
         shard.actor.deliver = lambda route, frame: handled.append(frame.decode())
-        await loop.create_unix_server(shard.accept_link, ipc.socket_path(str(tmp_path), 1))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)     # the peer, shard 0
         listener.bind(ipc.socket_path(str(tmp_path), 0))
         listener.listen()
@@ -45,10 +44,8 @@ def test_a_reply_is_handled_after_the_deliveries_written_before_it(tmp_path):
         reply.add_done_callback(lambda future: handled.append(future.result()["reply"]))
         theirs, _ = await loop.sock_accept(listener)       # shard 1's link to the peer
         _, request_id, _ = await read_frame(loop, theirs)
-        mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)    # the peer's link to it
-        await loop.sock_connect(mine, ipc.socket_path(str(tmp_path), 1))
-        while not shard.links:
-            await asyncio.sleep(0.001)
+        ours, mine = socket.socketpair()                   # the peer's link to it
+        await loop.connect_accepted_socket(shard.accept_link, ours)
         shard.hold(0.05)        # a shard behind: its links wait unread while it rests
         mine.sendall(ipc.stamp() + ipc.pack_route(["c", "ch"], b"delivery"))
         theirs.sendall(ipc.stamp() + ipc.pack(Kind.REPLY, request_id,
