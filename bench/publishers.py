@@ -165,6 +165,7 @@ async def run_publishers(plan: dict, worker: Worker) -> dict:
     deadline = time.monotonic() + plan["duration"]
     await asyncio.gather(*(publisher.run(deadline) for publisher in publishers))
     usage = worker.usage.report()
+    last_tx = max(publisher.stopped for publisher in publishers)
     for api in apis:
         api.close()
     latency = Histogram()
@@ -175,6 +176,6 @@ async def run_publishers(plan: dict, worker: Worker) -> dict:
                                    for publisher in publishers
                                    for channel, count in publisher.published.items()],
             "sent": flow.sent, "requests": sum(publisher.requests for publisher in publishers),
-            "first_tx": flow.first_tx,
-            "last_tx": max(publisher.stopped for publisher in publishers),
+            "first_tx": flow.first_tx, "last_tx": last_tx,
+            "seconds": last_tx - (flow.first_tx or last_tx),
             "request_latency": latency.dump(), "errors": errors[:20], "error_count": len(errors)}

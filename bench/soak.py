@@ -120,6 +120,7 @@ def merged_publishers(results: list[dict]) -> dict:
             "first_tx": min((result["first_tx"] for result in runs if result["first_tx"]),
                             default=None),
             "last_tx": max(result["last_tx"] for result in runs),
+            "seconds": sum(result["seconds"] for result in runs),
             "sent": sum(result["sent"] for result in runs),
             "error_count": sum(result["error_count"] for result in runs)}
 

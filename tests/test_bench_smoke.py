@@ -152,3 +152,6 @@ def test_soak_returns_fds_to_baseline_and_loses_nothing(tmp_path: Path) -> None:
     assert result["delivered"] == result["expected"] > 0
     assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
     assert result["dropped_connections"] == result["churn_errors"] == 0
+    # The rate counts the phases' publishing, not the waits for the server to settle between
+    # them (which once read as a publisher 20-50 % behind its schedule).
+    assert result["offered_msgs_per_s"] >= 0.95 * result["target_msgs_per_s"]
