@@ -322,6 +322,9 @@ async def run_clients(plan: dict, worker: Worker) -> dict:
     else:
         clients = await opener.open_all(plan["clients"])
         open_seconds = None
+        # Idle until the end, the API connections would be closed by the server meanwhile
+        # (http_keep_alive_timeout): a soak would read that as its open files going down.
+        opener.close()
     worker.set_state(OPENED)
     if not plan["storm"]:
         await worker.start_when_told(plan["max_seconds"])
