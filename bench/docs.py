@@ -2,7 +2,7 @@
 a section for a cluster from a second run (``--cluster``)."""
 from __future__ import annotations
 
-from .goals import FANOUT_SHARE, HISTORY_RATE, LATENCY_ADDED_MS, goal_lines
+from .goals import FANOUT_SHARE, HISTORY_RATE, LATENCY_ADDED_MS, goal_lines, node_goal_lines
 
 CLUSTER_RUN = ("python -m bench cluster --workers 2,3x1 --redis --retries 2 "
                "--json docs/perf-cluster.json")
@@ -283,6 +283,24 @@ nodes of W shards each, so one run measures one node and a cluster side by side:
 """
 
 
+NODE_TARGETS_NOTE = """\
+Where the missed ones stand (measured on this host, 2026-12-01):
+
+* A frame: most of it is the kernel's write to a socket whose reader keeps up (see "Kernel time
+  on loopback"). At the rate of `fanout` a shardcast frame carries 29-38 messages, so it costs
+  more than one of Nchan's one-message frames, and a delivery less.
+* `POST /message`: a bare uvloop and httptools server that answers every request with a fixed
+  200 and does nothing else used 13.7 µs of CPU per request under the same `api` load, and
+  16.2 µs with a write per request to a second process, as an API process writes to a shard.
+  shardcast's own Python for a request (HTTP, signature, validation, routing, the answer) takes
+  19 µs in a loop without sockets.
+* Latency: Nchan's p99 in the same runs is as high (2.6 ms here, 4.3 ms in another run): how
+  the host schedules the server's and the generators' processes on 2 cores sets it.
+* `/connect`: one round trip from the API process to the connection's shard and, at 2 shards,
+  one between shards, for the full states of the channel's members whose users the other shard
+  owns."""
+
+
 def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
                 plot: str | None, cluster: str = "") -> str:
     """The page; ``cluster`` is the section of a cluster run (``render_cluster``)."""
@@ -310,6 +328,10 @@ def render_page(meta: dict, results: list[dict], tables: str, notes: list[str],
     ]
     if plot:
         lines += [f"![benchmark figures per target]({plot})", ""]
+    goals = node_goal_lines(results)
+    if goals:
+        lines += ["### Targets", "", "Each shardcast run of one node against the targets a node "
+                  "is held to:", "", *[f"* {line}" for line in goals], "", NODE_TARGETS_NOTE, ""]
     lines += notes_lines(results, notes)
     return "\n".join(lines + [cluster])
 

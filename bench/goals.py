@@ -1,6 +1,6 @@
-"""The targets a cluster is held to, checked against a run that measured it and one node side
-by side (``python -m bench cluster --workers 2,3x1 --redis``): one line per target, saying
-plainly whether it is met.
+"""The targets a node and a cluster are held to, one line per target saying plainly whether it
+is met: a node's against each of its runs, a cluster's against a run that measured it and one
+node side by side (``python -m bench cluster --workers 2,3x1 --redis``).
 """
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ FANOUT_SHARE = 0.5        # a cluster's fan-out: at least this share of one node
 LATENCY_ADDED_MS = 2.0    # the most Redis may add to the latency p99
 HISTORY_RATE = 10_000     # publishes/s with history, through one node
 MUST_BE_ZERO = ("lost", "duplicated", "out_of_order", "position_errors", "resume_failures")
+
+
+# One node's targets: per scenario, (figure, most it may be, what it is).
+NODE_TARGETS: dict[str, list[tuple[str, float, str]]] = {
+    "fanout": [("server_cpu_us_per_frame", 4.0, "µs of server CPU per websocket frame written"),
+               ("server_cpu_us_per_msg", 0.5, "µs of server CPU per delivery")],
+    "latency": [("lat_p99_ms", 2.0, "ms latency p99")],
+    "api": [("server_cpu_us_per_msg", 20.0, "µs of server CPU per POST /message")],
+    "connect": [("server_cpu_us_per_conn", 200.0,
+                 "µs of server CPU per /connect with its websocket opened"),
+                ("rss_kb_per_conn", 6.0, "KB of RSS per idle websocket")],
+}
 
 
 def verdict(met: bool) -> str:
@@ -88,4 +100,20 @@ def goal_lines(results: list[dict]) -> list[str]:
             line += (f" Redis: {result['redis_cpu_us_per_publish']:,.1f} µs of CPU per publish "
                      f"(at {rate:,.0f}/s), {result['redis_cores']} cores.")
         lines.append(line)
+    return lines
+
+
+def node_goal_lines(results: list[dict]) -> list[str]:
+    """One line per target of one node met or not, for each shardcast run of one node."""
+    lines = []
+    for result in results:
+        if "failed" in result or result.get("nodes") or \
+                not result["target"].startswith("shardcast"):
+            continue
+        for figure, bound, what in NODE_TARGETS.get(result["scenario"], ()):
+            value = result.get(figure)
+            if value is not None:
+                shown = float(f"{value:.3g}")     # three digits, without an exponent
+                lines.append(f"{result['target']}, {result['scenario']}: {shown:,g} {what}; "
+                             f"target ≤ {bound:g}: {verdict(value <= bound)}.")
     return lines

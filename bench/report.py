@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .goals import goal_lines
+from .goals import goal_lines, node_goal_lines
 
 UP, DOWN = "↑", "↓"   # higher is better, lower is better
 CPU = [("server_cpu_us_per_msg", DOWN), ("server_cpu_us_per_frame", DOWN), ("server_cores", None),
@@ -181,7 +181,7 @@ def print_tables(results: list[dict], console: Console | None = None) -> None:
         console.print(table)
         for line in search_lines([r for r in results if r["scenario"] == scenario]):
             console.print(f"sustainable-rate search, {line}", highlight=False)
-    for line in goal_lines(results):
+    for line in node_goal_lines(results) + goal_lines(results):
         console.print(f"target: {line}", highlight=False)
     for line in warnings(results):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)

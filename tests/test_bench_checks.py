@@ -10,7 +10,7 @@ pytest.importorskip("rich", reason="the bench extra is not installed (pip instal
 
 from bench.cluster import Shape, parse_shapes  # noqa: E402
 from bench.frames import body_decoder, frame_decoder, message_body, padding  # noqa: E402
-from bench.goals import goal_lines  # noqa: E402
+from bench.goals import goal_lines, node_goal_lines  # noqa: E402
 from bench.overload import MUST_BE_ZERO, next_rate, shortfalls  # noqa: E402
 from bench.report import scenario_rows  # noqa: E402
 from shardcast.envelopes import message  # noqa: E402
@@ -128,3 +128,17 @@ def test_cluster_targets_are_judged_against_one_node_of_the_same_run() -> None:
             "lat_p99_ms": 2.5, "options": {"clients": 100, "rate": 200.0}}
     (line,) = goal_lines([slow, {**slow, "nodes": 3, "lat_p99_ms": 5.0, "target": "c"}])
     assert "Redis adds +2.50 ms" in line and line.endswith("NOT met.")
+
+
+def test_node_targets_are_judged_on_each_run_of_one_shardcast_node() -> None:
+    fanout = {"scenario": "fanout", "target": "shardcast w=2", "nodes": None, "workers": 2,
+              "server_cpu_us_per_frame": 11.37, "server_cpu_us_per_msg": 0.39}
+    api = {"scenario": "api", "target": "shardcast w=1", "nodes": None, "workers": 1,
+           "server_cpu_us_per_msg": 21.46}
+    others = [{**fanout, "target": "nchan 1.3.6"}, {**fanout, "nodes": 3},
+              {**fanout, "failed": "boom"}, {**api, "scenario": "churn"}]
+    assert node_goal_lines([fanout, *others, api]) == [
+        "shardcast w=2, fanout: 11.4 µs of server CPU per websocket frame written; "
+        "target ≤ 4: NOT met.",
+        "shardcast w=2, fanout: 0.39 µs of server CPU per delivery; target ≤ 0.5: met.",
+        "shardcast w=1, api: 21.5 µs of server CPU per POST /message; target ≤ 20: NOT met."]
