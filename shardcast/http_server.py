@@ -20,7 +20,8 @@ PHRASES = {status.value: status.phrase for status in HTTPStatus}
 # Header names as clients usually spell them, lowered once instead of on every request.
 KNOWN_NAMES = {spelling.encode(): spelling.lower() for name in (
     "Host", "Content-Type", "Content-Length", "Connection", "User-Agent", "Accept",
-    "Accept-Encoding", "Origin", "Cookie", "X-Channelstream-Secret", "X-Shardcast-Signature",
+    "Accept-Encoding", "Origin", "Cookie", "Expect", "X-Channelstream-Secret",
+    "X-Shardcast-Signature",
 ) for spelling in (name, name.lower())}
 DISCARD_FACTOR = 8   # read at most this many times the body limit of a refused request
 # The parser takes this much at a time, and no more while an answer is awaited or the client
@@ -32,6 +33,9 @@ COPY_LIMIT = 16384   # a larger body leaves beside its head, uncopied (static fi
 # much, at most (see HttpProtocol._close).
 LINGER_TIME = 2.0
 LINGER_BYTES = 1 << 20
+# The interim answer to "Expect: 100-continue": clients that send it (libcurl for large bodies,
+# among others) wait for it before the body, a second by default when it does not come.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Request:
@@ -115,6 +119,7 @@ class HttpProtocol(asyncio.Protocol):
         self.head_bytes = 0             # of an unfinished head, counted a slice at a time
         self.send_since = 0.0           # when it last took our answers, while they wait
         self.dropped = 0                # bytes read and dropped while closing
+        self.expecting = False          # the client waits for CONTINUE before its body
         self.timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -193,6 +198,8 @@ class HttpProtocol(asyncio.Protocol):
             except httptools.HttpParserError:   # StopParsing arrives wrapped in one
                 self._fail(HTTPStatus.BAD_REQUEST, "Malformed HTTP request")
             else:
+                if self.expecting:              # its head ended this slice, and no body came
+                    self._continue()
                 if self.reading != self.timed:  # a part began in this slice: its time too
                     self.timed = self.reading
                     self.since = self.loop.time()
@@ -237,8 +244,11 @@ class HttpProtocol(asyncio.Protocol):
         length = self.headers.get("content-length", "0")
         if length.isdigit() and int(length) > self.limits.max_body:
             self._too_large()
+        self.expecting = (self.headers.get("expect", "").lower() == "100-continue"
+                          and not self.refused and self.parser.get_http_version() == "1.1")
 
     def on_body(self, body: bytes) -> None:
+        self.expecting = False          # it sent its body without waiting
         self.size += len(body)
         if self.refused:
             if self.size > DISCARD_FACTOR * self.limits.max_body:
@@ -252,6 +262,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.reading = IDLE
         self.timed = None
+        self.expecting = False          # no body (or all of it) came with the head
         if self.refused:
             self._close()
             raise StopParsing
@@ -260,6 +271,15 @@ class HttpProtocol(asyncio.Protocol):
         self._reset()
         self.queue.append(request)
         self._next()
+
+    def _continue(self) -> None:
+        """Ask for the body, after the answers to the requests before (HTTP/1.1 allows the
+        interim answer only in its place in the stream)."""
+        self.expecting = False
+        if self.held:
+            self.held.append((None, (CONTINUE,), True))
+        else:
+            self.transport.write(CONTINUE)
 
     def _too_large(self) -> None:
         """Answer 413 at once, then read and drop the rest of the body before closing, so

@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
+from rawhttp import open_socket, read_response
+
 
 def raw_request(server, request: bytes) -> bytes:
     """Send raw bytes; everything the server answers until it closes the connection."""
@@ -47,3 +51,53 @@ def test_pipelined_requests_are_answered_in_order(server):
     bodies = [json.loads(body)["path"][0] for _, body in responses(answer)]
     assert [body.rsplit(" ", 1)[1] for body in bodies] == [
         "/nowhere-0", "/nowhere-1", "/nowhere-2", "/last"]
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def expecting_head(server, body: bytes, version: str = "1.1") -> bytes:
+    signature = server.sign()["x-channelstream-secret"]
+    return (f"POST /message HTTP/{version}\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            f"x-channelstream-secret: {signature}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+
+
+def message_body(size: int) -> bytes:
+    return json.dumps([{"channel": "expecting", "user": "u",
+                        "message": {"text": "x" * size}}]).encode()
+
+
+def test_a_client_that_expects_100_continue_is_asked_for_its_body_at_once(server):
+    """libcurl (PHP's too) sends "Expect: 100-continue" with large bodies and waits a second
+    for the go-ahead before sending one: without it every such post took a second."""
+    body = message_body(4000)
+    with open_socket(server.api_port, timeout=0.5) as sock:   # well within that second
+        sock.sendall(expecting_head(server, body))
+        assert sock.recv(len(CONTINUE), socket.MSG_WAITALL) == CONTINUE
+        sock.sendall(body)
+        status, _, answer = read_response(sock)
+        assert status == 200 and json.loads(answer)[0]["message"]["text"] == "x" * 4000
+        # The next request on the connection is asked for its body the same way.
+        sock.sendall(expecting_head(server, body))
+        assert sock.recv(len(CONTINUE), socket.MSG_WAITALL) == CONTINUE
+        sock.sendall(body)
+        assert read_response(sock)[0] == 200
+
+
+def test_no_100_continue_where_none_is_due(server):
+    body = message_body(10)
+    with open_socket(server.api_port, timeout=5) as sock:   # the body came with the head
+        sock.sendall(expecting_head(server, body) + body)
+        assert read_response(sock)[0] == 200
+    with open_socket(server.api_port, timeout=5) as sock:   # HTTP/1.0 knows no Expect
+        sock.sendall(expecting_head(server, body, version="1.0"))
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            sock.recv(1)
+        sock.settimeout(5)
+        sock.sendall(body)
+        assert read_response(sock)[0] == 200
+    with open_socket(server.api_port, timeout=5) as sock:   # refused at its head: 413 alone
+        sock.sendall(expecting_head(server, message_body(2 << 20)))
+        assert read_response(sock)[0] == 413
