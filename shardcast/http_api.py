@@ -90,7 +90,8 @@ class HttpApi:
         if route is None:
             return json_response({"path": [f"No such endpoint: {request.path}"]}, 404)
         methods, signed = route
-        handler = methods.get(request.method)
+        # HEAD is GET without the body (HttpProtocol leaves it out): load balancers check so.
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:
             return Response(405, orjson.dumps({"method": [f"Use {', '.join(methods)}"]}),
                             headers={"allow": ", ".join(methods)})

@@ -349,8 +349,10 @@ class HttpProtocol(asyncio.Protocol):
         if not request.keep_alive:
             head += "connection: close\r\n"
         encoded = f"{head}\r\n".encode("latin-1")
-        if len(response.body) > COPY_LIMIT:
-            parts: tuple[bytes, ...] = (encoded, response.body)
+        if request.method == "HEAD":    # the length GET would send, and no body
+            parts: tuple[bytes, ...] = (encoded,)
+        elif len(response.body) > COPY_LIMIT:
+            parts = (encoded, response.body)
         else:
             parts = (encoded + response.body,)
         if wait is None and not self.held:
