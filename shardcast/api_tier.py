@@ -7,6 +7,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import socket
 from multiprocessing.process import BaseProcess
 
 import orjson
@@ -24,6 +25,33 @@ SPAWN = multiprocessing.get_context("spawn")
 
 class StartupError(RuntimeError):
     pass
+
+
+def claim_port(host: str, port: int) -> list[socket.socket]:
+    """Hold the API port for this server's API processes, which share it (SO_REUSEPORT), so
+    that a second server started on it fails instead of silently taking half its calls. Bound
+    without SO_REUSEPORT, these sockets are refused while another server listens there (as
+    the second server's are, on ours); then opened to the API processes. Never listening, they
+    take no connections. (Until an API process listens, SO_REUSEADDR, needed past the TIME_WAIT
+    sockets of a restart, would let another bind: a start at the same moment is not caught.)"""
+    held: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            held.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:   # as the API processes bind it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError as error:
+        for sock in held:
+            sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
+                           f"is another server (another shardcast?) using it?")
+    return held
 
 
 class ApiTier:

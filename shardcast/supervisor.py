@@ -18,7 +18,7 @@ from multiprocessing.process import BaseProcess
 import uvloop
 
 from . import descriptors, ipc, tls
-from .api_tier import ApiTier, StartupError
+from .api_tier import ApiTier, StartupError, claim_port
 from .commands import Commands
 from .config import Config
 from .http_api import HttpApi
@@ -172,15 +172,16 @@ def serve(config: Config) -> None:
 async def _serve(config: Config) -> bool:
     """Serve until SIGINT or SIGTERM; True when every process then stopped cleanly."""
     loop = asyncio.get_running_loop()
+    try:
+        tls.server_options(config)      # checked here: one error, not one per process
+    except OSError as error:    # ssl.SSLError is one too
+        raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
+    port = claim_port(config.host, config.port)     # first: a server already there stops us
     supervisor = Supervisor(config)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        try:
-            tls.server_options(config)      # checked here: one error, not one per process
-        except OSError as error:    # ssl.SSLError is one too
-            raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
         await supervisor.start()
         if config.redis_url:
             from .redis.node import Node
@@ -198,6 +199,8 @@ async def _serve(config: Config) -> bool:
         clean = await supervisor.stop()
         if supervisor.node is not None:
             supervisor.node.close()
+        for sock in port:
+            sock.close()
     return clean
 
 

@@ -11,6 +11,8 @@ import re
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Iterator
@@ -21,6 +23,7 @@ import requests
 from contract import unique, wait_until
 import harness
 from harness import CONTRACT_ENV, Server
+from processes import free_port_range
 from rawhttp import open_socket, read_response
 from wsclient import raw_handshake
 
@@ -74,6 +77,25 @@ def test_requests_land_on_every_api_process(server):
     assert [fresh_connect(server) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
     after = processes(server)
     assert all(after[i]["requests"] > before[i]["requests"] for i in range(PROCESSES)), after
+
+
+def test_a_second_server_on_the_api_port_fails_instead_of_sharing_it(server):
+    """The API processes share the port (SO_REUSEPORT): so could another server of the same
+    user, silently taking half the calls, whose clients would never meet this one's."""
+    second = subprocess.Popen(
+        [sys.executable, "-m", "shardcast", "serve", "--host", "127.0.0.1",
+         "--port", str(server.api_port), "--ws-port-base", str(free_port_range(1)),
+         "--workers", "1", "--secret", server.secret, "--log-level", "warning"],
+        cwd=harness.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = second.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        output, _ = second.communicate()
+        pytest.fail(f"a second server runs on the API port:\n{output[-2000:]}")
+    assert second.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{server.api_port}: Address already in use" in output
+    assert [fresh_connect(server) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
 
 
 def test_the_banner_counts_the_api_processes_and_shards(server, server_pool):
