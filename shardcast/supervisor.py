@@ -176,6 +176,11 @@ async def _serve(config: Config) -> bool:
         tls.server_options(config)      # checked here: one error, not one per process
     except OSError as error:    # ssl.SSLError is one too
         raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
+    if config.redis_url:
+        from .redis.node import twin_of
+        twin = await twin_of(config)
+        if twin is not None:
+            raise StartupError(twin)
     port = claim_port(config.host, config.port)     # first: a server already there stops us
     supervisor = Supervisor(config)
     stop = asyncio.Event()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -141,6 +142,26 @@ def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis
         parted = watcher.next(timeout=5)
         assert (parted["user"], parted["message"]) == (victim, {"action": "parted"})
         assert cluster[0].channel_info(channel)["users"] == [witness]
+    finally:
+        cluster.stop()
+
+
+def test_a_node_does_not_start_under_the_id_of_a_live_node_elsewhere(redis, open_ws):
+    """A configuration copied between hosts: a second node0 would answer node0's forwarded
+    commands and overwrite its reports and registries. It exits saying so; node0 serves on."""
+    cluster = start_nodes(redis.url(), count=1)
+    try:
+        channel, user = unique("ch"), unique("u")
+        client = open_ws(cluster[0].connect(user, [channel]))
+        twin = Server(1, {**cluster[0].env})        # node0 again, on other ports
+        with pytest.raises(RuntimeError, match="server exited with 1") as failure:
+            twin.start()
+        assert f"node_id 'node0' is taken: a live node on {socket.gethostname()} at " \
+               f"127.0.0.1:{cluster[0].api_port} reported" in str(failure.value)
+        item = cluster[0].say(channel, "still node0's")
+        assert client.next() == delivered(item)
+        [node] = cluster[0].get("/admin/admin.json").json()["nodes"]
+        assert node["address"] == f"127.0.0.1:{cluster[0].api_port}"
     finally:
         cluster.stop()
 

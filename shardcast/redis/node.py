@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -39,6 +40,38 @@ FORWARD_TIMEOUT = 10.0      # seconds a forwarded command may take (a long poll:
 REPORTS_PER_TIMEOUT = 5     # reports per node_timeout; a node key lives 3 of them
 FORGET_PAGE, FORGET_PAGES = 1000, 10    # names looked at a query, queries a report
 UNAVAILABLE = Invalid(REDIS_DOWN["error"], 503)
+HOST = socket.gethostname()     # in the reports: a node's last run was on its host
+
+
+def address(config: Config) -> str:
+    """The API address a node reports."""
+    return f"{config.host}:{config.port}"
+
+
+async def twin_of(config: Config) -> str | None:
+    """Why this node cannot join (None: it can). A live node with its node_id on another host
+    or address, a config copied between hosts, would answer this node's forwarded commands and
+    overwrite its reports and registries; one on this host and address is this node's last
+    run (a restart). Unchecked while Redis is unreachable."""
+    redis = Redis(config.redis_url, config.redis_timeout, "startup check")
+    redis.start()
+    try:
+        if not await redis.wait_up(config.redis_timeout):
+            return None
+        last = await redis.call("GET", Keys(config.redis_prefix).node(config.node))
+    except (RedisUnavailable, ConnectionError):
+        return None
+    finally:
+        redis.close()
+    if last is None:
+        return None
+    report = orjson.loads(last)
+    where = report.get("host", HOST), report["address"]
+    if where == (HOST, address(config)):
+        return None
+    return (f"node_id {config.node!r} is taken: a live node on {where[0]} at {where[1]} "
+            f"reported {time.time() - report['last_seen']:.0f} s ago; give each node a "
+            f"node_id of its own")
 
 
 class Directory:
@@ -240,7 +273,8 @@ class Node(Directory):
         stats = await self.shards.call_many(dict.fromkeys(range(self.shards.count)), "stats")
         report = {
             "node_id": self.id,
-            "address": f"{self.config.host}:{self.config.port}",
+            "host": HOST,
+            "address": address(self.config),
             "shards": self.shards.count,
             "run": self.run,
             "connections": sum(s["connections"] for s in stats),
