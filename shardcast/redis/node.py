@@ -71,7 +71,8 @@ async def twin_of(config: Config) -> str | None:
         return None
     return (f"node_id {config.node!r} is taken: a live node on {where[0]} at {where[1]} "
             f"reported {time.time() - report['last_seen']:.0f} s ago; give each node a "
-            f"node_id of its own")
+            f"node_id of its own (this node's own last run, if its address changed, is "
+            f"forgotten within node_timeout)")
 
 
 class Directory:
