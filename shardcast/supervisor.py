@@ -177,10 +177,10 @@ async def _serve(config: Config) -> bool:
     except OSError as error:    # ssl.SSLError is one too
         raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
     if config.redis_url:
-        from .redis.node import twin_of
-        twin = await twin_of(config)
-        if twin is not None:
-            raise StartupError(twin)
+        from .redis.node import why_not_join
+        refusal = await why_not_join(config)
+        if refusal is not None:
+            raise StartupError(refusal)
     port = claim_port(config.host, config.port)     # first: a server already there stops us
     supervisor = Supervisor(config)
     stop = asyncio.Event()

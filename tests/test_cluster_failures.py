@@ -166,6 +166,27 @@ def test_a_node_does_not_start_under_the_id_of_a_live_node_elsewhere(redis, open
         cluster.stop()
 
 
+def test_a_node_with_another_secret_does_not_join(redis):
+    """Nodes with the same redis_url and secret are one broker: one with another secret on the
+    same Redis and prefix would share channels and users with a broker that refuses its
+    backends. It exits saying so; once that broker is gone (a secret changed), it starts."""
+    cluster = start_nodes(redis.url(), count=1)
+    stranger = Server(1, {**cluster[0].env, "SHARDCAST_NODE_ID": "stranger"}, secret="other")
+    try:
+        with pytest.raises(RuntimeError, match="server exited with 1") as failure:
+            stranger.start()
+        assert f"node 'node0' on {socket.gethostname()} at 127.0.0.1:{cluster[0].api_port} " \
+               "uses this Redis and redis_prefix with another secret" in str(failure.value)
+        assert cluster[0].get("/ready").status_code == 200
+        cluster[0].stop()
+        time.sleep(NODE_TIMEOUT)    # its last report's key lives 3/5 of it
+        stranger.start()
+        assert stranger.get("/ready").status_code == 200
+    finally:
+        stranger.stop()
+        cluster.stop()
+
+
 def test_a_janitor_spares_what_the_node_it_buries_took_since_it_came_back(redis, open_ws):
     """Node 1 dies and comes back under its id while node 0, its janitor, has already found it
     dead: what the janitor reads of it then may hold the new run's connections, which it must

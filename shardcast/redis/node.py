@@ -14,6 +14,8 @@ this node itself, as its supervisor runs it (``Node``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import logging
 import socket
@@ -48,31 +50,47 @@ def address(config: Config) -> str:
     return f"{config.host}:{config.port}"
 
 
-async def twin_of(config: Config) -> str | None:
-    """Why this node cannot join (None: it can). A live node with its node_id on another host
-    or address, a config copied between hosts, would answer this node's forwarded commands and
-    overwrite its reports and registries; one on this host and address is this node's last
-    run (a restart). Unchecked while Redis is unreachable."""
+async def why_not_join(config: Config) -> str | None:
+    """Why this node cannot join its cluster (None: it can), as the live nodes report:
+    * a node with its node_id on another host or address (a configuration copied between
+      hosts) would answer this node's forwarded commands and overwrite its reports and
+      registries; on this host and address, it is this node's own last run, restarting;
+    * a node with another secret is another broker on this Redis and redis_prefix: the two
+      would share channels and users while refusing each other's backends.
+    Unchecked while Redis is unreachable."""
     redis = Redis(config.redis_url, config.redis_timeout, "startup check")
     redis.start()
     try:
         if not await redis.wait_up(config.redis_timeout):
             return None
-        last = await redis.call("GET", Keys(config.redis_prefix).node(config.node))
+        keys = Keys(config.redis_prefix)
+        reports = await redis.call("HGETALL", keys.nodes)
+        ids = [reports[i].decode() for i in range(0, len(reports), 2)]
+        alive = await asyncio.gather(*(redis.call("EXISTS", keys.node(node)) for node in ids))
     except (RedisUnavailable, ConnectionError):
         return None
     finally:
         redis.close()
-    if last is None:
-        return None
-    report = orjson.loads(last)
-    where = report.get("host", HOST), report["address"]
-    if where == (HOST, address(config)):
-        return None
-    return (f"node_id {config.node!r} is taken: a live node on {where[0]} at {where[1]} "
-            f"reported {time.time() - report['last_seen']:.0f} s ago; give each node a "
-            f"node_id of its own (this node's own last run, if its address changed, is "
-            f"forgotten within node_timeout)")
+    here, mark = (HOST, address(config)), cluster_mark(config)
+    for index in (i for i, live in enumerate(alive) if live):
+        report = orjson.loads(reports[2 * index + 1])
+        where = report.get("host", HOST), report["address"]
+        if report.get("cluster", mark) != mark:
+            return (f"node {report['node_id']!r} on {where[0]} at {where[1]} uses this Redis "
+                    f"and redis_prefix with another secret: give each cluster a redis_prefix "
+                    f"of its own, or every node the same secret")
+        if report["node_id"] == config.node and where != here:
+            return (f"node_id {config.node!r} is taken: a live node on {where[0]} at "
+                    f"{where[1]} reported {time.time() - report['last_seen']:.0f} s ago; give "
+                    f"each node a node_id of its own (this node's own last run, if its "
+                    f"address changed, is forgotten within node_timeout)")
+    return None
+
+
+def cluster_mark(config: Config) -> str:
+    """Names the broker a node belongs to, in its reports: derived from the secret, which it
+    does not reveal."""
+    return hmac.new(config.secret.encode(), b"shardcast cluster", hashlib.sha256).hexdigest()[:16]
 
 
 class Directory:
@@ -276,6 +294,7 @@ class Node(Directory):
             "node_id": self.id,
             "host": HOST,
             "address": address(self.config),
+            "cluster": cluster_mark(self.config),
             "shards": self.shards.count,
             "run": self.run,
             "connections": sum(s["connections"] for s in stats),
