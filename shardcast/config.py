@@ -400,10 +400,20 @@ def _validate(config: Config, sources: Mapping[str, str]) -> None:
     problems = _range_problems(config)
     if problems:
         raise ConfigError("\n".join(
-            f"{key} = {getattr(config, key)!r} (from {sources.get(key, 'default')}): "
-            f"expected {expected}"
+            f"{key} = {_quoted(key, getattr(config, key))} (from "
+            f"{sources.get(key, 'default')}): expected {expected}"
             for key, expected in problems.items()
         ))
+
+
+def _quoted(key: str, value: object) -> str:
+    """A value as an error shows it (logs keep it): a Redis URL without its password."""
+    if key == "redis_url":
+        value = _URL_PASSWORD.sub(r"\1***@", str(value))
+    return repr(value)
+
+
+_URL_PASSWORD = re.compile(r"(//[^/@]*:)[^/]*@")
 
 
 def _valid_ws_url_template(template: str) -> bool:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from contract import delivered, unique, wait_until
-from harness import ClusterNodes, Server, conn_id_on
+from harness import REPO_ROOT, ClusterNodes, Server, conn_id_on
+from processes import free_port, free_port_range
 from positions import Reader, with_query
 from redisserver import RedisServer
 from stallproxy import StallProxy
@@ -390,6 +393,31 @@ def test_a_resume_ahead_of_a_lagging_subscription_repeats_nothing(proxied):
     assert reader.statuses[-1][channel]["recovered"] is True
     got = [e["uuid"] for e in reader.got[channel]]
     assert got == [first["uuid"]] + [item["uuid"] for item in missed] + [marker]
+
+
+def test_no_log_or_error_shows_the_redis_password(tmp_path):
+    """A node started while its Redis is away says so by address; an invalid URL is quoted
+    without its password (logs keep both)."""
+    password, where = "pw-" + unique("secret"), f"127.0.0.1:{free_port()}"
+    url = f"redis://:{password}@{where}/0"
+    serve = [sys.executable, "-m", "shardcast", "serve", "--host", "127.0.0.1",
+             "--port", str(free_port()), "--ws-port-base", str(free_port_range(1)),
+             "--workers", "1", "--secret", "s"]
+    log = tmp_path / "node.log"
+    with log.open("w") as out:
+        node = subprocess.Popen([*serve, "--redis-url", url], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                env={**os.environ, "SHARDCAST_REDIS_TIMEOUT": "0.5"})
+    try:
+        wait_until(lambda: "shardcast API on" in log.read_text(), timeout=30)
+    finally:
+        node.terminate()
+        node.wait(timeout=20)
+    assert f"Redis at {where} is not reachable yet" in log.read_text()
+    invalid = subprocess.run([*serve, "--redis-url", url.replace("/0", "/db")], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=30)
+    assert invalid.returncode != 0 and f"redis_url = 'redis://:***@{where}/db'" in invalid.stderr
+    assert password not in log.read_text() + invalid.stdout + invalid.stderr
 
 
 def test_ready_says_redis_is_away_while_health_stays():

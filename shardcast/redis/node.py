@@ -116,7 +116,7 @@ class Directory:
         self.listener.start()
         if not await self.redis.wait_up(self.config.redis_timeout * 5):
             log.warning("Redis at %s is not reachable yet; calls answer 503 until it is",
-                        self.config.redis_url)
+                        self.redis.address)     # host:port, not the password
 
     def down(self) -> bool:
         return not self.redis.ready
