@@ -4,6 +4,7 @@ their request counts, and stops them."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -49,8 +50,9 @@ def claim_port(host: str, port: int) -> list[socket.socket]:
     except OSError as error:
         for sock in held:
             sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
-                           f"is another server (another shardcast?) using it?")
+        hint = ("; is another server (another shardcast?) using it?"
+                if error.errno == errno.EADDRINUSE else "")
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}")
     return held
 
 
