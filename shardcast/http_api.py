@@ -93,8 +93,9 @@ class HttpApi:
         # HEAD is GET without the body (HttpProtocol leaves it out): load balancers check so.
         handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:
+            allowed = [*methods, "HEAD"] if "GET" in methods else list(methods)
             return Response(405, orjson.dumps({"method": [f"Use {', '.join(methods)}"]}),
-                            headers={"allow": ", ".join(methods)})
+                            headers={"allow": ", ".join(allowed)})
         if signed:
             refusal = self.authorize(request)
             if refusal is not None:

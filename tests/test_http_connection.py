@@ -124,3 +124,14 @@ def test_head_is_answered_as_get_without_its_body(server):
         assert answer.startswith(b"HTTP/1.1 "), (path, answer[:80])      # and no body
     ((head, body),) = responses(answer)
     assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"status": "ok"}
+
+
+def test_a_405_lists_the_methods_of_its_path_head_with_get(server):
+    for method, path, allowed in (("POST", "/health", b"GET, HEAD"),
+                                  ("GET", "/message", b"POST, PATCH, DELETE"),
+                                  ("PUT", "/info", b"GET, POST, HEAD")):
+        ((head, _),) = responses(raw_request(server, (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 0\r\n"
+            f"Connection: close\r\n\r\n").encode()))
+        assert head.startswith(b"HTTP/1.1 405"), (method, path)
+        assert b"\r\nallow: " + allowed in head, head
