@@ -39,10 +39,11 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Request:
-    __slots__ = ("method", "target", "path", "query", "headers", "body", "client", "keep_alive")
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "client", "keep_alive",
+                 "http10")
 
     def __init__(self, method: str, url: bytes, headers: dict[str, str], body: bytes,
-                 client: str, keep_alive: bool = True) -> None:
+                 client: str, keep_alive: bool = True, http10: bool = False) -> None:
         self.method = method
         self.target = url.decode("latin-1")   # path and query exactly as sent (signed requests)
         path, _, query = self.target.partition("?")
@@ -53,6 +54,7 @@ class Request:
         self.body = body
         self.client = client
         self.keep_alive = keep_alive
+        self.http10 = http10        # an HTTP/1.0 client keeps its connection only when told
 
 
 class Response:
@@ -266,8 +268,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.refused:
             self._close()
             raise StopParsing
-        request = Request(self.parser.get_method().decode(), b"".join(self.url), self.headers,
-                          b"".join(self.body), self.client, self.parser.should_keep_alive())
+        parser = self.parser
+        request = Request(parser.get_method().decode(), b"".join(self.url), self.headers,
+                          b"".join(self.body), self.client, parser.should_keep_alive(),
+                          parser.get_http_version() == "1.0")
         self._reset()
         self.queue.append(request)
         self._next()
@@ -348,6 +352,8 @@ class HttpProtocol(asyncio.Protocol):
             head += f"{name}: {value}\r\n"
         if not request.keep_alive:
             head += "connection: close\r\n"
+        elif request.http10:
+            head += "connection: keep-alive\r\n"
         encoded = f"{head}\r\n".encode("latin-1")
         if request.method == "HEAD":    # the length GET would send, and no body
             parts: tuple[bytes, ...] = (encoded,)

@@ -135,3 +135,16 @@ def test_a_405_lists_the_methods_of_its_path_head_with_get(server):
             f"Connection: close\r\n\r\n").encode()))
         assert head.startswith(b"HTTP/1.1 405"), (method, path)
         assert b"\r\nallow: " + allowed in head, head
+
+
+def test_an_http10_client_asking_for_keep_alive_is_told_it_has_it(server):
+    """HTTP/1.0 keeps a connection only when the answer says so (ab -k, among others)."""
+    with open_socket(server.api_port) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, _ = read_response(sock)
+            assert status == 200 and headers["connection"] == "keep-alive"
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")       # and without it, closed after
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.recv(1) == b""
