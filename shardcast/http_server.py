@@ -47,6 +47,8 @@ class Request:
         self.method = method
         self.target = url.decode("latin-1")   # path and query exactly as sent (signed requests)
         path, _, query = self.target.partition("?")
+        if path.startswith(("http://", "https://")):   # absolute-form (RFC 9112): its path
+            path = "/" + path.split("/", 3)[3] if path.count("/") > 2 else "/"
         self.path = path
         self.query = ({k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
                       if query else {})

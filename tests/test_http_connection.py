@@ -148,3 +148,14 @@ def test_an_http10_client_asking_for_keep_alive_is_told_it_has_it(server):
         status, headers, _ = read_response(sock)
         assert status == 200 and headers["connection"] == "close"
         assert sock.recv(1) == b""
+
+
+def test_an_absolute_form_target_is_served_by_its_path(server):
+    """RFC 9112: a server accepts "GET http://host/path" (what a client sends to a proxy)."""
+    answer = raw_request(server, (
+        f"GET http://127.0.0.1:{server.api_port}/health?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        "GET http://127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    ).encode())
+    (health_head, health), (root_head, root) = responses(answer)
+    assert health_head.startswith(b"HTTP/1.1 200") and json.loads(health) == {"status": "ok"}
+    assert json.loads(root) == {"path": ["No such endpoint: /"]}
