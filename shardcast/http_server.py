@@ -6,6 +6,8 @@ import asyncio
 import collections
 import functools
 import logging
+import time
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Awaitable, Callable, Union
 from urllib.parse import parse_qs
@@ -79,6 +81,18 @@ def json_response(value: object, status: int = 200) -> Response:
 @functools.lru_cache(maxsize=None)   # a handful of statuses; PHRASES bounds it
 def _status_line(status: int) -> str:
     return f"HTTP/1.1 {status} {PHRASES[status]}\r\n"
+
+
+_date = [0, ""]     # the second of the last Date header, and the header
+
+
+def _date_line() -> str:
+    """The Date header (every answer of an origin server carries one), formatted once a
+    second."""
+    second = int(time.time())
+    if second != _date[0]:
+        _date[:] = second, f"date: {formatdate(second, usegmt=True)}\r\n"
+    return _date[1]
 
 
 Handler = Callable[[Request], Union[Response, Awaitable[Response]]]
@@ -348,7 +362,8 @@ class HttpProtocol(asyncio.Protocol):
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
         wait = response.after
-        head = (f"{_status_line(response.status)}content-type: {response.content_type}\r\n"
+        head = (f"{_status_line(response.status)}{_date_line()}"
+                f"content-type: {response.content_type}\r\n"
                 f"content-length: {len(response.body)}\r\n")
         for name, value in response.headers.items():
             head += f"{name}: {value}\r\n"
@@ -405,7 +420,8 @@ class HttpProtocol(asyncio.Protocol):
         self._send_held()
         body = orjson.dumps({"request": [message]})
         self.transport.write(
-            f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n{_date_line()}"
+            f"content-type: application/json\r\n"
             f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\n"
             f"connection: close\r\n\r\n".encode() + body)
         if close:

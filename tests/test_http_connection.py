@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from email.utils import parsedate_to_datetime
 
 import pytest
 
@@ -159,3 +161,16 @@ def test_an_absolute_form_target_is_served_by_its_path(server):
     (health_head, health), (root_head, root) = responses(answer)
     assert health_head.startswith(b"HTTP/1.1 200") and json.loads(health) == {"status": "ok"}
     assert json.loads(root) == {"path": ["No such endpoint: /"]}
+
+
+def test_every_answer_carries_its_date(server):
+    """RFC 9110: an origin server with a clock dates its answers (caches and logs read it)."""
+    before = time.time()
+    answer = raw_request(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    malformed = raw_request(server, b"NOT HTTP AT ALL\r\n\r\n")
+    heads = [head for head, _ in responses(answer)] + [malformed.partition(b"\r\n\r\n")[0]]
+    for head in heads:
+        (date,) = [line[6:] for line in head.split(b"\r\n") if line.lower().startswith(b"date: ")]
+        sent = parsedate_to_datetime(date.decode()).timestamp()
+        assert before - 1 <= sent <= time.time() + 1, head
