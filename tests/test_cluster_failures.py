@@ -151,21 +151,26 @@ def test_a_node_restarted_at_once_parts_the_connections_of_its_killed_self(redis
 
 def test_a_node_does_not_start_under_the_id_of_a_live_node_elsewhere(redis, open_ws):
     """A configuration copied between hosts: a second node0 would answer node0's forwarded
-    commands and overwrite its reports and registries. It exits saying so; node0 serves on."""
+    commands and overwrite its reports and registries. It exits saying so, and node0 serves on;
+    once node0 is killed, node0 on other ports (its restart elsewhere) starts."""
     cluster = start_nodes(redis.url(), count=1)
+    twin = Server(1, {**cluster[0].env})        # node0 again, on other ports
     try:
         channel, user = unique("ch"), unique("u")
         client = open_ws(cluster[0].connect(user, [channel]))
-        twin = Server(1, {**cluster[0].env})        # node0 again, on other ports
         with pytest.raises(RuntimeError, match="server exited with 1") as failure:
             twin.start()
         assert f"node_id 'node0' is taken: a live node on {socket.gethostname()} at " \
-               f"127.0.0.1:{cluster[0].api_port} reported" in str(failure.value)
+               f"127.0.0.1:{cluster[0].api_port} reports under it" in str(failure.value)
         item = cluster[0].say(channel, "still node0's")
         assert client.next() == delivered(item)
         [node] = cluster[0].get("/admin/admin.json").json()["nodes"]
         assert node["address"] == f"127.0.0.1:{cluster[0].api_port}"
+        cluster[0].kill()       # its key outlives it a moment, but it reports no more:
+        twin.start()            # node0 restarted on other ports joins
+        assert twin.get("/ready").status_code == 200
     finally:
+        twin.stop()
         cluster.stop()
 
 
@@ -181,8 +186,7 @@ def test_a_node_with_another_secret_does_not_join(redis):
         assert f"node 'node0' on {socket.gethostname()} at 127.0.0.1:{cluster[0].api_port} " \
                "uses this Redis and redis_prefix with another secret" in str(failure.value)
         assert cluster[0].get("/ready").status_code == 200
-        cluster[0].stop()
-        time.sleep(NODE_TIMEOUT)    # its last report's key lives 3/5 of it
+        cluster[0].stop()       # its last report's key outlives it a moment
         stranger.start()
         assert stranger.get("/ready").status_code == 200
     finally:

@@ -57,34 +57,54 @@ async def why_not_join(config: Config) -> str | None:
       registries; on this host and address, it is this node's own last run, restarting;
     * a node with another secret is another broker on this Redis and redis_prefix: the two
       would share channels and users while refusing each other's backends.
-    Unchecked while Redis is unreachable."""
+    A node killed a moment ago still has a live key: one in conflict counts once it reports
+    again, within a report interval and a half. Unchecked while Redis is unreachable."""
     redis = Redis(config.redis_url, config.redis_timeout, "startup check")
     redis.start()
     try:
         if not await redis.wait_up(config.redis_timeout):
             return None
         keys = Keys(config.redis_prefix)
-        reports = await redis.call("HGETALL", keys.nodes)
-        ids = [reports[i].decode() for i in range(0, len(reports), 2)]
-        alive = await asyncio.gather(*(redis.call("EXISTS", keys.node(node)) for node in ids))
+        conflicts = _conflicts(config, await _live_reports(redis, keys))
+        if not conflicts:
+            return None
+        await asyncio.sleep(config.node_timeout / REPORTS_PER_TIMEOUT * 1.5)
+        again = await _live_reports(redis, keys)
     except (RedisUnavailable, ConnectionError):
         return None
     finally:
         redis.close()
+    for node, (report, refusal) in conflicts.items():
+        if again.get(node, report)["last_seen"] != report["last_seen"]:
+            return refusal
+    return None
+
+
+async def _live_reports(redis: Redis, keys: Keys) -> dict[str, dict]:
+    """The last report of each node whose key has not expired."""
+    reports = await redis.call("HGETALL", keys.nodes)
+    ids = [reports[i].decode() for i in range(0, len(reports), 2)]
+    alive = await asyncio.gather(*(redis.call("EXISTS", keys.node(node)) for node in ids))
+    return {node: orjson.loads(reports[2 * index + 1])
+            for index, node in enumerate(ids) if alive[index]}
+
+
+def _conflicts(config: Config, reports: dict[str, dict]) -> dict[str, tuple[dict, str]]:
+    """The reports this node cannot join beside, with why."""
     here, mark = (HOST, address(config)), cluster_mark(config)
-    for index in (i for i, live in enumerate(alive) if live):
-        report = orjson.loads(reports[2 * index + 1])
+    found = {}
+    for node, report in reports.items():
         where = report.get("host", HOST), report["address"]
         if report.get("cluster", mark) != mark:
-            return (f"node {report['node_id']!r} on {where[0]} at {where[1]} uses this Redis "
-                    f"and redis_prefix with another secret: give each cluster a redis_prefix "
-                    f"of its own, or every node the same secret")
-        if report["node_id"] == config.node and where != here:
-            return (f"node_id {config.node!r} is taken: a live node on {where[0]} at "
-                    f"{where[1]} reported {time.time() - report['last_seen']:.0f} s ago; give "
-                    f"each node a node_id of its own (this node's own last run, if its "
-                    f"address changed, is forgotten within node_timeout)")
-    return None
+            found[node] = report, (
+                f"node {node!r} on {where[0]} at {where[1]} uses this Redis and redis_prefix "
+                f"with another secret: give each cluster a redis_prefix of its own, or every "
+                f"node the same secret")
+        elif node == config.node and where != here:
+            found[node] = report, (
+                f"node_id {node!r} is taken: a live node on {where[0]} at {where[1]} reports "
+                f"under it; give each node a node_id of its own")
+    return found
 
 
 def cluster_mark(config: Config) -> str:
