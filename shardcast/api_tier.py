@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import time
 from multiprocessing.process import BaseProcess
 
 import orjson
@@ -20,6 +21,7 @@ from .ipc import Link
 
 log = logging.getLogger("shardcast.supervisor")
 START_TIMEOUT = 20.0
+CLAIM_WAIT = 3.0            # seconds a new server waits for its API port to be free
 ASK_TIMEOUT = 2.0           # seconds an API process has to say its counts
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -28,7 +30,23 @@ class StartupError(RuntimeError):
     pass
 
 
-def claim_port(host: str, port: int) -> list[socket.socket]:
+async def claim_port(host: str, port: int) -> list[socket.socket]:
+    """``hold_port``, waiting CLAIM_WAIT at most for the port to be free: the API processes
+    of a server whose supervisor was killed exit within a second or two."""
+    deadline = time.monotonic() + CLAIM_WAIT
+    while True:
+        try:
+            return hold_port(host, port)
+        except OSError as error:
+            taken = error.errno == errno.EADDRINUSE
+            if not taken or time.monotonic() >= deadline:
+                hint = "; is another server (another shardcast?) using it?" if taken else ""
+                raise StartupError(f"cannot listen on {host}:{port}: "
+                                   f"{error.strerror or error}{hint}") from None
+        await asyncio.sleep(0.1)
+
+
+def hold_port(host: str, port: int) -> list[socket.socket]:
     """Hold the API port for this server's API processes, which share it (SO_REUSEPORT), so
     that a second server started on it fails instead of silently taking half its calls. Bound
     without SO_REUSEPORT, these sockets are refused while another server listens there (as
@@ -50,12 +68,10 @@ def claim_port(host: str, port: int) -> list[socket.socket]:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    except OSError as error:
+    except OSError:
         for sock in held:
             sock.close()
-        hint = ("; is another server (another shardcast?) using it?"
-                if error.errno == errno.EADDRINUSE else "")
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}")
+        raise
     return held
 
 

@@ -181,7 +181,7 @@ async def _serve(config: Config) -> bool:
         refusal = await why_not_join(config)
         if refusal is not None:
             raise StartupError(refusal)
-    port = claim_port(config.host, config.port)     # before any process: one there stops us
+    port = await claim_port(config.host, config.port)   # before any process: one there stops us
     supervisor = Supervisor(config)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
