@@ -294,8 +294,9 @@ Where the missed ones stand (measured on this host, 2026-12-01):
   16.2 µs with a write per request to a second process, as an API process writes to a shard.
   shardcast's own Python for a request (HTTP, signature, validation, routing, the answer) takes
   19 µs in a loop without sockets.
-* Latency: Nchan's p99 in the same runs is as high (2.6 ms here, 4.3 ms in another run): how
-  the host schedules the server's and the generators' processes on 2 cores sets it.
+* Latency: Nchan's p99, measured side by side, was as high (2.6 ms in one run, 4.3 ms in
+  another): how the host schedules the server's and the generators' processes on 2 cores sets
+  it.
 * `/connect`: one round trip from the API process to the connection's shard and, at 2 shards,
   one between shards, for the full states of the channel's members whose users the other shard
   owns."""
