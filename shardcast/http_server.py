@@ -293,13 +293,9 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def _continue(self) -> None:
-        """Ask for the body, after the answers to the requests before (HTTP/1.1 allows the
-        interim answer only in its place in the stream)."""
+        """Ask for the body (an interim answer, in its place after those held before it)."""
         self.expecting = False
-        if self.held:
-            self.held.append((None, (CONTINUE,), True))
-        else:
-            self.transport.write(CONTINUE)
+        self._queue((CONTINUE,), True)
 
     def _too_large(self) -> None:
         """Answer 413 at once, then read and drop the rest of the body before closing, so
@@ -361,7 +357,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
-        wait = response.after
         head = (f"{_status_line(response.status)}{_date_line()}"
                 f"content-type: {response.content_type}\r\n"
                 f"content-length: {len(response.body)}\r\n")
@@ -378,15 +373,21 @@ class HttpProtocol(asyncio.Protocol):
             parts = (encoded, response.body)
         else:
             parts = (encoded + response.body,)
+        self._queue(parts, request.keep_alive, response.after)
+
+    def _queue(self, parts: tuple[bytes, ...], keep_alive: bool,
+               wait: asyncio.Future | None = None) -> None:
+        """Write an answer now, or, while ``wait`` or an answer before it is pending, hold it
+        in its place in the stream."""
         if wait is None and not self.held:
-            self._write(parts, request.keep_alive)
+            self._write(parts, keep_alive)
             return
         # It waits, and later answers wait behind it; the requests after it are handled
         # meanwhile, unless this answer closes the connection.
-        self.held.append((wait, parts, request.keep_alive))
+        self.held.append((wait, parts, keep_alive))
         if wait is not None:
             wait.add_done_callback(self._release)
-        if not request.keep_alive:
+        if not keep_alive:
             self.busy = True
             self.transport.pause_reading()
 
