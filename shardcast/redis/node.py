@@ -65,11 +65,11 @@ async def why_not_join(config: Config) -> str | None:
         if not await redis.wait_up(config.redis_timeout):
             return None
         keys = Keys(config.redis_prefix)
-        conflicts = _conflicts(config, await _live_reports(redis, keys))
+        conflicts = _conflicts(config, await node_reports(redis, keys, alive=True))
         if not conflicts:
             return None
         await asyncio.sleep(config.node_timeout / REPORTS_PER_TIMEOUT * 1.5)
-        again = await _live_reports(redis, keys)
+        again = await node_reports(redis, keys, alive=True)
     except (RedisUnavailable, ConnectionError):
         return None
     finally:
@@ -80,13 +80,14 @@ async def why_not_join(config: Config) -> str | None:
     return None
 
 
-async def _live_reports(redis: Redis, keys: Keys) -> dict[str, dict]:
-    """The last report of each node whose key has not expired."""
+async def node_reports(redis: Redis, keys: Keys, alive: bool) -> dict[str, dict]:
+    """The last report of each node whose key is live (``alive``: it reported lately) or,
+    with ``alive`` false, has expired (it is dead)."""
     reports = await redis.call("HGETALL", keys.nodes)
     ids = [reports[i].decode() for i in range(0, len(reports), 2)]
-    alive = await asyncio.gather(*(redis.call("EXISTS", keys.node(node)) for node in ids))
+    live = await asyncio.gather(*(redis.call("EXISTS", keys.node(node)) for node in ids))
     return {node: orjson.loads(reports[2 * index + 1])
-            for index, node in enumerate(ids) if alive[index]}
+            for index, node in enumerate(ids) if bool(live[index]) == alive}
 
 
 def _conflicts(config: Config, reports: dict[str, dict]) -> dict[str, tuple[dict, str]]:
@@ -342,12 +343,10 @@ class Node(Directory):
     async def _bury_the_dead(self) -> None:
         if self.up_since is None or time.monotonic() - self.up_since < self.config.node_timeout:
             return
-        for node in await self.redis.call("HKEYS", self.keys.nodes):
-            node = node.decode()
-            if node == self.id or await self.redis.call("EXISTS", self.keys.node(node)):
-                continue
-            if await self.redis.call("SET", self.keys.janitor(node), self.id, "NX", "PX",
-                                     int(self.config.node_timeout * 3000)):
+        for node in await node_reports(self.redis, self.keys, alive=False):
+            if node != self.id and await self.redis.call(
+                    "SET", self.keys.janitor(node), self.id, "NX", "PX",
+                    int(self.config.node_timeout * 3000)):
                 await self._bury(node)
 
     async def _bury(self, node: str) -> None:
