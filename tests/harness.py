@@ -63,9 +63,8 @@ class Server:
 
     # lifecycle -------------------------------------------------------------
 
-    def start(self, **popen: Any) -> "Server":
-        """Start it; ``popen`` goes to subprocess.Popen (e.g. a ``preexec_fn``)."""
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "shardcast", "serve",
             "--host", "127.0.0.1",
             "--port", str(self.api_port),
@@ -74,13 +73,21 @@ class Server:
             "--secret", self.secret,
             "--log-level", "warning",
         ]  # fmt: skip
-        env = {**os.environ, **self.env}
-        self.process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, **popen
-        )
-        STARTED.append(self)
+
+    def start(self, **popen: Any) -> "Server":
+        """Start it; ``popen`` goes to subprocess.Popen (e.g. a ``preexec_fn``)."""
+        self.launch(**popen)
         self._wait_ready()
         return self
+
+    def launch(self, **popen: Any) -> None:
+        """Start it without waiting for it to be ready (its log says how it goes)."""
+        env = {**os.environ, **self.env}
+        self.process = subprocess.Popen(
+            self.command(), cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            **popen
+        )
+        STARTED.append(self)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT

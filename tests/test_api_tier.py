@@ -12,7 +12,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from typing import Iterator
@@ -23,7 +22,6 @@ import requests
 from contract import unique, wait_until
 import harness
 from harness import CONTRACT_ENV, Server
-from processes import free_port_range
 from rawhttp import open_socket, read_response
 from wsclient import raw_handshake
 
@@ -82,19 +80,18 @@ def test_requests_land_on_every_api_process(server):
 def test_a_second_server_on_the_api_port_fails_instead_of_sharing_it(server):
     """The API processes share the port (SO_REUSEPORT): so could another server of the same
     user, silently taking half the calls, whose clients would never meet this one's."""
-    second = subprocess.Popen(
-        [sys.executable, "-m", "shardcast", "serve", "--host", "127.0.0.1",
-         "--port", str(server.api_port), "--ws-port-base", str(free_port_range(1)),
-         "--workers", "1", "--secret", server.secret, "--log-level", "warning"],
-        cwd=harness.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = Server(1)
+    second.api_port = server.api_port
+    second.launch()
     try:
-        output, _ = second.communicate(timeout=20)
+        returncode = second.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        second.kill()
-        output, _ = second.communicate()
-        pytest.fail(f"a second server runs on the API port:\n{output[-2000:]}")
-    assert second.returncode != 0
-    assert f"cannot listen on 127.0.0.1:{server.api_port}: Address already in use" in output
+        pytest.fail(f"a second server runs on the API port:\n{second.output()}")
+    finally:
+        second.stop()
+    assert returncode != 0
+    assert f"cannot listen on 127.0.0.1:{server.api_port}: Address already in use" \
+           in second.log_text()
     assert [fresh_connect(server) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
 
 

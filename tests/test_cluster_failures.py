@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +15,7 @@ import pytest
 
 from contract import delivered, unique, wait_until
 from harness import REPO_ROOT, ClusterNodes, Server, conn_id_on
-from processes import free_port, free_port_range
+from processes import free_port
 from positions import Reader, with_query
 from redisserver import RedisServer
 from stallproxy import StallProxy
@@ -399,29 +398,23 @@ def test_a_resume_ahead_of_a_lagging_subscription_repeats_nothing(proxied):
     assert got == [first["uuid"]] + [item["uuid"] for item in missed] + [marker]
 
 
-def test_no_log_or_error_shows_the_redis_password(tmp_path):
+def test_no_log_or_error_shows_the_redis_password():
     """A node started while its Redis is away says so by address; an invalid URL is quoted
     without its password (logs keep both)."""
     password, where = "pw-" + unique("secret"), f"127.0.0.1:{free_port()}"
     url = f"redis://:{password}@{where}/0"
-    serve = [sys.executable, "-m", "shardcast", "serve", "--host", "127.0.0.1",
-             "--port", str(free_port()), "--ws-port-base", str(free_port_range(1)),
-             "--workers", "1", "--secret", "s"]
-    log = tmp_path / "node.log"
-    with log.open("w") as out:
-        node = subprocess.Popen([*serve, "--redis-url", url], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                env={**os.environ, "SHARDCAST_REDIS_TIMEOUT": "0.5"})
+    node = Server(1, {"SHARDCAST_REDIS_URL": url, "SHARDCAST_REDIS_TIMEOUT": "0.5"})
+    node.launch()       # not ready while Redis is away: its log says when it serves
     try:
-        wait_until(lambda: "shardcast API on" in log.read_text(), timeout=30)
+        wait_until(lambda: "shardcast API on" in node.log_text(), timeout=30)
+        logged = node.log_text()
     finally:
-        node.terminate()
-        node.wait(timeout=20)
-    assert f"Redis at {where} is not reachable yet" in log.read_text()
-    invalid = subprocess.run([*serve, "--redis-url", url.replace("/0", "/db")], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=30)
+        node.stop()
+    assert f"Redis at {where} is not reachable yet" in logged
+    invalid = subprocess.run([*node.command(), "--redis-url", url.replace("/0", "/db")],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert invalid.returncode != 0 and f"redis_url = 'redis://:***@{where}/db'" in invalid.stderr
-    assert password not in log.read_text() + invalid.stdout + invalid.stderr
+    assert password not in logged + invalid.stdout + invalid.stderr
 
 
 def test_ready_says_redis_is_away_while_health_stays():
