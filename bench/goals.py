@@ -76,12 +76,18 @@ EVERY_TARGET = {"churn --resume"}   # judged on one node too, not only on a clus
 PUBLISHING = {"fanout", "latency", "api --history"}   # Redis' CPU there is for publishes
 
 
+def alone(result: dict) -> bool:
+    """Whether ``result`` is a finished run of one shardcast node (not a cluster, not a
+    compared server)."""
+    return (result.get("nodes") is None and "failed" not in result
+            and result["target"].startswith("shardcast"))
+
+
 def one_node(results: list[dict], scenario: str) -> dict | None:
     """shardcast's run of one node alone (the most shards, if several) of ``scenario``; a
     compared server (Channelstream, Nchan) is never the baseline."""
-    alone = [r for r in results if r["scenario"] == scenario and r.get("nodes") is None
-             and "failed" not in r and r["target"].startswith("shardcast")]
-    return max(alone, key=lambda r: r.get("workers") or 0, default=None)
+    runs = [r for r in results if r["scenario"] == scenario and alone(r)]
+    return max(runs, key=lambda r: r.get("workers") or 0, default=None)
 
 
 def goal_lines(results: list[dict]) -> list[str]:
@@ -106,10 +112,7 @@ def goal_lines(results: list[dict]) -> list[str]:
 def node_goal_lines(results: list[dict]) -> list[str]:
     """One line per target of one node met or not, for each shardcast run of one node."""
     lines = []
-    for result in results:
-        if "failed" in result or result.get("nodes") or \
-                not result["target"].startswith("shardcast"):
-            continue
+    for result in filter(alone, results):
         for figure, bound, what in NODE_TARGETS.get(result["scenario"], ()):
             value = result.get(figure)
             if value is not None:
