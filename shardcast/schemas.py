@@ -164,9 +164,13 @@ def decode(body: bytes, kind: type) -> Any:
     except RecursionError:
         raise Invalid(TOO_DEEP) from None
     try:
-        value = orjson.loads(body)   # a type error may be found before a syntax error
-    except orjson.JSONDecodeError:
+        # A type error may be found before a syntax error. Parsed as msgspec does (orjson
+        # reads an integer past 64 bits as a float), so the entry at fault fails again.
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
         raise Invalid(INVALID_JSON) from None
+    except RecursionError:
+        raise Invalid(TOO_DEEP) from None
     raise Invalid(_locate(message, value, kind))
 
 

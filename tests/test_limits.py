@@ -140,7 +140,7 @@ def test_body_nested_deeper_than_the_decoder_allows_is_422(limited):
 def test_state_integer_over_64_bits_is_422(limited):
     body = refused(limited.post("/connect", {"username": unique("u"),
                                              "user_state": {"n": 2**64}}))
-    assert "user_state" in body
+    assert body == {"user_state": {"n": {"value": ["Expected `int` <= 9223372036854775807"]}}}
 
 
 # -- connections, channels, users ---------------------------------------------------------
