@@ -86,7 +86,7 @@ def _status_line(status: int) -> str:
 _date = [0, ""]     # the second of the last Date header, and the header
 
 
-def _date_line() -> str:
+def date_line() -> str:
     """The Date header (every answer of an origin server carries one), formatted once a
     second."""
     second = int(time.time())
@@ -357,7 +357,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
-        head = (f"{_status_line(response.status)}{_date_line()}"
+        head = (f"{_status_line(response.status)}{date_line()}"
                 f"content-type: {response.content_type}\r\n"
                 f"content-length: {len(response.body)}\r\n")
         for name, value in response.headers.items():
@@ -421,7 +421,7 @@ class HttpProtocol(asyncio.Protocol):
         self._send_held()
         body = orjson.dumps({"request": [message]})
         self.transport.write(
-            f"HTTP/1.1 {status.value} {status.phrase}\r\n{_date_line()}"
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n{date_line()}"
             f"content-type: application/json\r\n"
             f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\n"
             f"connection: close\r\n\r\n".encode() + body)

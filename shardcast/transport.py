@@ -17,7 +17,7 @@ from .websocket import (NORMAL, OPEN, PING_FRAME, TEXT, TOO_SLOW, Settings, WebS
 LISTEN_QUIET = 0.25      # a long poll keeps collecting while frames arrive this often,
 LISTEN_COLLECT = 1.0     # for this long at most after the first one
 CLOSE_GRACE = 10.0       # seconds a closing websocket may take to flush before it is reset
-NOT_FOUND = refusal(404, "Not Found", b'{"path": ["Websockets are served on /ws"]}')
+NOT_FOUND = b'{"path": ["Websockets are served on /ws"]}'
 
 
 def wire(out: Queued) -> bytes:
@@ -64,7 +64,7 @@ class WebSocketClient(WebSocket):
         # Split as http_server does: urlsplit would cache the last 128 URLs, each socket's unique.
         path, _, query = target.partition("?")
         if path != "/ws":
-            return NOT_FOUND
+            return refusal(404, "Not Found", NOT_FOUND)
         fields = parse_qs(query)
         conn_id = conn_id_from_query(fields)
         if conn_id is None:

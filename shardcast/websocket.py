@@ -17,6 +17,8 @@ import logging
 
 import orjson
 
+from .http_server import date_line
+
 log = logging.getLogger("shardcast.websocket")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE = 8192          # bytes of request line and headers
@@ -50,7 +52,7 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 def refusal(status: int, reason: str, body: bytes, extra: str = "") -> bytes:
     """An HTTP answer to an upgrade that is not taken; the connection closes after it."""
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+    return (f"HTTP/1.1 {status} {reason}\r\n{date_line()}content-type: application/json\r\n"
             f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n").encode() + body
 
 
@@ -159,17 +161,17 @@ class WebSocket(asyncio.Protocol):
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon:
-                return self._refuse(_BAD_REQUEST)
+                return self._not_an_upgrade()
             headers[name.strip().lower()] = value.strip()
         if len(parts) != 3 or parts[0] != b"GET" or not _upgrading(headers):
-            return self._refuse(_BAD_REQUEST)
+            return self._not_an_upgrade()
         if headers.get(b"sec-websocket-version") != b"13":
             return self._refuse(refusal(426, "Upgrade Required",
                                         b'{"request": ["Use websocket version 13"]}',
                                         "sec-websocket-version: 13\r\n"))
         key = headers.get(b"sec-websocket-key", b"")
         if not _valid_key(key):
-            return self._refuse(_BAD_REQUEST)
+            return self._not_an_upgrade()
         answer = self.accept(parts[1].decode("latin-1"))
         if answer is not None:
             return self._refuse(answer)
@@ -184,6 +186,9 @@ class WebSocket(asyncio.Protocol):
         rest = data[end + 4:]
         if rest and self.state == OPEN:
             self._frames(rest)
+
+    def _not_an_upgrade(self) -> None:
+        self._refuse(refusal(400, "Bad Request", NOT_AN_UPGRADE))
 
     def _refuse(self, answer: bytes) -> None:
         self.state = CLOSED
@@ -311,9 +316,9 @@ class WebSocket(asyncio.Protocol):
             self.transport.abort()
 
 
-_BAD_REQUEST = refusal(400, "Bad Request", orjson.dumps(
+NOT_AN_UPGRADE = orjson.dumps(
     {"request": ["Not a websocket upgrade: GET with Upgrade: websocket, Connection: Upgrade, "
-                 "Sec-WebSocket-Key and Sec-WebSocket-Version: 13"]}))
+                 "Sec-WebSocket-Key and Sec-WebSocket-Version: 13"]})
 
 
 def _upgrading(headers: dict[bytes, bytes]) -> bool:

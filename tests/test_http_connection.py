@@ -11,9 +11,10 @@ import pytest
 from rawhttp import open_socket, read_response
 
 
-def raw_request(server, request: bytes) -> bytes:
-    """Send raw bytes; everything the server answers until it closes the connection."""
-    with socket.create_connection(("127.0.0.1", server.api_port), timeout=5) as sock:
+def raw_request(server, request: bytes, port: int | None = None) -> bytes:
+    """Send raw bytes (to the API port unless told); everything the server answers until it
+    closes the connection."""
+    with socket.create_connection(("127.0.0.1", port or server.api_port), timeout=5) as sock:
         sock.sendall(request)
         chunks = []
         while chunk := sock.recv(65536):
@@ -168,8 +169,21 @@ def test_every_answer_carries_its_date(server):
     before = time.time()
     answer = raw_request(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
                                  b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    malformed = raw_request(server, b"NOT HTTP AT ALL\r\n\r\n")
-    heads = [head for head, _ in responses(answer)] + [malformed.partition(b"\r\n\r\n")[0]]
+    refused = [raw_request(server, b"NOT HTTP AT ALL\r\n\r\n")]
+    ws_port = server.ws_ports[0]
+    refused += [raw_request(server, request, ws_port) for request in (  # 400, 404, 426, 400
+        b"GET /ws?conn_id=x HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /elsewhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        b"GET /ws?conn_id=nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n")]
+    statuses = [answer.split(b" ", 2)[1] for answer in refused]
+    assert statuses == [b"400", b"400", b"404", b"426", b"400"]
+    heads = [head for head, _ in responses(answer)] + [
+        answer.partition(b"\r\n\r\n")[0] for answer in refused]
     for head in heads:
         (date,) = [line[6:] for line in head.split(b"\r\n") if line.lower().startswith(b"date: ")]
         sent = parsedate_to_datetime(date.decode()).timestamp()
