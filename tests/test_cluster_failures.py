@@ -5,6 +5,7 @@ and nodes; messages are checked once each, in order, for every reader."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -171,6 +172,38 @@ def test_a_node_does_not_start_under_the_id_of_a_live_node_elsewhere(redis, open
     finally:
         twin.stop()
         cluster.stop()
+
+
+def test_of_two_nodes_started_under_one_id_at_once_one_runs(redis):
+    """Replicas given one node_id, started together on different hosts (here: addresses):
+    neither has reported when the other checks. The one that claims the id first runs; the
+    other exits saying so, and nothing it did reaches the one that runs."""
+    first = ClusterNodes(redis.url(), count=1, **FAST)[0]
+    twins = [first, Server(2, {**first.env})]
+    try:
+        for twin in twins:
+            twin.launch()
+        deadline = time.monotonic() + 30
+        while all(twin.process.poll() is None for twin in twins) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [gone] = [twin for twin in twins if twin.process.poll() is not None]
+        [running] = [twin for twin in twins if twin is not gone]
+        assert gone.process.returncode == 1
+        # (under load, the first may be up before the second looks: it reports by then)
+        assert re.search(f"node_id 'node0' is taken: a live node on {socket.gethostname()} at "
+                         f"127.0.0.1:{running.api_port} (is starting|reports) under it",
+                         gone.log_text())
+        running._wait_ready()
+        channel, user = unique("ch"), unique("u")
+        with open_websocket(running.connect(user, [channel])["ws_url"]) as client:
+            item = running.say(channel, "one node0")
+            assert client.next() == delivered(item)
+        [node] = running.get("/admin/admin.json").json()["nodes"]
+        assert node["address"] == f"127.0.0.1:{running.api_port}"
+        assert running.process.poll() is None
+    finally:
+        for twin in twins:
+            twin.stop()
 
 
 def test_a_node_with_another_secret_does_not_join(redis):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import msgspec
 import orjson
 
+from ..api_tier import START_TIMEOUT
 from ..shards import Shards
 from ..commands import GONE
 from ..config import Config
@@ -32,7 +33,7 @@ from ..schemas import ConnectBody, Invalid, SubscribeBody
 from .keys import Keys
 from .owner import REDIS_DOWN, RedisOwner
 from .resp import Redis, RedisUnavailable
-from .scripts import Scripts
+from .scripts import CLAIM, Scripts
 
 if TYPE_CHECKING:
     from ..commands import Commands
@@ -51,7 +52,8 @@ def address(config: Config) -> str:
 
 
 async def why_not_join(config: Config) -> str | None:
-    """Why this node cannot join its cluster (None: it can), as the live nodes report:
+    """Why this node cannot join its cluster (None: it can, and its node_id is claimed), as
+    the live nodes report:
     * a node with its node_id on another host or address (a configuration copied between
       hosts) would answer this node's forwarded commands and overwrite its reports and
       registries; on this host and address, it is this node's own last run, restarting;
@@ -65,10 +67,17 @@ async def why_not_join(config: Config) -> str | None:
         if not await redis.wait_up(config.redis_timeout):
             return None
         keys = Keys(config.redis_prefix)
-        conflicts = _conflicts(config, await node_reports(redis, keys, alive=True))
-        if not conflicts:
+        conflicts = _strangers(config, await node_reports(redis, keys, alive=True))
+        holder = await _claim(redis, keys, config, b"")
+        if holder is not None and orjson.loads(holder).get("starting"):
+            return _taken(config, holder)   # started at the same moment, elsewhere
+        if holder is None and not conflicts:
             return None
         await asyncio.sleep(config.node_timeout / REPORTS_PER_TIMEOUT * 1.5)
+        if holder is not None:
+            holder = await _claim(redis, keys, config, holder)
+            if holder is not None:
+                return _taken(config, holder)
         again = await node_reports(redis, keys, alive=True)
     except (RedisUnavailable, ConnectionError):
         return None
@@ -78,6 +87,24 @@ async def why_not_join(config: Config) -> str | None:
         if again.get(node, report)["last_seen"] != report["last_seen"]:
             return refusal
     return None
+
+
+async def _claim(redis: Redis, keys: Keys, config: Config, seen: bytes) -> bytes | None:
+    """Claim this node's id for its start: None once claimed, else the report of the node on
+    another host or address that holds it (other than ``seen``, one that has not reported
+    since). The claim lasts until the node's first report, START_TIMEOUT at most."""
+    claim = {"node_id": config.node, "host": HOST, "address": address(config),
+             "cluster": cluster_mark(config), "starting": True, "last_seen": time.time()}
+    ttl = int((START_TIMEOUT + config.node_timeout) * 1000)
+    return await redis.call("EVAL", CLAIM, 1, keys.node(config.node), seen,
+                            orjson.dumps(claim), ttl, HOST, address(config))
+
+
+def _taken(config: Config, holder: bytes) -> str:
+    report = orjson.loads(holder)
+    doing = "is starting" if report.get("starting") else "reports"
+    return (f"node_id {config.node!r} is taken: a live node on {report['host']} at "
+            f"{report['address']} {doing} under it; give each node a node_id of its own")
 
 
 async def node_reports(redis: Redis, keys: Keys, alive: bool) -> dict[str, dict]:
@@ -90,22 +117,15 @@ async def node_reports(redis: Redis, keys: Keys, alive: bool) -> dict[str, dict]
             for index, node in enumerate(ids) if bool(live[index]) == alive}
 
 
-def _conflicts(config: Config, reports: dict[str, dict]) -> dict[str, tuple[dict, str]]:
-    """The reports this node cannot join beside, with why."""
-    here, mark = (HOST, address(config)), cluster_mark(config)
-    found = {}
-    for node, report in reports.items():
-        where = report.get("host", HOST), report["address"]
-        if report.get("cluster", mark) != mark:
-            found[node] = report, (
-                f"node {node!r} on {where[0]} at {where[1]} uses this Redis and redis_prefix "
-                f"with another secret: give each cluster a redis_prefix of its own, or every "
-                f"node the same secret")
-        elif node == config.node and where != here:
-            found[node] = report, (
-                f"node_id {node!r} is taken: a live node on {where[0]} at {where[1]} reports "
-                f"under it; give each node a node_id of its own")
-    return found
+def _strangers(config: Config, reports: dict[str, dict]) -> dict[str, tuple[dict, str]]:
+    """The nodes of another broker on this Redis and prefix (another secret), with why this
+    node cannot join beside them."""
+    mark = cluster_mark(config)
+    return {node: (report, f"node {node!r} on {report.get('host', HOST)} at "
+                           f"{report['address']} uses this Redis and redis_prefix with another "
+                           f"secret: give each cluster a redis_prefix of its own, or every node "
+                           f"the same secret")
+            for node, report in reports.items() if report.get("cluster", mark) != mark}
 
 
 def cluster_mark(config: Config) -> str:

@@ -266,6 +266,20 @@ end
 return 1
 """
 
+# A node claims its id as it starts: its key, unless a node on another host or address holds
+# it with a report other than ARGV[1] (one seen before, not renewed since: its node died).
+# Returns the holder's report, or false once claimed. Run by EVAL, before the node has
+# loaded the others. ARGV: report seen or '', claim JSON, TTL ms, host, address
+CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+  local holder = cjson.decode(current)
+  if holder.host ~= ARGV[4] or holder.address ~= ARGV[5] then return current end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return false
+"""
+
 SOURCES = {"publish": PUBLISH, "announce": ANNOUNCE, "join": JOIN, "leave": LEAVE,
            "configure": CONFIGURE, "amend": AMEND, "state_change": STATE_CHANGE,
            "direct": DIRECT, "user_connect": USER_CONNECT, "user_state": USER_STATE,
