@@ -51,9 +51,11 @@ def hold_port(host: str, port: int) -> list[socket.socket]:
     that a second server started on it fails instead of silently taking half its calls. Bound
     without SO_REUSEPORT, these sockets are refused while another server listens there (as
     the second server's are, on ours); then opened to the API processes. Never listening, they
-    take no connections. (Until an API process listens, SO_REUSEADDR, needed past the TIME_WAIT
-    sockets of a restart, would let another bind: a start at the same moment is not caught.)"""
-    held: list[socket.socket] = []
+    take no connections. Until an API process listens, SO_REUSEADDR (needed past the TIME_WAIT
+    sockets of a restart) would let another server bind as well: a lock, an abstract unix
+    socket named for the address (gone with this process, seen in this network namespace
+    alone, as the port), refuses one that starts at the same moment."""
+    held = [_lock(host, port)]
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -73,6 +75,16 @@ def hold_port(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return held
+
+
+def _lock(host: str, port: int) -> socket.socket:
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0shardcast-api {host}:{port}")
+    except OSError:
+        lock.close()
+        raise
+    return lock
 
 
 class ApiTier:

@@ -95,6 +95,30 @@ def test_a_second_server_on_the_api_port_fails_instead_of_sharing_it(server):
     assert [fresh_connect(server) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
 
 
+def test_of_two_servers_started_on_one_api_port_at_once_one_runs():
+    """Before either's API processes listen, both could bind the port (SO_REUSEADDR), then
+    share it: the one that holds it first runs, the other exits saying so."""
+    twins = [Server(1), Server(1)]
+    twins[1].api_port, twins[1].api = twins[0].api_port, twins[0].api
+    try:
+        for twin in twins:
+            twin.launch()
+        deadline = time.monotonic() + 30
+        while all(twin.process.poll() is None for twin in twins) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [gone] = [twin for twin in twins if twin.process.poll() is not None]
+        assert gone.process.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{gone.api_port}: Address already in use" \
+               in gone.log_text()
+        [running] = [twin for twin in twins if twin is not gone]
+        running._wait_ready()
+        assert [fresh_connect(running) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
+        assert running.process.poll() is None
+    finally:
+        for twin in twins:
+            twin.stop()
+
+
 def test_the_banner_counts_the_api_processes_and_shards(server, server_pool):
     assert f"({PROCESSES} API processes, {SHARDS} shards)" in server.log_text()
     assert "(1 API process, 1 shard)" in server_pool.get(1).log_text()
