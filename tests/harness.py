@@ -248,6 +248,18 @@ class Server:
         return open_websocket(url)
 
 
+def race(twins: list[Server]) -> tuple[Server, Server]:
+    """Launch two servers at once and wait until one exits: (the one gone, the one running)."""
+    for twin in twins:
+        twin.launch()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while all(twin.process.poll() is None for twin in twins) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [gone] = [twin for twin in twins if twin.process.poll() is not None]
+    [running] = [twin for twin in twins if twin is not gone]
+    return gone, running
+
+
 def received_before_sentinel(server: Server, channel: str, members: list[tuple[str, WsClient]]) -> dict:
     """Post a sentinel to ``channel``; what each member got before it, by username."""
     marker = server.sentinel(channel)

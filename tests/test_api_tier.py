@@ -21,7 +21,7 @@ import requests
 
 from contract import unique, wait_until
 import harness
-from harness import CONTRACT_ENV, Server
+from harness import CONTRACT_ENV, Server, race
 from rawhttp import open_socket, read_response
 from wsclient import raw_handshake
 
@@ -101,16 +101,10 @@ def test_of_two_servers_started_on_one_api_port_at_once_one_runs():
     twins = [Server(1), Server(1)]
     twins[1].api_port, twins[1].api = twins[0].api_port, twins[0].api
     try:
-        for twin in twins:
-            twin.launch()
-        deadline = time.monotonic() + 30
-        while all(twin.process.poll() is None for twin in twins) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        [gone] = [twin for twin in twins if twin.process.poll() is not None]
+        gone, running = race(twins)
         assert gone.process.returncode == 1
         assert f"cannot listen on 127.0.0.1:{gone.api_port}: Address already in use" \
                in gone.log_text()
-        [running] = [twin for twin in twins if twin is not gone]
         running._wait_ready()
         assert [fresh_connect(running) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
         assert running.process.poll() is None

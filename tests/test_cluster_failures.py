@@ -15,7 +15,7 @@ import time
 import pytest
 
 from contract import delivered, unique, wait_until
-from harness import REPO_ROOT, ClusterNodes, Server, conn_id_on
+from harness import REPO_ROOT, ClusterNodes, Server, conn_id_on, race
 from processes import free_port
 from positions import Reader, with_query
 from redisserver import RedisServer
@@ -181,13 +181,7 @@ def test_of_two_nodes_started_under_one_id_at_once_one_runs(redis):
     first = ClusterNodes(redis.url(), count=1, **FAST)[0]
     twins = [first, Server(2, {**first.env})]
     try:
-        for twin in twins:
-            twin.launch()
-        deadline = time.monotonic() + 30
-        while all(twin.process.poll() is None for twin in twins) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        [gone] = [twin for twin in twins if twin.process.poll() is not None]
-        [running] = [twin for twin in twins if twin is not gone]
+        gone, running = race(twins)
         assert gone.process.returncode == 1
         # (under load, the first may be up before the second looks: it reports by then)
         assert re.search(f"node_id 'node0' is taken: a live node on {socket.gethostname()} at "
