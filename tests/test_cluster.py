@@ -8,7 +8,7 @@ from zlib import crc32
 
 from browser import run_e2e
 from contract import delivered, settings, unique, wait_until
-from harness import ADMIN_PASSWORD, ClusterNodes, Server
+from harness import ADMIN_PASSWORD, ClusterNodes, Server, owned_by
 
 MESSAGES = 12
 
@@ -166,6 +166,27 @@ def test_info_on_any_node_answers_for_the_whole_cluster(cluster, open_ws):
         assert entry["users"] == sorted(users) and entry["total_connections"] == len(users)
         assert {u["user"]: u["state"]["where"] for u in info["users"]} == {
             username: n.api for n, username in zip(cluster, users)}
+
+
+def test_info_pages_through_the_whole_cluster_on_any_node(cluster):
+    """Each shard answers its part of a page and how many of its channels remain; seven
+    channels that one shard owns (and one that is not a channel) come in pages of 3, 3, 1
+    on every node, however the calls are spread over them."""
+    names = sorted(owned_by(0, cluster[0].workers, unique("page")) for _ in range(7))
+    for index, name in enumerate(names):
+        cluster[index % len(cluster)].connect(unique("m"), [name])
+    asked = [*names, unique("none")]
+    for first in range(len(cluster)):
+        pages, after = [], None
+        while len(pages) < 5:
+            node = cluster[(first + len(pages)) % len(cluster)]
+            page = node.info(channels=asked, limit=3, **({"after": after} if after else {}))
+            pages.append(page)
+            after = page["next"]
+            if after is None:
+                break
+        assert [list(page["channels"]) for page in pages] == [names[0:3], names[3:6], names[6:]]
+        assert [page["remaining"] for page in pages] == [4, 1, 0]
 
 
 def test_admin_json_shows_every_node_and_cluster_totals(cluster, open_ws):

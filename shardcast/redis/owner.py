@@ -9,7 +9,6 @@ showing the join. Requests answer with a future; a Redis that is away makes them
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from .users import RedisUsers
 log = logging.getLogger("shardcast.redis")
 REDIS_DOWN = {"error": {"error": "Redis is unreachable; retry in a moment"}, "status": 503}
 MEMBER = b":"      # history members are b"<offset>:<entry JSON>"
+EXISTS_BATCH = 1000     # keys an EXISTS asks about: Redis answers each command at once
 
 
 def meta_fields(settings: dict | None) -> list:
@@ -161,7 +161,7 @@ class RedisOwner(RedisUsers):
                     [keys.meta(name), keys.history(name), keys.members(name), keys.channels],
                     [name, envelopes.new_uuid(), time.time(), self.ttl_ms,
                      *meta_fields(settings)])
-            return (await self._infos(list(configs), False, False))[0]
+            return await self._infos(list(configs), False, False)
         except (RedisUnavailable, RuntimeError):
             return REDIS_DOWN
 
@@ -178,16 +178,32 @@ class RedisOwner(RedisUsers):
         chosen = [name for name in dict.fromkeys(names) if name not in exclude
                   and (after is None or name > after)
                   and (not match or match in name.casefold())]
-        if args.get("limit") is not None:
-            chosen = heapq.nsmallest(args["limit"], chosen)
-        infos, missing = await self._infos(chosen, args["history"], args["users"])
-        return {"channels": infos, "chosen": len(chosen) - missing}
+        limit = args.get("limit")
+        if limit is None:
+            infos = await self._infos(chosen, args["history"], args["users"])
+            return {"channels": infos, "chosen": len(infos)}
+        # A page: the first ``limit`` channels by name that exist, and how many exist in all
+        # (info.gather tells what remains from it).
+        chosen.sort()
+        infos, start = {}, 0
+        while len(infos) < limit and start < len(chosen):
+            batch = chosen[start:start + limit - len(infos)]
+            start += len(batch)
+            infos.update(await self._infos(batch, args["history"], args["users"]))
+        return {"channels": infos,
+                "chosen": len(infos) + await self._existing(chosen[start:])}
 
-    async def _infos(self, names: list[str], history: bool, users: bool) -> tuple[dict, int]:
-        """The infos of those of ``names`` that exist, and how many did not."""
+    async def _infos(self, names: list[str], history: bool, users: bool) -> dict:
+        """The infos of those of ``names`` that exist."""
         found = await asyncio.gather(*(self._channel(name, history, users) for name in names))
-        infos = {name: info for name, info in zip(names, found) if info is not None}
-        return infos, len(names) - len(infos)
+        return {name: info for name, info in zip(names, found) if info is not None}
+
+    async def _existing(self, names: list[str]) -> int:
+        """How many of ``names`` (each once) are channels."""
+        counts = await asyncio.gather(*(
+            self.redis.call("EXISTS", *map(self.keys.meta, names[start:start + EXISTS_BATCH]))
+            for start in range(0, len(names), EXISTS_BATCH)))
+        return sum(counts)
 
     async def _channel(self, name: str, history: bool, users: bool) -> dict | None:
         keys, call = self.keys, self.redis.call
