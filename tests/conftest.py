@@ -51,9 +51,12 @@ def server_pool() -> Iterator[ServerPool]:
     pool.stop_all()
 
 
-@pytest.fixture(scope="session", params=[1, 3], ids=["1shard", "3shards"])
+@pytest.fixture(scope="session", params=[1, 3, "cluster"], ids=["1shard", "3shards", "cluster"])
 def server(request: pytest.FixtureRequest, server_pool: ServerPool) -> Server:
-    """The contract server, once with one shard and once with three."""
+    """The contract server: one node with one shard, with three, and a node of the session's
+    cluster (API.md § Cluster: every endpoint answers for the whole cluster on any node)."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster")[0]
     return server_pool.get(request.param)
 
 
