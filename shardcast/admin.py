@@ -30,7 +30,7 @@ from . import assets
 from .config import Config
 from .envelopes import canonical_uuid
 from .http_api import HttpApi
-from .http_server import Request, Response, json_response
+from .http_messages import Request, Response, json_response
 from .schemas import InfoFlags
 from .signing import REQUEST_HEADER, sign_request
 

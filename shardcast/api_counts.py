@@ -10,7 +10,7 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Awaitable, Callable, Iterable
 
-from .http_server import Request, Response
+from .http_messages import Request, Response
 from .ipc import Link
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

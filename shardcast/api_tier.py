@@ -16,7 +16,7 @@ import orjson
 
 from .api_worker import CONTROL_SOCKET, api_main
 from .config import Config
-from .http_server import Handler, Request, Response, json_response
+from .http_messages import Handler, Request, Response, json_response
 from .ipc import Link
 
 log = logging.getLogger("shardcast.supervisor")

@@ -23,7 +23,8 @@ from .commands import Commands
 from .config import Config
 from .http_api import HttpApi
 from .http_limits import HttpLimits
-from .http_server import HttpProtocol, Request, Response
+from .http_server import HttpProtocol
+from .http_messages import Request, Response
 from .ipc import Kind, Link
 from .shards import Shards
 from .worker import tune_gc

@@ -7,7 +7,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Callable
 
-from .http_server import Request, Response
+from .http_messages import Request, Response
 
 STATIC_PREFIX = "/static/"
 SWAGGER_PREFIX = "/static/swagger-ui/"

@@ -12,7 +12,7 @@ from . import schemas, signing
 from .shards import ShardUnavailable
 from .commands import Commands
 from .config import Config
-from .http_server import Request, Response, json_response
+from .http_messages import Request, Response, json_response
 from .ipc import Link
 from .schemas import Invalid
 

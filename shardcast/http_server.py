@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
-import time
-from email.utils import formatdate
 from http import HTTPStatus
-from typing import Awaitable, Callable, Union
-from urllib.parse import parse_qs
+from typing import Awaitable, Callable
 
 import httptools
 import orjson
 
 from .http_limits import BODY, FRESH, HEAD, IDLE, HttpLimits
+from .http_messages import Handler, Request, Response, date_line, json_response, status_line
 
 log = logging.getLogger("shardcast.http")
-PHRASES = {status.value: status.phrase for status in HTTPStatus}
 # Header names as clients usually spell them, lowered once instead of on every request.
 KNOWN_NAMES = {spelling.encode(): spelling.lower() for name in (
     "Host", "Content-Type", "Content-Length", "Connection", "User-Agent", "Accept",
@@ -38,64 +34,6 @@ LINGER_BYTES = 1 << 20
 # The interim answer to "Expect: 100-continue": clients that send it (libcurl for large bodies,
 # among others) wait for it before the body, a second by default when it does not come.
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class Request:
-    __slots__ = ("method", "target", "path", "query", "headers", "body", "client", "keep_alive",
-                 "http10")
-
-    def __init__(self, method: str, url: bytes, headers: dict[str, str], body: bytes,
-                 client: str, keep_alive: bool = True, http10: bool = False) -> None:
-        self.method = method
-        self.target = url.decode("latin-1")   # path and query exactly as sent (signed requests)
-        path, _, query = self.target.partition("?")
-        if path.startswith(("http://", "https://")):   # absolute-form (RFC 9112): its path
-            path = "/" + path.split("/", 3)[3] if path.count("/") > 2 else "/"
-        self.path = path
-        self.query = ({k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-                      if query else {})
-        self.headers = headers
-        self.body = body
-        self.client = client
-        self.keep_alive = keep_alive
-        self.http10 = http10        # an HTTP/1.0 client keeps its connection only when told
-
-
-class Response:
-    __slots__ = ("status", "body", "content_type", "headers", "after")
-
-    def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
-                 headers: dict[str, str] | None = None,
-                 after: asyncio.Future | None = None) -> None:
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers or {}
-        self.after = after      # the answer leaves once this is done (and those before it)
-
-
-def json_response(value: object, status: int = 200) -> Response:
-    return Response(status, orjson.dumps(value))
-
-
-@functools.lru_cache(maxsize=None)   # a handful of statuses; PHRASES bounds it
-def _status_line(status: int) -> str:
-    return f"HTTP/1.1 {status} {PHRASES[status]}\r\n"
-
-
-_date = [0, ""]     # the second of the last Date header, and the header
-
-
-def date_line() -> str:
-    """The Date header (every answer of an origin server carries one), formatted once a
-    second."""
-    second = int(time.time())
-    if second != _date[0]:
-        _date[:] = second, f"date: {formatdate(second, usegmt=True)}\r\n"
-    return _date[1]
-
-
-Handler = Callable[[Request], Union[Response, Awaitable[Response]]]
 
 
 class StopParsing(Exception):
@@ -357,7 +295,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         self.decorate(request, response)
-        head = (f"{_status_line(response.status)}{date_line()}"
+        head = (f"{status_line(response.status)}{date_line()}"
                 f"content-type: {response.content_type}\r\n"
                 f"content-length: {len(response.body)}\r\n")
         for name, value in response.headers.items():

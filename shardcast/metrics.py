@@ -17,7 +17,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from . import api_counts, http_api
 from .shards import ShardUnavailable
-from .http_server import Request, Response, json_response
+from .http_messages import Request, Response, json_response
 from .schemas import Invalid
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import orjson
 from . import assets, openapi
 from .admin import Admin
 from .http_api import HttpApi
-from .http_server import Handler, Response
+from .http_messages import Handler, Response
 from .metrics import Metrics
 
 if TYPE_CHECKING:

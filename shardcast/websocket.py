@@ -17,7 +17,7 @@ import logging
 
 import orjson
 
-from .http_server import date_line
+from .http_messages import date_line
 
 log = logging.getLogger("shardcast.websocket")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -12,7 +12,7 @@ from contract import unique
 from harness import ADMIN_PASSWORD, CONTRACT_ENV, Server
 from shardcast.admin import FAILURE_BUDGET, Admin
 from shardcast.config import Config
-from shardcast.http_server import Request
+from shardcast.http_messages import Request
 
 
 def admin_server(**env: str) -> Server:

@@ -18,7 +18,8 @@ from rawhttp import (SMALL_BUFFER, error_of, open_socket, read_response, request
                      send_ignoring_close)
 from shardcast.config import Config
 from shardcast.http_limits import HttpLimits
-from shardcast.http_server import LINGER_TIME, HttpProtocol, Response
+from shardcast.http_server import LINGER_TIME, HttpProtocol
+from shardcast.http_messages import Response
 
 URL_LIMIT = 2048
 HEADER_LIMIT = 8192

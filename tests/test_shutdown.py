@@ -16,7 +16,7 @@ from harness import Server
 from processes import cmdline, descendant_pids, pids_listening_on
 from shardcast.config import Config
 from shardcast.http_api import HttpApi
-from shardcast.http_server import Request
+from shardcast.http_messages import Request
 
 WORKERS = 2
 SHUTDOWN_TIMEOUT = 5.0

@@ -15,7 +15,8 @@ import click
 from ..client import AsyncClient, ShardcastError
 from ..config import Config
 from ..http_limits import HttpLimits
-from ..http_server import HttpProtocol, Request, Response
+from ..http_server import HttpProtocol
+from ..http_messages import Request, Response
 from .app import DemoApp
 
 START_TIMEOUT = 30.0

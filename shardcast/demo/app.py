@@ -16,7 +16,7 @@ import orjson
 
 from ..assets import content_type
 from ..client import AsyncClient, ShardcastError
-from ..http_server import Request, Response, json_response
+from ..http_messages import Request, Response, json_response
 
 ROOMS = ("lobby", "random", "help")
 ROOM_SETTINGS = {"notify_presence": True, "store_history": True, "history_size": 50,
