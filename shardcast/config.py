@@ -131,6 +131,11 @@ class Config:
     send_buffer_size: int = _key(
         1048576, "bytes queued for one connection before it is dropped as too slow"
     )
+    kernel_send_buffer: int = _key(
+        131072, "bytes the kernel may hold for one websocket, on top of send_buffer_size "
+        "(SO_SNDBUF, which Linux doubles and caps at net.core.wmem_max); 0: the OS's own "
+        "sizing, which on loopback starts near 1.3 MB a socket"
+    )
     max_shard_backlog: int = _key(
         33554432, "bytes an API process or a shard queues for a shard that does not read them "
         "(stopped, or far behind); past it, commands for that shard answer 503, and its "
@@ -372,6 +377,8 @@ def _value_problems(config: Config) -> dict[str, str]:
     for key in _LIMITS:
         if getattr(config, key) < 0:
             problems[key] = "a positive integer, or 0 for no limit"
+    if config.kernel_send_buffer and not 4096 <= config.kernel_send_buffer < 2**31:
+        problems["kernel_send_buffer"] = "0 for the OS's own sizing, or 4096..2147483647 bytes"
     if config.log_level not in LOG_LEVELS:
         problems["log_level"] = "one of " + ", ".join(LOG_LEVELS)
     if config.log_format not in LOG_FORMATS:

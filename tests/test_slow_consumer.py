@@ -8,6 +8,9 @@ read everything, all in one channel, while a publisher posts batches for a few s
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -194,6 +197,40 @@ def test_long_poll_answer_is_bounded_by_the_send_buffer(slow_server):
     burst.join(10)
     batch_frame = BATCH * 2 * len(PAYLOAD)     # what one shard tick may add at once
     assert 0 < len(answer.content) <= SEND_BUFFER + batch_frame
+
+
+KERNEL_SEND_BUFFER = 131072     # kernel_send_buffer's default, which Linux doubles
+# Unread bytes the client's own end and the frames in flight may add (measured: 380 messages
+# of PAYLOAD passed before the close, 2,710 with the OS's own sizing).
+STALL_SLACK = 64 * 1024
+
+
+def test_a_stalled_client_is_closed_before_the_kernel_holds_megabytes_for_it(slow_server):
+    """The kernel's send buffer counts in what one reader may leave unread: a client that never
+    reads is closed once about SEND_BUFFER + 2 * KERNEL_SEND_BUFFER are posted to it, where
+    Linux's own sizing of a loopback socket took 2.7 MB more first."""
+    channel = unique("stalled")
+    conn = slow_server.connect(unique("stalled"), [channel])
+    stalled = StalledClient(conn["ws_url"])
+    items = [{"user": "feed", "channel": channel, "message": {"text": PAYLOAD}}] * 10
+    posted = 0
+    while slow_server.is_connected(conn["conn_id"]) and posted < 16 * SEND_BUFFER:
+        slow_server.message(*items)
+        posted += len(items) * len(PAYLOAD)
+    assert stalled.close_code() == SLOW_CONSUMER
+    assert posted < SEND_BUFFER + 2 * KERNEL_SEND_BUFFER + STALL_SLACK
+
+
+
+@pytest.mark.parametrize("size", ["100", "-1", "2147483648"])
+def test_a_kernel_send_buffer_out_of_range_is_refused_at_start(size):
+    started = subprocess.run(
+        [sys.executable, "-m", "shardcast", "serve"], capture_output=True, text=True,
+        timeout=30, env={**os.environ, "SHARDCAST_KERNEL_SEND_BUFFER": size})
+    assert started.returncode != 0
+    assert (f"kernel_send_buffer = {size} (from environment variable "
+            "SHARDCAST_KERNEL_SEND_BUFFER): expected 0 for the OS's own sizing, or "
+            "4096..2147483647 bytes") in started.stderr
 
 
 def publish_burst(server: Server, channel: str, size: int) -> None:
