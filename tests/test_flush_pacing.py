@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from contract import delivered, unique
-from shardcast import ipc, worker
+from shardcast import ipc, pacing
 from shardcast.config import Config
 from shardcast.worker import Worker
 
@@ -57,8 +57,8 @@ def test_a_busy_shard_rests_as_long_as_its_last_flush_took():
 
 
 @pytest.mark.parametrize("per_frame, factor, bound", [
-    (BEHIND, worker.FLUSH_REST_BEHIND, worker.MAX_FLUSH_WAIT),
-    (FAR_BEHIND, worker.FLUSH_REST_FAR_BEHIND, worker.MAX_FLUSH_WAIT_FAR_BEHIND)],
+    (BEHIND, pacing.FLUSH_REST_BEHIND, pacing.MAX_FLUSH_WAIT),
+    (FAR_BEHIND, pacing.FLUSH_REST_FAR_BEHIND, pacing.MAX_FLUSH_WAIT_FAR_BEHIND)],
     ids=["behind", "far-behind"])
 def test_a_shard_that_is_behind_rests_longer(per_frame, factor, bound):
     gaps = flush_gaps(0.002, per_frame=per_frame)
@@ -67,8 +67,8 @@ def test_a_shard_that_is_behind_rests_longer(per_frame, factor, bound):
 
 
 @pytest.mark.parametrize("per_frame, bound", [
-    (KEEPING_UP, worker.MAX_FLUSH_WAIT), (BEHIND, worker.MAX_FLUSH_WAIT),
-    (FAR_BEHIND, worker.MAX_FLUSH_WAIT_FAR_BEHIND)], ids=["keeping-up", "behind", "far-behind"])
+    (KEEPING_UP, pacing.MAX_FLUSH_WAIT), (BEHIND, pacing.MAX_FLUSH_WAIT),
+    (FAR_BEHIND, pacing.MAX_FLUSH_WAIT_FAR_BEHIND)], ids=["keeping-up", "behind", "far-behind"])
 def test_the_rest_is_bounded(per_frame, bound):
     gaps = flush_gaps(0.030, per_frame=per_frame)
     assert all(0.030 + bound - TIMER_SLACK <= gap < 0.030 + bound + 0.015
@@ -96,7 +96,7 @@ def heard_after_flush(write_seconds: float, per_frame: float) -> float:
             time.sleep(write_seconds)
             return per_frame
         shard.actor.flush = slow_flush
-        shard.flush()
+        shard.pacing.flush()
         times["flushed"] = time.perf_counter()
         theirs.send(ipc.pack_command(ipc.Kind.CAST, 0, "probe", None))
         times["heard"] = await asyncio.wait_for(heard, 5)
@@ -107,7 +107,7 @@ def heard_after_flush(write_seconds: float, per_frame: float) -> float:
 
 
 def test_a_shard_behind_reads_its_links_when_its_rest_ends():
-    rest = min(worker.FLUSH_REST_FAR_BEHIND * 0.004, worker.MAX_FLUSH_WAIT_FAR_BEHIND)
+    rest = min(pacing.FLUSH_REST_FAR_BEHIND * 0.004, pacing.MAX_FLUSH_WAIT_FAR_BEHIND)
     assert heard_after_flush(0.004, FAR_BEHIND) >= rest - TIMER_SLACK
 
 
@@ -130,7 +130,7 @@ def test_a_link_accepted_just_before_a_hold_is_heard_when_the_rest_ends():
             return FAR_BEHIND
         shard.actor.flush = slow_flush
         ours, theirs = socket.socketpair()
-        loop.call_soon(shard.flush)       # runs after the link is made, before it connects
+        loop.call_soon(shard.pacing.flush)       # runs after the link is made, before it connects
         await loop.connect_accepted_socket(shard.accept_link, ours)
         theirs.send(ipc.pack_command(ipc.Kind.CAST, 0, "probe", None))
         try:

@@ -46,7 +46,7 @@ def test_a_reply_is_handled_after_the_deliveries_written_before_it(tmp_path):
         _, request_id, _ = await read_frame(loop, theirs)
         ours, mine = socket.socketpair()                   # the peer's link to it
         await loop.connect_accepted_socket(shard.accept_link, ours)
-        shard.hold(0.05)        # a shard behind: its links wait unread while it rests
+        shard.pacing.hold(0.05)        # a shard behind: its links wait unread while it rests
         mine.sendall(ipc.stamp() + ipc.pack_route(["c", "ch"], b"delivery"))
         theirs.sendall(ipc.stamp() + ipc.pack(Kind.REPLY, request_id,
                                               orjson.dumps({"reply": "history"})))
