@@ -147,7 +147,11 @@ other case).
   relative overload: backlogs grow, and whatever the server does about them (latency, closing
   slow consumers), nothing may arrive corrupted, duplicated or out of order. A higher `--rate`
   fills the socket buffers for sure: issue 9 (frames corrupted under overload, clients failing
-  with "invalid opcode") shows with `python -m bench overload --workers 2 --rate 8000`.
+  with "invalid opcode") shows with `python -m bench overload --workers 2 --rate 8000`. There
+  no socket keeps up, and what the kernel holds for each counts: with Linux's own sizing of
+  a loopback socket (`kernel_send_buffer = 0`), the 1,000 sockets drove the host's TCP memory
+  to its hard limit (`net.ipv4.tcp_mem`), where the kernel drops packets on every socket, and
+  a 3008 could still wait in a stalled retransmission when the run ended.
 * **Throughput**: `delivered_msgs_per_s` = delivered messages (one per subscriber) / (last
   receipt − first publish); `published_msgs_per_s` = accepted messages / publishing time;
   `req_per_s` = answered requests / posting time.
