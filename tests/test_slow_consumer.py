@@ -22,6 +22,7 @@ from contract import unique, wait_until
 from harness import Server
 from processes import descendant_pids, rss_bytes
 from rawws import handshake, last_close_code
+from shardcast.transport import CLOSE_GRACE
 
 WORKERS = 2
 READERS = 50
@@ -250,7 +251,7 @@ UNREAD = 0.3            # seconds the flooder then leaves the server to it, befo
 PING_FLOOD_RSS_BOUND = 16 * 1024 * 1024
 
 
-def read_to_the_end(sock, timeout: float) -> tuple[bytes, bool]:
+def read_to_the_end(sock, timeout: float, close: bool = True) -> tuple[bytes, bool]:
     """All the server sends until it closes the socket, and whether it was reset (a timeout
     fails: the server left the socket open)."""
     sock.settimeout(timeout)
@@ -261,7 +262,8 @@ def read_to_the_end(sock, timeout: float) -> tuple[bytes, bool]:
     except ConnectionResetError:
         return bytes(stream), True
     finally:
-        sock.close()
+        if close:
+            sock.close()
     return bytes(stream), False
 
 
@@ -291,3 +293,24 @@ def test_ping_flood_without_reading_is_dropped_as_a_slow_consumer(slow_server):
     assert code == SLOW_CONSUMER or (code is None and reset)
     assert growth < PING_FLOOD_RSS_BOUND
     wait_until(lambda: not slow_server.is_connected(reply["conn_id"]), timeout=5)
+
+
+def test_a_closed_websocket_whose_client_never_closes_is_reset_after_the_grace(slow_server):
+    """A closing websocket is half-closed: the client gets its close frame and the end of the
+    stream, the server reads on (so what the client still sends is taken, not answered with
+    a reset) and, if the client never closes its side, resets it after CLOSE_GRACE."""
+    conn = slow_server.connect(unique("lingerer"))
+    sock = handshake(conn["ws_url"])
+    assert slow_server.post("/disconnect", {"conn_id": conn["conn_id"]}).status_code == 200
+    stream, reset = read_to_the_end(sock, timeout=5, close=False)
+    ended = time.monotonic()
+    assert last_close_code(stream) == 1000 and not reset
+    with sock:
+        try:
+            while time.monotonic() - ended < CLOSE_GRACE + 5:
+                sock.sendall(PING)          # read and dropped while the server waits
+                time.sleep(0.25)
+        except OSError:                     # the reset: the second send after it fails
+            pass
+    held = time.monotonic() - ended
+    assert CLOSE_GRACE - 0.5 < held < CLOSE_GRACE + 2
