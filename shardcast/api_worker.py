@@ -17,7 +17,7 @@ import sys
 import orjson
 import uvloop
 
-from . import descriptors, logs, site, tls
+from . import descriptors, listening, logs, site
 from .api_counts import RequestCounts
 from .commands import Commands
 from .config import Config
@@ -78,9 +78,9 @@ class ApiProcess:
         handle = self.counts.instrument(self.route)
         limits = HttpLimits(self.config)
         try:
-            self.server = await self.loop.create_server(
-                lambda: HttpProtocol(handle, limits, api.decorate), self.config.host,
-                self.config.port, reuse_port=True, **tls.server_options(self.config))
+            self.server = await listening.listen(
+                self.loop, lambda: HttpProtocol(handle, limits, api.decorate), self.config,
+                self.config.port, reuse_port=True)
         except OSError as error:
             self.control.cast("failed", {"index": self.index, "error": str(error)})
             await asyncio.sleep(0.1)            # let the word leave

@@ -129,9 +129,9 @@ class Config:
         1048576, "bytes queued for one connection before it is dropped as too slow"
     )
     kernel_send_buffer: int = _key(
-        131072, "bytes the kernel may hold for one websocket, on top of send_buffer_size "
-        "(SO_SNDBUF, which Linux doubles and caps at net.core.wmem_max); 0: the OS's own "
-        "sizing, which on loopback starts near 1.3 MB a socket"
+        131072, "bytes the kernel may hold unsent for one client socket (a websocket, an API "
+        "connection), on top of send_buffer_size (SO_SNDBUF, which Linux doubles and caps at "
+        "net.core.wmem_max); 0: the OS's own sizing, which on loopback starts near 1.3 MB"
     )
     max_shard_backlog: int = _key(
         33554432, "bytes an API process or a shard queues for a shard that does not read them "

@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
-from . import descriptors, ipc, tls
+from . import descriptors, ipc, listening
 from .api_tier import ApiTier, StartupError, claim_port
 from .commands import Commands
 from .config import Config
@@ -173,7 +173,7 @@ async def _serve(config: Config) -> bool:
     """Serve until SIGINT or SIGTERM; True when every process then stopped cleanly."""
     loop = asyncio.get_running_loop()
     try:
-        tls.server_options(config)      # checked here: one error, not one per process
+        listening.server_options(config)    # checked here: one error, not one per process
     except OSError as error:    # ssl.SSLError is one too
         raise StartupError(f"cannot use ssl_certfile and ssl_keyfile: {error}")
     if config.redis_url:

@@ -8,7 +8,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from multiprocessing import connection as mp_connection
@@ -17,7 +16,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from . import descriptors, ipc, limits, logs, tls, websocket
+from . import descriptors, ipc, limits, listening, logs, websocket
 from .config import Config
 from .connection import HEARTBEAT, Connection
 from .ipc import Kind, Link
@@ -139,15 +138,8 @@ class Worker:
         if os.path.exists(path):
             os.unlink(path)
         ipc_server = await loop.create_unix_server(self.accept_link, path)
-        self.ws_server = await loop.create_server(
-            lambda: WebSocketClient(self.hosting), self.config.host,
-            self.config.ws_port_base + self.index, start_serving=False,
-            **tls.server_options(self.config))
-        if self.config.kernel_send_buffer:  # set before listen(): every accepted socket has it
-            for sock in self.ws_server.sockets:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                self.config.kernel_send_buffer)
-        await self.ws_server.start_serving()
+        self.ws_server = await listening.listen(loop, lambda: WebSocketClient(self.hosting),
+                                                self.config, self.config.ws_port_base + self.index)
         self.actor.start()
         loop.call_later(SWEEP_INTERVAL, self.sweep)
         loop.call_later(self.channel_sweep_interval, self.forget_channels)

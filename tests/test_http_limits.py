@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
 import time
 import weakref
 
@@ -156,6 +157,29 @@ def test_unread_answers_stay_bounded_and_all_arrive_in_order(limited):
             assert status == 200
             sizes.add(len(body))
     assert len(sizes) == 1 and sizes.pop() > 1_000_000
+
+
+KERNEL_SEND_BUFFER = 131072      # kernel_send_buffer's default, which Linux doubles
+
+
+def unsent(server_port: int, client_port: int) -> int:
+    """The bytes the kernel holds unsent on the server's end of a loopback connection (its
+    Send-Q, as ``ss`` reads it from the kernel)."""
+    shown = subprocess.run(
+        ["ss", "-tnH", "state", "established",
+         f"( sport = :{server_port} and dport = :{client_port} )"],
+        capture_output=True, text=True, check=True, timeout=10).stdout.split()
+    return int(shown[1])
+
+
+def test_unread_answers_leave_little_in_the_kernel(limited):
+    """The kernel's send buffer of an API connection is kernel_send_buffer too: with Linux's
+    own sizing it held 2.8 MB of this client's unread answers."""
+    with open_socket(limited.api_port, receive_buffer=SMALL_BUFFER) as sock:
+        sock.sendall(b"".join(request("GET", f"{BUNDLE}?n={n}") for n in range(10)))
+        time.sleep(1)           # the client reads nothing: the server's end fills
+        held = unsent(limited.api_port, sock.getsockname()[1])
+    assert 0 < held <= 2 * KERNEL_SEND_BUFFER
 
 
 # -- connections per address --------------------------------------------------------------
