@@ -1,6 +1,6 @@
 """Timeouts on the API port: a client gets a bounded time to send its headers and its body,
 an idle keep-alive connection and a client that does not read its answers are dropped; a held
-long poll is not."""
+long poll is not. A websocket port gives an upgrade request HANDSHAKE_TIMEOUT, whole."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from harness import Server
 from rawhttp import (SMALL_BUFFER, error_of, open_socket, read_response, read_until_closed,
                      request)
+from shardcast.worker import HANDSHAKE_TIMEOUT
 
 TIMEOUT = 1.0           # every HTTP timeout of this module's server
 WAKE = 2.0              # its long polls wait longer than TIMEOUT
@@ -125,3 +126,38 @@ def test_request_pipelined_behind_a_long_poll_is_not_timed_out_meanwhile(impatie
         status, _, body = read_response(sock)
         assert status == 200 and body == b"[]"
         assert "http_header_timeout" in error_of(sock, 408)
+
+
+def test_an_upgrade_never_finished_is_dropped_after_the_handshake_timeout(impatient):
+    """One socket sends nothing, one trickles a header byte every 0.2 s: each is dropped
+    HANDSHAKE_TIMEOUT after it connected, however it trickles."""
+    port = impatient.ws_ports[0]
+    silent, trickling = open_socket(port), open_socket(port)
+    started = time.monotonic()
+    trickling.sendall(b"GET /ws?conn_id=x HTTP/1.1\r\nx-slow: ")
+    trickling.setblocking(False)
+    gone: dict[str, float] = {}
+    with silent, trickling:
+        while len(gone) < 2 and time.monotonic() - started < HANDSHAKE_TIMEOUT + MARGIN:
+            for name, sock in (("silent", silent), ("trickling", trickling)):
+                if name not in gone and _closed(sock):
+                    gone[name] = time.monotonic() - started
+            if "trickling" not in gone:
+                try:
+                    trickling.send(b"v")
+                except OSError:
+                    gone["trickling"] = time.monotonic() - started
+            time.sleep(0.2)
+    assert set(gone) == {"silent", "trickling"}, f"left open: {gone}"
+    assert all(HANDSHAKE_TIMEOUT * 0.9 <= after for after in gone.values()), gone
+
+
+def _closed(sock) -> bool:
+    """Whether the server closed or reset ``sock`` (it sends nothing before)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
