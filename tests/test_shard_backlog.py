@@ -20,12 +20,17 @@ WORKERS = 2
 BACKLOG = 262144            # max_shard_backlog of the server below
 PAYLOAD = "x" * 65536       # a post's worth: the stopped shard's link is full within tens
 MAX_POSTS = 200             # the kernel's socket buffer and BACKLOG take far fewer
+# A reader reads only once the posts are in (50 of PAYLOAD, 3.2 MB), so its queue must hold
+# them all: only the stopped peer's subscribers are to be cut off. The kernel's share of a
+# socket (kernel_send_buffer) no longer takes megabytes of them.
+SEND_BUFFER = 8 * 2**20
 
 
 @pytest.fixture(scope="module")
 def server():
     server = Server(WORKERS, {**CONTRACT_ENV, "SHARDCAST_API_WORKERS": "1",
-                              "SHARDCAST_MAX_SHARD_BACKLOG": str(BACKLOG)}).start()
+                              "SHARDCAST_MAX_SHARD_BACKLOG": str(BACKLOG),
+                              "SHARDCAST_SEND_BUFFER_SIZE": str(SEND_BUFFER)}).start()
     yield server
     server.stop()
 
