@@ -1,7 +1,10 @@
 """API.md § PATCH /message, DELETE /message."""
 
+import json
+
 from contract import delivered, is_timestamp, unique
 from harness import received_before_sentinel
+from rawhttp import open_socket, read_response, request
 
 
 # ----------------------------------------------------------------------------- PATCH
@@ -76,6 +79,25 @@ def test_patch_edit_envelope_carries_sent_user_and_timestamp(server, join):
         "user": "editor",
         "timestamp": "2022-01-01T00:00:00.000001",
     }
+
+
+def test_a_post_after_an_edit_reaches_members_after_it(server, join):
+    """A PATCH and the POST after it, pipelined on one connection: members get the edit first.
+    In a cluster an edit takes Redis round trips before its announcement, and the post sent
+    after it used to reach the members first."""
+    channel = unique("ch")
+    server.channel_config({channel: {"store_history": True}})
+    _, client = join(server, unique("u"), [channel])
+    item = server.say(channel, "v1")
+    client.next()
+    headers = {**server.sign(), "Content-Type": "application/json"}
+    edited = json.dumps([{"uuid": item["uuid"], "channel": channel, "message": {"v": 2}}])
+    posted = json.dumps([{"user": "u", "channel": channel, "message": {"v": 3}}])
+    with open_socket(server.api_port) as sock:
+        sock.sendall(request("PATCH", "/message", headers, edited.encode()) +
+                     request("POST", "/message", headers, posted.encode()))
+        assert [read_response(sock)[0] for _ in range(2)] == [200, 200]
+    assert [client.next()["type"] for _ in range(2)] == ["message:edit", "message"]
 
 
 def test_patch_respects_pm_and_exclude_users(server, crowd):

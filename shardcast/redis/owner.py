@@ -9,9 +9,10 @@ showing the join. Requests answer with a future; a Redis that is away makes them
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -71,6 +72,9 @@ class RedisOwner(RedisUsers):
         self.published = 0
         self.failures = 0              # commands Redis refused or could not take
         self.last_logged = 0.0
+        # Per channel with an edit or delete in flight (it takes Redis round trips before its
+        # announcement): the posts and amends made after it, started in order once it is done.
+        self.amending: dict[str, list[tuple[bool, Callable[[], Any]]]] = {}
 
     def _check(self, reply: Any) -> bool:
         """True when ``reply`` is an answer; failures are counted and logged now and then."""
@@ -241,16 +245,20 @@ class RedisOwner(RedisUsers):
                 "deleted": [int(o) for o in await deleted]}
 
     def publish(self, items: list[dict]) -> None:
-        keys, now, epoch = self.keys, time.time(), envelopes.new_uuid()
+        now, epoch = time.time(), envelopes.new_uuid()
         for item in items:
-            name = item["channel"]
-            route = ["c", name, item["exclude_users"], item["pm_users"], None, None,
-                     item.pop("stamp"), None]     # Redis fills in the channel's settings
-            entry = b"" if item["no_history"] else orjson.dumps(envelopes.history_entry(item))
-            self.scripts.send(
-                self.redis, "publish", [keys.meta(name), keys.history(name), keys.channels],
-                [name, keys.channel(name), epoch, entry, _body(route, envelopes.message(item)),
-                 now, self.ttl_ms], callback=self._published)
+            self._in_order(item["channel"], False,
+                           functools.partial(self._publish, item, now, epoch))
+
+    def _publish(self, item: dict, now: float, epoch: str) -> None:
+        keys, name = self.keys, item["channel"]
+        route = ["c", name, item["exclude_users"], item["pm_users"], None, None,
+                 item.pop("stamp"), None]     # Redis fills in the channel's settings
+        entry = b"" if item["no_history"] else orjson.dumps(envelopes.history_entry(item))
+        self.scripts.send(
+            self.redis, "publish", [keys.meta(name), keys.history(name), keys.channels],
+            [name, keys.channel(name), epoch, entry, _body(route, envelopes.message(item)),
+             now, self.ttl_ms], callback=self._published)
 
     def _published(self, reply: Any) -> None:
         if self._check(reply) and reply is not None:
@@ -258,36 +266,68 @@ class RedisOwner(RedisUsers):
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
-            asyncio.ensure_future(self._amend(item, envelopes.edit(item), "edit"))
+            self._in_order(item["channel"], True, functools.partial(
+                self._start_amend, item, envelopes.edit(item), "edit"))
 
     def delete(self, items: list[dict]) -> None:
         for item in items:
-            asyncio.ensure_future(self._amend(item, envelopes.delete(item), "delete"))
+            self._in_order(item["channel"], True, functools.partial(
+                self._start_amend, item, envelopes.delete(item), "delete"))
+
+    def _in_order(self, name: str, amend: bool, start: Callable[[], Any]) -> None:
+        """Start ``start`` now, or after the edits and deletes in flight on ``name``: a post
+        made after an edit must not reach the members before the edit does."""
+        waiting = self.amending.get(name)
+        if waiting is not None:
+            waiting.append((amend, start))
+            return
+        if amend:
+            self.amending[name] = []
+        start()
+
+    def _amended(self, name: str) -> None:
+        """An edit or delete of ``name`` is announced: start what waited for it, up to the
+        next edit or delete."""
+        waiting = self.amending[name]
+        while waiting:
+            amend, start = waiting.pop(0)
+            start()
+            if amend:
+                return
+        del self.amending[name]
+
+    def _start_amend(self, item: dict, envelope: dict, operation: str) -> None:
+        asyncio.ensure_future(self._amend(item, envelope, operation))
 
     async def _amend(self, item: dict, envelope: dict, operation: str) -> None:
         """Change the history entry (when kept), then tell the members."""
-        name, uuid = item["channel"], item["uuid"]
-        key = self.keys.history(name)
         try:
-            for member in await self.redis.call("ZRANGE", key, 0, -1):
-                offset, entry = history_entries([member])[0]
-                if entry["uuid"] != uuid:
-                    continue
-                new = b""
-                if operation == "edit":
-                    for field in ("message", "user", "timestamp", "edited"):
-                        if field in item:
-                            entry[field] = item[field]
-                    new = b"%d:%s" % (offset, orjson.dumps(entry))
-                await self.scripts.call(self.redis, "amend", [key, self.keys.deleted(name)],
-                                        [member, new, offset, self.ttl_ms])
-                break
+            await self._change_entry(item, operation)
         except (RedisUnavailable, RuntimeError) as error:
             self._check(error)
+        else:
+            item.pop("stamp", None)
+            self._announce(item["channel"], envelope, item["exclude_users"], item["pm_users"],
+                           [operation, item["uuid"]])
+        finally:
+            self._amended(item["channel"])
+
+    async def _change_entry(self, item: dict, operation: str) -> None:
+        name, uuid = item["channel"], item["uuid"]
+        key = self.keys.history(name)
+        for member in await self.redis.call("ZRANGE", key, 0, -1):
+            offset, entry = history_entries([member])[0]
+            if entry["uuid"] != uuid:
+                continue
+            new = b""
+            if operation == "edit":
+                for field in ("message", "user", "timestamp", "edited"):
+                    if field in item:
+                        entry[field] = item[field]
+                new = b"%d:%s" % (offset, orjson.dumps(entry))
+            await self.scripts.call(self.redis, "amend", [key, self.keys.deleted(name)],
+                                    [member, new, offset, self.ttl_ms])
             return
-        item.pop("stamp", None)
-        self._announce(name, envelope, item["exclude_users"], item["pm_users"],
-                       [operation, uuid])
 
     def state_change(self, args: dict) -> None:
         user, state = args["user"], args["public_state"]
