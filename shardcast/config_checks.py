@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .config import Config
@@ -123,16 +123,16 @@ _NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def _valid_redis_url(url: str) -> bool:
     from .redis.resp import Address      # imported only when a cluster is configured
-    try:
-        Address.parse(url)
-    except ValueError:
-        return False
-    return True
+    return _parses(Address.parse, url)
 
 
 def _is_ip(address: str) -> bool:
+    return _parses(ipaddress.ip_address, address)
+
+
+def _parses(parse: Callable[[str], object], text: str) -> bool:
     try:
-        ipaddress.ip_address(address)
+        parse(text)
     except ValueError:
         return False
     return True
