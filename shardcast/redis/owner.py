@@ -9,7 +9,6 @@ showing the join. Requests answer with a future; a Redis that is away makes them
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any, Callable
@@ -74,7 +73,7 @@ class RedisOwner(RedisUsers):
         self.last_logged = 0.0
         # Per channel with an edit or delete in flight (it takes Redis round trips before its
         # announcement): the posts and amends made after it, started in order once it is done.
-        self.amending: dict[str, list[tuple[bool, Callable[[], Any]]]] = {}
+        self.amending: dict[str, list[tuple[Callable[..., None], tuple]]] = {}
 
     def _check(self, reply: Any) -> bool:
         """True when ``reply`` is an answer; failures are counted and logged now and then."""
@@ -247,8 +246,7 @@ class RedisOwner(RedisUsers):
     def publish(self, items: list[dict]) -> None:
         now, epoch = time.time(), envelopes.new_uuid()
         for item in items:
-            self._in_order(item["channel"], False,
-                           functools.partial(self._publish, item, now, epoch))
+            self._in_order(item["channel"], self._publish, item, now, epoch)
 
     def _publish(self, item: dict, now: float, epoch: str) -> None:
         keys, name = self.keys, item["channel"]
@@ -266,33 +264,33 @@ class RedisOwner(RedisUsers):
 
     def edit(self, items: list[dict]) -> None:
         for item in items:
-            self._in_order(item["channel"], True, functools.partial(
-                self._start_amend, item, envelopes.edit(item), "edit"))
+            self._in_order(item["channel"], self._start_amend, item, envelopes.edit(item),
+                           "edit")
 
     def delete(self, items: list[dict]) -> None:
         for item in items:
-            self._in_order(item["channel"], True, functools.partial(
-                self._start_amend, item, envelopes.delete(item), "delete"))
+            self._in_order(item["channel"], self._start_amend, item, envelopes.delete(item),
+                           "delete")
 
-    def _in_order(self, name: str, amend: bool, start: Callable[[], Any]) -> None:
-        """Start ``start`` now, or after the edits and deletes in flight on ``name``: a post
+    def _in_order(self, name: str, start: Callable[..., None], *args: Any) -> None:
+        """``start(*args)`` now, or after the edits and deletes in flight on ``name``: a post
         made after an edit must not reach the members before the edit does."""
         waiting = self.amending.get(name)
         if waiting is not None:
-            waiting.append((amend, start))
+            waiting.append((start, args))
             return
-        if amend:
+        if start == self._start_amend:
             self.amending[name] = []
-        start()
+        start(*args)
 
     def _amended(self, name: str) -> None:
         """An edit or delete of ``name`` is announced: start what waited for it, up to the
         next edit or delete."""
         waiting = self.amending[name]
         while waiting:
-            amend, start = waiting.pop(0)
-            start()
-            if amend:
+            start, args = waiting.pop(0)
+            start(*args)
+            if start == self._start_amend:
                 return
         del self.amending[name]
 
